@@ -1,0 +1,37 @@
+"""Run every benchmark module (``bench/bench_*.py``), or those named on the command line."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from typing import Protocol, cast
+
+import bench
+
+
+class _Benchmark(Protocol):
+    def run(self, args: list[str]) -> None: ...
+
+
+def main(argv: list[str]) -> int:
+    available = sorted(
+        info.name.removeprefix("bench_")
+        for info in pkgutil.iter_modules(bench.__path__)
+        if info.name.startswith("bench_")
+    )
+    names = [arg for arg in argv if not arg.startswith("-")] or available
+    unknown = sorted(set(names) - set(available))
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; available: {available}", file=sys.stderr)
+        return 2
+    options = [arg for arg in argv if arg.startswith("-")]
+    for name in names:
+        print(f"== bench {name}", flush=True)
+        module = cast(_Benchmark, importlib.import_module(f"bench.bench_{name}"))
+        module.run(options)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

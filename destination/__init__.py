@@ -1,0 +1,1 @@
+"""The destination service: streams endpoints and service profiles to the proxies."""

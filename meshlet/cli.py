@@ -1,0 +1,59 @@
+"""The ``meshlet`` command: a thin dispatcher over each component's own command module.
+
+Each subcommand lives with its component (``meshlet inject`` in ``webhook/cli.py``, ``meshlet
+identity`` in ``identity/cli.py``, ...) and exposes ``main(argv: list[str]) -> int``. Modules are
+imported only when their command runs, so ``meshlet --help`` stays fast and one component's
+dependencies never slow another's command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Protocol, cast
+
+from meshlet import __version__
+
+__all__ = ["COMMANDS", "main"]
+
+
+class _CommandModule(Protocol):
+    def main(self, argv: list[str]) -> int: ...
+
+
+# name -> (module, one-line help). Keep sorted by name.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("meshlet.demo", "run meshlet's main job locally and show what it does"),
+    "identity": ("identity.cli", "create and inspect the mesh's trust anchor and issuer"),
+    "inject": ("webhook.cli", "add meshlet to Kubernetes YAML (annotate, or --manual inline)"),
+}
+
+_USAGE = "usage: meshlet [--version] [--help] <command> [<args>]"
+
+
+def _help() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [_USAGE, "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in sorted(COMMANDS.items())]
+    lines += ["", "Run 'meshlet <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_help())
+        return 0 if args else 2
+    if args[0] in {"--version", "version"}:
+        print(f"meshlet {__version__}")
+        return 0
+    command = COMMANDS.get(args[0])
+    if command is None:
+        print(f"meshlet: unknown command {args[0]!r}\n\n{_help()}", file=sys.stderr)
+        return 2
+    module = cast(_CommandModule, importlib.import_module(command[0]))
+    return module.main(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The meshlet proxy (Trio, h11, h2) and ``meshlet-proxy-init`` (the pod's iptables rules)."""

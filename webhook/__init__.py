@@ -1,0 +1,1 @@
+"""The sidecar injector: a mutating admission webhook (FastAPI) and ``meshlet inject``."""
