@@ -45,7 +45,7 @@ chroot "$work/rootfs" /opt/meshlet/bin/pip uninstall --quiet --yes pip
 chroot "$work/rootfs" dpkg --purge python3-venv python3.11-venv python3-pip-whl python3-setuptools-whl >/dev/null
 umount "$work/rootfs/proc"
 chroot "$work/rootfs" groupadd --gid 65532 meshlet
-chroot "$work/rootfs" useradd --uid 65532 --gid 65532 --no-create-home meshlet
+chroot "$work/rootfs" useradd --uid 65532 --gid 65532 --no-create-home -K UID_MAX=65535 meshlet
 
 # Keep the image small: no package caches, docs, wheels or compiled bytecode of tests.
 rm -rf "$work/rootfs/wheels" "$work/rootfs/var/cache/apt/"* "$work/rootfs/var/lib/apt/lists/"* \
@@ -65,7 +65,7 @@ buildah --storage-driver vfs config \
   "$container"
 mkdir -p "$(dirname "$output")"
 rm -f "$output"
-buildah --storage-driver vfs commit --quiet "$container" "oci-archive:$output:localhost/meshlet:0.1.0" >/dev/null
+buildah --storage-driver vfs commit --quiet --disable-compression=false "$container" "oci-archive:$output:localhost/meshlet:0.1.0" >/dev/null
 
 echo "build.sh: checking the image runs" >&2
 version=$(buildah --storage-driver vfs run --isolation chroot "$container" meshlet --version)
