@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from identity.ca import Issuer, sign_leaf
+from identity.pemfiles import certificate_pem, private_key_pem, write_private, write_public
 
 __all__ = ["SelfServing"]
 
@@ -59,23 +58,9 @@ class SelfServing:
             lifetime=self.lifetime,
             clock_skew=self.clock_skew,
         )
-        chain = leaf.public_bytes(serialization.Encoding.PEM) + issuer.certificate.public_bytes(
-            serialization.Encoding.PEM
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp_key = self.directory / "tls.key.tmp"
-        fd = os.open(tmp_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key_pem)
-        tmp_cert = self.directory / "tls.crt.tmp"
-        tmp_cert.write_bytes(chain)
-        os.replace(tmp_key, self.key_file)
-        os.replace(tmp_cert, self.cert_file)
+        write_private(self.key_file, private_key_pem(key))
+        write_public(self.cert_file, certificate_pem(leaf, issuer.certificate))
         lifetime = leaf.not_valid_after_utc - now
         self._renew_after = now + lifetime * _RENEW_AT
         log.info(
