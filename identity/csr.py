@@ -80,7 +80,7 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest | str:
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_csr(data)
         return x509.load_der_x509_csr(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion):
         return "csr_malformed"
 
 
@@ -136,7 +136,7 @@ def check_csr(data: bytes, identity: str) -> CsrVerdict:
             reasons.append("csr_common_name_mismatch")
         if _asks_for_ca(loaded):
             reasons.append("csr_requests_ca")
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion):
         # Malformed or duplicate extensions, unknown key types: cryptography parses lazily.
         return CsrVerdict(reasons=["csr_malformed"])
     reasons += _key_reasons(key)

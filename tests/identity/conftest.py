@@ -21,7 +21,7 @@ from meshlet.names import control_plane_identity
 from .pki import make_ca, write_issuer_files
 
 SERVICE_NAME = control_plane_identity("identity")
-TOKENS = "tok-web shop/web\ntok-admin kube-system/admin\n"
+TOKENS = "tok-web shop/web\ntok-db shop/db\ntok-admin kube-system/admin\n"
 
 
 @dataclass

@@ -149,3 +149,11 @@ def test_fuzz_mutated_der_never_crash(data: st.DataObject) -> None:
     verdict = check_csr(bytes(der), IDENTITY)
     assert all(reason in REASONS for reason in verdict.reasons)
     assert verdict.ok or verdict.reasons
+
+
+def test_unknown_csr_version_is_malformed_not_a_crash() -> None:
+    # Found by the fuzzer: cryptography raises InvalidVersion, which is not a ValueError.
+    der = bytearray(_FIXED_DER)
+    assert der[7:10] == b"\x02\x01\x00"  # INTEGER version 0 (v1)
+    der[9] = 1
+    assert check_csr(bytes(der), IDENTITY).reasons == ["csr_malformed"]
