@@ -3,6 +3,7 @@
 - ``init``: a trust anchor and an issuer (ECDSA P-256) as PEM files, with a kustomization whose
   ``secretGenerator`` makes the issuer Secret and whose ``configMapGenerator`` makes the trust
   anchors ConfigMap, ready to be referenced from manifests/.
+- ``rotate-issuer``: a new issuer signed by the existing trust anchor (the anchor key is needed).
 - ``inspect FILE...``: every certificate in the files, who signed it, and when it expires
   (a warning under 60 days, as ``linkerd check`` does).
 - ``issue``: a serving certificate for a control-plane component, signed by the issuer.
@@ -19,10 +20,12 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from identity.ca import (
+    CertificateAuthority,
     Issuer,
     anchor_name,
     create_issuer,
@@ -123,6 +126,42 @@ def _init(args: argparse.Namespace) -> int:
     print(f"kustomization {directory / 'kustomization.yaml'}")
     print(f"anchor expires {anchor.certificate.not_valid_after_utc:%Y-%m-%d}, "
           f"issuer expires {issuer.certificate.not_valid_after_utc:%Y-%m-%d}")  # fmt: skip
+    return 0
+
+
+def _load_anchor(bundle: Path, key_file: Path) -> CertificateAuthority:
+    """The anchor in ``bundle`` whose key is ``key_file`` (a bundle may hold old and new)."""
+    try:
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    except OSError as error:
+        raise CommandError(f"cannot read {key_file}: {error.strerror}") from None
+    except (ValueError, TypeError):
+        raise CommandError(f"{key_file}: not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CommandError(f"{key_file}: the trust anchor key must be ECDSA")
+    for _, certificate in _load_certificates([bundle]):
+        if certificate.public_key() == key.public_key():
+            return CertificateAuthority(certificate=certificate, key=key)
+    raise CommandError(f"no certificate in {bundle} matches the key {key_file}")
+
+
+def _rotate_issuer(args: argparse.Namespace) -> int:
+    directory: Path = args.dir
+    anchor = _load_anchor(directory / ANCHOR_CERT, args.anchor_key or directory / ANCHOR_KEY)
+    issuer = create_issuer(
+        anchor,
+        name=issuer_name(control_plane_ns=args.control_plane_ns, trust_domain=args.trust_domain),
+        now=_now(),
+        lifetime=args.issuer_lifetime,
+    )
+    try:
+        write_private(directory / ISSUER_KEY, private_key_pem(issuer.key))
+        write_public(directory / ISSUER_CERT, certificate_pem(issuer.certificate))
+    except OSError as error:
+        raise CommandError(f"cannot write to {directory}: {error.strerror}") from None
+    print(f"new issuer {directory / ISSUER_CERT}, {directory / ISSUER_KEY}, "
+          f"expires {issuer.certificate.not_valid_after_utc:%Y-%m-%d}; "
+          f"apply the kustomization to update the Secret")  # fmt: skip
     return 0
 
 
@@ -269,6 +308,13 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace existing files")
     mesh_names(init)
     init.set_defaults(run=_init)
+
+    rotate = commands.add_parser("rotate-issuer", help="a new issuer from the same trust anchor")
+    rotate.add_argument("--dir", type=Path, default=Path("identity-pki"), help="from `init`")
+    rotate.add_argument("--anchor-key", type=Path, help="default: <dir>/ca.key")
+    rotate.add_argument("--issuer-lifetime", type=_duration, default=_duration("365d"))
+    mesh_names(rotate)
+    rotate.set_defaults(run=_rotate_issuer)
 
     inspect = commands.add_parser("inspect", help="show each certificate's chain and expiry")
     inspect.add_argument("files", type=Path, nargs="+", metavar="FILE")

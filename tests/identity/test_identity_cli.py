@@ -159,3 +159,24 @@ def test_meshlet_dispatcher_runs_identity(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "keep offline" in result.stdout
+
+
+def test_rotate_issuer_keeps_the_anchor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _init(tmp_path)
+    anchor_before = (tmp_path / "ca-bundle.crt").read_bytes()
+    issuer_before = (tmp_path / "crt.pem").read_bytes()
+    assert main(["rotate-issuer", "--dir", str(tmp_path), "--issuer-lifetime", "10d"]) == 0
+    assert (tmp_path / "ca-bundle.crt").read_bytes() == anchor_before
+    assert (tmp_path / "crt.pem").read_bytes() != issuer_before
+    files = IssuerFiles(
+        cert=tmp_path / "crt.pem", key=tmp_path / "key.pem", anchors=tmp_path / "ca-bundle.crt"
+    )
+    certificate, key, anchors = load_issuer_files(files)
+    assert validate_issuer(certificate, key, anchors, now=datetime.datetime.now(datetime.UTC)) == []
+    # With a key that matches no anchor in the bundle, a clear refusal.
+    other = tmp_path / "other"
+    _init(other)
+    capsys.readouterr()
+    argv = ["rotate-issuer", "--dir", str(tmp_path), "--anchor-key", str(other / "ca.key")]
+    assert main(argv) == 1
+    assert "no certificate in" in capsys.readouterr().err
