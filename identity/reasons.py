@@ -35,7 +35,9 @@ REASONS: Final[dict[str, Reason]] = {
         400, "the CSR's common name is neither empty nor the identity"
     ),
     "csr_requests_ca": Reason(400, "the CSR asks for a CA certificate (basicConstraints CA:TRUE)"),
-    "csr_key_unsupported": Reason(400, "the CSR's key is neither ECDSA P-256 nor RSA"),
+    "csr_key_unsupported": Reason(
+        400, "the CSR's key is neither ECDSA P-256 nor RSA up to 8192 bits"
+    ),
     "csr_key_too_weak": Reason(400, "the CSR's RSA key is shorter than 2048 bits"),
     # The ServiceAccount token.
     "token_missing": Reason(401, "no 'Authorization: Bearer <token>' header"),

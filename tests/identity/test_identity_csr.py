@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -157,3 +158,9 @@ def test_unknown_csr_version_is_malformed_not_a_crash() -> None:
     assert der[7:10] == b"\x02\x01\x00"  # INTEGER version 0 (v1)
     der[9] = 1
     assert check_csr(bytes(der), IDENTITY).reasons == ["csr_malformed"]
+
+
+def test_docs_list_every_refusal_reason() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "identity.md").read_text()
+    for slug, reason in REASONS.items():
+        assert f"| `{slug}` | {reason.status} |" in text, slug
