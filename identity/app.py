@@ -214,9 +214,13 @@ def create_app(
         if fields is None:
             return _refusal("body_malformed", metrics)
         identity, csr = fields
-        outcome = await authority.certify(
-            identity=identity, csr_text=csr, token=_bearer(request), now=clock()
-        )
+        try:
+            outcome = await authority.certify(
+                identity=identity, csr_text=csr, token=_bearer(request), now=clock()
+            )
+        except Exception as error:  # a bug must not become a 500 nor log a token: type only
+            log.error("certify failed unexpectedly: %s", type(error).__name__)
+            return _refusal("internal_error", metrics, identity)
         if not isinstance(outcome, Certified):
             return _refusal(outcome.reason, metrics, identity)
         metrics.issued.inc()

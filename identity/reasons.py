@@ -46,6 +46,8 @@ REASONS: Final[dict[str, Reason]] = {
     "token_not_serviceaccount": Reason(403, "the token does not belong to a ServiceAccount"),
     "token_review_unavailable": Reason(503, "the token could not be reviewed right now"),
     "identity_mismatch": Reason(403, "the token's ServiceAccount does not have that identity"),
+    # Ours: an unexpected failure, logged by exception type (never a 500, never a token).
+    "internal_error": Reason(503, "the service failed unexpectedly; retry later"),
     # The issuer.
     "issuer_unavailable": Reason(503, "the issuer is not loaded"),
     "issuer_not_ca": Reason(503, "the issuer certificate is not a CA"),

@@ -116,6 +116,10 @@ class KubernetesTokenReviewer:
         except (TimeoutError, OSError, aiohttp.ClientError) as error:
             log.error("TokenReview failed: %s", type(error).__name__)
             return TokenVerdict(reason="token_review_unavailable")
+        except (ValueError, TypeError, KeyError) as error:
+            # The answer did not deserialize; its text may echo the token, so name the type only.
+            log.error("TokenReview answer unreadable: %s", type(error).__name__)
+            return TokenVerdict(reason="token_review_unavailable")
         return _verdict_from_status(answer.status)
 
     async def aclose(self) -> None:

@@ -109,6 +109,22 @@ async def test_api_server_refusing_us_is_unavailable_not_invalid(kmock: kmock.Ra
 
 
 @pytest.mark.asyncio
+async def test_unreadable_answer_is_unavailable(
+    kmock: kmock.RawHandler, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No spec: the client refuses to deserialize it. Nothing of the answer reaches the log.
+    kmock[TOKENREVIEWS] << {"kind": "TokenReview", "status": {"error": "good-web"}}
+    reviewer = _reviewer(str(kmock.url))
+    try:
+        verdict = await reviewer.review("good-web")
+    finally:
+        await reviewer.aclose()
+    assert verdict.reason == "token_review_unavailable"
+    assert "good-web" not in caplog.text
+    assert "TokenReview answer unreadable: ValueError" in caplog.text
+
+
+@pytest.mark.asyncio
 async def test_unreachable_api_server_is_unavailable() -> None:
     reviewer = _reviewer("http://127.0.0.1:9", timeout=2)
     try:
