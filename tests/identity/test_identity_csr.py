@@ -164,3 +164,14 @@ def test_docs_list_every_refusal_reason() -> None:
     text = (Path(__file__).parents[2] / "docs" / "identity.md").read_text()
     for slug, reason in REASONS.items():
         assert f"| `{slug}` | {reason.status} |" in text, slug
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=600), st.text(max_size=80))
+def test_fuzz_csr_text_field_never_crash(text: str, identity: str) -> None:
+    data = csr_bytes_from_text(text)
+    if data is not None:
+        verdict = check_csr(data, identity)
+        assert not verdict.ok
+        assert all(reason in REASONS for reason in verdict.reasons)
+    assert all(reason in REASONS for reason in check_identity(identity))
