@@ -294,7 +294,10 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshlet identity", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="meshlet identity",
+        description="Create, inspect and use the mesh's trust anchor and issuer.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def mesh_names(sub: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ import os
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +107,9 @@ class IdentityClient:
         *,
         transport: Transport = https_transport,
         wall_clock: Callable[[], float] = time.time,
+        alpn_protocols: Sequence[str] = (),
     ) -> None:
+        """``alpn_protocols`` (e.g. ``["h2", "http/1.1"]``) is set on every context built."""
         self.settings = settings
         self.ready = trio.Event()
         self.renewals = 0
@@ -118,6 +120,7 @@ class IdentityClient:
         self._csr = build_csr(self._key, settings.local_name)
         self._anchors = x509.load_pem_x509_certificates(settings.trust_anchors_pem.encode())
         self._current: _Contexts | None = None
+        self._alpn = list(alpn_protocols)
 
     # -- what the proxy uses ------------------------------------------------------------------
 
@@ -183,6 +186,9 @@ class IdentityClient:
             anchors = self.settings.trust_anchors_pem
             server = server_context(anchors, cert_file, key_file)
             client = client_context(anchors, cert_file, key_file)
+            if self._alpn:
+                server.set_alpn_protocols(self._alpn)
+                client.set_alpn_protocols(self._alpn)
         except (OSError, ssl.SSLError) as error:
             raise IdentityClientError(f"cannot use the new certificate: {error}") from None
         self._current = _Contexts(certified=certified, server=server, client=client)

@@ -88,6 +88,8 @@ async def _handshake(
             await tls.do_handshake()
             seen["client_saw"] = peer_identity(tls)
             seen["version"] = tls.version()
+            if tls.selected_alpn_protocol():
+                seen["alpn"] = tls.selected_alpn_protocol()
             seen["data"] = (await tls.receive_some(5)).decode()
         except trio.BrokenResourceError as error:
             seen["client_error"] = repr(error.__cause__)
@@ -102,8 +104,11 @@ async def test_two_proxies_certify_and_complete_mutual_tls(
     identity_server: IdentityServer, tmp_path: Path
 ) -> None:
     anchors = identity_server.pki.anchors_file
-    web = IdentityClient(client_settings(tmp_path, anchors, identity_server.port, WEB, "tok-web"))
-    db = IdentityClient(client_settings(tmp_path, anchors, identity_server.port, DB, "tok-db"))
+    alpn = ["h2", "http/1.1"]
+    web_settings = client_settings(tmp_path, anchors, identity_server.port, WEB, "tok-web")
+    web = IdentityClient(web_settings, alpn_protocols=alpn)
+    db_settings = client_settings(tmp_path, anchors, identity_server.port, DB, "tok-db")
+    db = IdentityClient(db_settings, alpn_protocols=alpn)
     assert not web.is_ready
     with pytest.raises(NotReadyError):
         _ = web.server_context
@@ -114,7 +119,13 @@ async def test_two_proxies_certify_and_complete_mutual_tls(
             await web.ready.wait()
             await db.ready.wait()
         seen = await _handshake(web.server_context, db.client_context, WEB)
-        assert seen == {"server_saw": DB, "client_saw": WEB, "version": "TLSv1.3", "data": "hello"}
+        assert seen == {
+            "server_saw": DB,
+            "client_saw": WEB,
+            "version": "TLSv1.3",
+            "alpn": "h2",
+            "data": "hello",
+        }
         # The other way around, too.
         seen = await _handshake(db.server_context, web.client_context, DB)
         assert (seen["server_saw"], seen["client_saw"]) == (WEB, DB)
