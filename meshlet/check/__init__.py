@@ -67,6 +67,7 @@ async def run_checks(
         )
         results += check_issuer(
             await cluster.secret(namespace, "meshlet-identity-issuer"),
+            await cluster.config_map(namespace, "meshlet-identity-trust-anchors"),
             datetime.datetime.now(datetime.UTC),
         )
         results += check_proxies(await cluster.pods(None, "meshlet.io/control-plane-ns"))

@@ -223,18 +223,24 @@ def _expiry(
     return CheckResult(category, name, Status.OK, f"expires on {until}")
 
 
-def check_issuer(issuer_secret: Object | None, now: datetime.datetime) -> list[CheckResult]:
+def check_issuer(
+    issuer_secret: Object | None, anchors_config_map: Object | None, now: datetime.datetime
+) -> list[CheckResult]:
+    """The issuer Secret (``crt.pem``) against the trust anchors ConfigMap (``ca-bundle.crt``),
+    as ``meshlet identity init`` writes them."""
     category = "identity"
-    issuers = _pem_certificates(_secret_file(issuer_secret, "tls.crt"))
-    anchors = _pem_certificates(_secret_file(issuer_secret, "ca.crt"))
+    issuers = _pem_certificates(_secret_file(issuer_secret, "crt.pem"))
+    anchor_text = str(((anchors_config_map or {}).get("data") or {}).get("ca-bundle.crt", ""))
+    anchors = _pem_certificates(anchor_text.encode())
     if not issuers or not anchors:
         return [
             CheckResult(
                 category,
                 "the issuer and trust anchors are present",
                 Status.FAIL,
-                "Secret meshlet-identity-issuer is missing or lacks tls.crt/ca.crt",
-                "meshlet identity init; kubectl apply -k manifests/overlays/default",
+                "Secret meshlet-identity-issuer (crt.pem) or ConfigMap"
+                " meshlet-identity-trust-anchors (ca-bundle.crt) is missing",
+                "meshlet install-files manifests/base/secrets; kubectl apply -k ...",
             )
         ]
     issuer = issuers[0]

@@ -28,6 +28,7 @@ class Cluster(Protocol):
     async def pods(self, namespace: str | None, label_selector: str) -> list[Object]: ...
     async def mutating_webhook(self, name: str) -> Object | None: ...
     async def secret(self, namespace: str, name_prefix: str) -> Object | None: ...
+    async def config_map(self, namespace: str, name: str) -> Object | None: ...
 
 
 class KubeCluster:
@@ -147,3 +148,10 @@ class KubeCluster:
         ]
         matches.sort(key=lambda item: str(item["metadata"].get("creationTimestamp", "")))
         return matches[-1] if matches else None
+
+    async def config_map(self, namespace: str, name: str) -> Object | None:
+        core = client.CoreV1Api(self.api)
+        answer = await self._call(
+            "read config map", core.read_namespaced_config_map, name, namespace
+        )
+        return answer if isinstance(answer, Mapping) else None

@@ -105,10 +105,16 @@ def healthy_cluster(fake: kmock.RawHandler, *, allowed: bool = True, webhook: bo
                 "data": {"tls.crt": b64(pem(serving))},
             },
             {
-                "metadata": {"name": "meshlet-identity-issuer-9fh2k"},
-                "data": {"tls.crt": b64(pem(issuer)), "ca.crt": b64(pem(anchor[0]))},
+                "metadata": {"name": "meshlet-identity-issuer"},
+                "data": {"crt.pem": b64(pem(issuer))},
             },
         ],
+    }
+    fake["get /api/v1/namespaces/meshlet/configmaps/meshlet-identity-trust-anchors"] << {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "meshlet-identity-trust-anchors"},
+        "data": {"ca-bundle.crt": pem(anchor[0]).decode()},
     }
     if not webhook:
         return

@@ -124,14 +124,14 @@ def test_webhook_bundle_mismatch_fails() -> None:
     assert "reject" in results[1].detail
 
 
-def issuer_secret(issuer: bytes, anchors: bytes) -> dict[str, Any]:
-    return secret(tls_crt=issuer, ca_crt=anchors)
+def issuer_objects(issuer: bytes, anchors: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    return {"data": {"crt.pem": b64(issuer)}}, {"data": {"ca-bundle.crt": anchors.decode()}}
 
 
 def test_issuer_healthy() -> None:
     anchor = make_certificate("root.meshlet", ca=True, days=3650)
     issuer, _ = make_certificate("identity.meshlet.cluster.local", ca=True, days=365, signer=anchor)
-    results = check_issuer(issuer_secret(pem(issuer), pem(anchor[0])), NOW)
+    results = check_issuer(*issuer_objects(pem(issuer), pem(anchor[0])), NOW)
     assert {r.status for r in results} == {Status.OK}, results
 
 
@@ -163,14 +163,14 @@ def test_issuer_problems(case: str, failing_check: str, status: Status) -> None:
     issuer, _ = make_certificate(
         "identity.meshlet.cluster.local", ca=case != "not-ca", days=days, signer=signer
     )
-    results = {r.name: r for r in check_issuer(issuer_secret(pem(issuer), pem(anchor[0])), NOW)}
+    results = {r.name: r for r in check_issuer(*issuer_objects(pem(issuer), pem(anchor[0])), NOW)}
     assert results[failing_check].status is status
     others = [r for name, r in results.items() if name != failing_check]
     assert all(r.status is Status.OK for r in others), others
 
 
 def test_issuer_secret_missing() -> None:
-    (result,) = check_issuer(None, NOW)
+    (result,) = check_issuer(None, None, NOW)
     assert result.status is Status.FAIL
 
 
@@ -178,7 +178,7 @@ def test_trust_anchor_expiry_is_reported() -> None:
     anchor = make_certificate("root.meshlet", ca=True, days=10)
     issuer, _ = make_certificate("identity.meshlet.cluster.local", ca=True, days=5, signer=anchor)
     later = NOW + datetime.timedelta(days=20)
-    results = {r.name: r for r in check_issuer(issuer_secret(pem(issuer), pem(anchor[0])), later)}
+    results = {r.name: r for r in check_issuer(*issuer_objects(pem(issuer), pem(anchor[0])), later)}
     assert results["the trust anchor is valid for at least 60 days"].status is Status.FAIL
 
 

@@ -1,17 +1,11 @@
-"""The files `manifests/base/kustomization.yaml` reads, made for a test render."""
+"""The files `manifests/base/kustomization.yaml` reads, made as an operator makes them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from meshlet.devcert import write_self_signed
+from meshlet.install import main as install_files
 
 
 def write_install_files(directory: Path) -> None:
-    for stem, names in [
-        ("ca", ["identity.meshlet.cluster.local"]),
-        ("issuer", ["identity.meshlet.cluster.local"]),
-        ("webhook", ["meshlet-webhook.meshlet.svc"]),
-        ("destination", ["meshlet-destination.meshlet.svc"]),
-    ]:
-        write_self_signed(directory, names, stem=stem)
+    assert install_files([str(directory)]) == 0

@@ -181,7 +181,7 @@ def test_webhook_configuration(rendered: dict[str, list[Object]], tree: Path) ->
     }
     # The caBundle is the certificate the webhook serves.
     bundle = base64.b64decode(webhook["clientConfig"]["caBundle"])
-    assert bundle == (tree / "base" / "secrets" / "webhook.crt").read_bytes()
+    assert bundle == (tree / "base" / "secrets" / "webhook" / "tls.crt").read_bytes()
     secret = _find(rendered["default"], "Secret", "meshlet-webhook-tls")
     deployment = _find(rendered["default"], "Deployment", "meshlet-webhook")
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
