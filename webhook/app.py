@@ -13,9 +13,11 @@ admitted unchanged with a warning (like ``failurePolicy: Ignore``), never a 500.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import yaml
 from fastapi import FastAPI, Request, Response
@@ -72,7 +74,18 @@ def _explain(admission: AdmissionRequest, outcome: Outcome, owner: str | None) -
 
 def create_app(settings: WebhookSettings, view: ClusterView) -> FastAPI:
     """The FastAPI app; its metrics are in ``app.state.metrics.registry``."""
-    app = FastAPI(title="meshlet-webhook", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await view.start()
+        try:
+            yield
+        finally:
+            await view.close()
+
+    app = FastAPI(
+        title="meshlet-webhook", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan
+    )
     metrics = WebhookMetrics.create()
     app.state.metrics = metrics
     injector = Injector(settings, created_by=f"meshlet/proxy-injector v{__version__}")

@@ -61,6 +61,12 @@ class ClusterView(Protocol):
     def ready(self) -> bool:
         """Whether the view has its first full picture (for ``/readyz``)."""
 
+    async def start(self) -> None:
+        """Begin watching (called once the event loop runs)."""
+
+    async def close(self) -> None:
+        """Stop watching and release connections."""
+
 
 def controller_ref(metadata: Any) -> Owner | None:
     """The controlling ownerReference in ``metadata`` (or the first one), as an Owner."""
@@ -178,3 +184,9 @@ class StaticClusterView:
 
     def ready(self) -> bool:
         return True
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
