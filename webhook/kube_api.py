@@ -49,9 +49,15 @@ def _info(raw: Mapping[str, Any]) -> NamespaceInfo | None:
 
 
 async def _json(response: Any) -> Any:
-    """Body of a ``_preload_content=False`` call (an aiohttp response), released after."""
+    """Body of a ``_preload_content=False`` call (an aiohttp response), released after.
+
+    Such calls do not raise on error statuses: this does, as ApiException like the others.
+    """
     try:
-        return json.loads(await response.read())
+        body = await response.read()
+        if response.status >= 400:
+            raise ApiException(status=response.status, reason=str(response.reason))
+        return json.loads(body)
     finally:
         response.release()
 
