@@ -108,7 +108,9 @@ def _cluster_view(settings: WebhookSettings) -> ClusterView:
 
 def _bind(settings: WebhookSettings) -> socket.socket:
     family = socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and without it Nagle + delayed ACKs add ~40 ms to every keep-alive response.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.listen_host, settings.listen_port))

@@ -19,12 +19,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-import yaml
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect
 
 from meshlet import __version__
+from webhook import yamlout
 from webhook.decision import SENTENCES, Decision, Reason
 from webhook.inject import Injector, Outcome
 from webhook.kube import ClusterView, resolve_owner
@@ -69,7 +69,7 @@ def _explain(admission: AdmissionRequest, outcome: Outcome, owner: str | None) -
         "patch": outcome.patch,
         "injectedPod": outcome.pod,
     }
-    return yaml.safe_dump(document, sort_keys=False, width=100)
+    return yamlout.dump(document)
 
 
 def create_app(settings: WebhookSettings, view: ClusterView) -> FastAPI:

@@ -24,6 +24,7 @@ import yaml
 
 from meshlet import __version__
 from meshlet.names import CONFIG_ANNOTATION_PREFIX, DEFAULT_CONTROL_PLANE_NS, INJECT_ANNOTATION
+from webhook import yamlout
 from webhook.config import OVERRIDE_NAMES, resolve_config
 from webhook.decision import decide, explain
 from webhook.inject import Injector
@@ -240,7 +241,7 @@ def main(argv: list[str]) -> int:
     for document in documents:
         _process(document, options, report)
     if documents:
-        sys.stdout.write(yaml.safe_dump_all(documents, sort_keys=False, width=100))
+        sys.stdout.write(yamlout.dump_all(documents))
     for line in report.lines:
         print(line, file=sys.stderr)
     if report.changed == 0:

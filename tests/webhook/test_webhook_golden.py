@@ -4,7 +4,9 @@ change, run with ``MESHLET_REGENERATE_GOLDEN=1`` and review ``git diff tests/web
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import yaml
 
 from tests.webhook.podcheck import check_pod
 from webhook.inject import Injector
-from webhook.patch import Owner
+from webhook.patch import Owner, encode_patch, make_patch, patch_json
 from webhook.settings import WebhookSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -78,3 +80,24 @@ def test_golden(name: str) -> None:
     )
     check_pod(injected)
     check_pod(case["pod"])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_patch_text_with_precomputed_parts_is_the_plain_encoding(name: str) -> None:
+    case = yaml.safe_load((FIXTURES / f"{name}.yaml").read_text())
+    _, injected = _run(case)
+    if injected is None:
+        return
+    operations = make_patch(case["pod"], injected)
+    assert json.loads(patch_json(operations)) == operations
+    decoded = json.loads(base64.b64decode(encode_patch(operations)))
+    assert jsonpatch.apply_patch(case["pod"], decoded) == injected
+
+
+def test_marker_text_in_a_pod_is_left_alone() -> None:
+    case = yaml.safe_load((FIXTURES / "deployment-ns-enabled.yaml").read_text())
+    case["pod"]["metadata"]["annotations"]["x"] = "\x00meshlet-static-0000000000000000-0"
+    _, injected = _run(case)
+    assert injected is not None
+    operations = make_patch(case["pod"], injected)
+    assert json.loads(patch_json(operations)) == operations
