@@ -14,6 +14,7 @@ admitted unchanged with a warning (like ``failurePolicy: Ignore``), never a 500.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import time
@@ -78,6 +79,9 @@ def create_app(settings: WebhookSettings, view: ClusterView) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await view.start()
+        # Everything built at start-up (modules, settings, caches) is permanent: keep the
+        # collector from walking it again on every full collection, which shows as p99 spikes.
+        gc.freeze()
         try:
             yield
         finally:
@@ -113,7 +117,6 @@ def create_app(settings: WebhookSettings, view: ClusterView) -> FastAPI:
         )
         return outcome, f"{owner.kind}/{owner.name}" if owner else None
 
-    @app.post("/inject")
     async def inject(request: Request) -> Response:
         started = time.perf_counter()
         try:
@@ -146,6 +149,10 @@ def create_app(settings: WebhookSettings, view: ClusterView) -> FastAPI:
             body, media = json.dumps(answer, separators=(",", ":")), _JSON
         metrics.latency.observe(time.perf_counter() - started)
         return Response(body, media_type=media)
+
+    # A plain Starlette route: the handler reads the raw request itself, so FastAPI's parameter
+    # and dependency machinery would only add time to every admission.
+    app.add_route("/inject", inject, methods=["POST"])
 
     @app.get("/healthz")
     async def healthz() -> Response:
