@@ -73,6 +73,72 @@ def _explain(admission: AdmissionRequest, outcome: Outcome, owner: str | None) -
     return yamlout.dump(document)
 
 
+class _InjectEndpoint:
+    """``POST /inject``: parse, look up the namespace and owner, inject, answer, count."""
+
+    def __init__(self, settings: WebhookSettings, view: ClusterView, metrics: WebhookMetrics):
+        self.settings = settings
+        self.view = view
+        self.metrics = metrics
+        self.injector = Injector(settings, created_by=f"meshlet/proxy-injector v{__version__}")
+
+    def reject(self, error: BadReview, started: float) -> Response:
+        self.metrics.responses.labels("rejected", error.slug).inc()
+        self.metrics.latency.observe(time.perf_counter() - started)
+        log.warning("rejected review: %s", error.message)
+        body = json.dumps({"error": error.message, "reason": error.slug})
+        return Response(body, status_code=error.status, media_type=_JSON)
+
+    async def admit(self, admission: AdmissionRequest) -> tuple[Outcome, str | None]:
+        if not admission.is_pod:
+            return Outcome(Decision(False, (Reason.UNSUPPORTED_RESOURCE,)), (), None, []), None
+        if admission.operation != "CREATE":
+            return Outcome(Decision(False, (Reason.UNSUPPORTED_OPERATION,)), (), None, []), None
+        namespace = await self.view.namespace(admission.namespace)
+        owner = await resolve_owner(self.view, admission.namespace, admission.pod)
+        outcome = self.injector.run(
+            admission.pod,
+            namespace=admission.namespace,
+            namespace_labels=namespace.labels if namespace else {},
+            namespace_annotations=namespace.annotations if namespace else {},
+            owner=owner,
+        )
+        return outcome, f"{owner.kind}/{owner.name}" if owner else None
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            admission = parse_review(await _read_body(request, self.settings.max_body_bytes))
+        except BadReview as error:
+            return self.reject(error, started)
+        self.metrics.requests.labels(str(admission.dry_run).lower()).inc()
+        try:
+            outcome, owner = await self.admit(admission)
+        except Exception:  # a bug of ours must not block pod creation cluster-wide
+            log.exception("injector failed on pod %s/%s", admission.namespace, admission.pod_name)
+            decision = Decision(False, (Reason.INJECTOR_ERROR,))
+            outcome, owner = Outcome(decision, (SENTENCES[Reason.INJECTOR_ERROR],), None, []), None
+        decision = outcome.decision
+        label = "injected" if decision.inject else "skipped"
+        self.metrics.responses.labels(label, decision.reasons[0].value).inc()
+        log.info(
+            "%s pod %s/%s%s%s: %s",
+            label,
+            admission.namespace,
+            admission.pod_name,
+            f" ({owner})" if owner else "",
+            " [dry run]" if admission.dry_run else "",
+            ", ".join(reason.value for reason in decision.reasons),
+        )
+        if request.query_params.get("explain", "").lower() in {"1", "true", "yes"}:
+            body, media = _explain(admission, outcome, owner), "application/yaml"
+        else:
+            answer = review_response(admission.uid, patch=outcome.patch, warnings=outcome.warnings)
+            body, media = json.dumps(answer, separators=(",", ":")), _JSON
+        self.metrics.latency.observe(time.perf_counter() - started)
+        return Response(body, media_type=media)
+
+
 def create_app(settings: WebhookSettings, view: ClusterView) -> FastAPI:
     """The FastAPI app; its metrics are in ``app.state.metrics.registry``."""
 
@@ -92,67 +158,9 @@ def create_app(settings: WebhookSettings, view: ClusterView) -> FastAPI:
     )
     metrics = WebhookMetrics.create()
     app.state.metrics = metrics
-    injector = Injector(settings, created_by=f"meshlet/proxy-injector v{__version__}")
-
-    def reject(error: BadReview, started: float) -> Response:
-        metrics.responses.labels("rejected", error.slug).inc()
-        metrics.latency.observe(time.perf_counter() - started)
-        log.warning("rejected review: %s", error.message)
-        body = json.dumps({"error": error.message, "reason": error.slug})
-        return Response(body, status_code=error.status, media_type=_JSON)
-
-    async def admit(admission: AdmissionRequest) -> tuple[Outcome, str | None]:
-        if not admission.is_pod:
-            return Outcome(Decision(False, (Reason.UNSUPPORTED_RESOURCE,)), (), None, []), None
-        if admission.operation != "CREATE":
-            return Outcome(Decision(False, (Reason.UNSUPPORTED_OPERATION,)), (), None, []), None
-        namespace = await view.namespace(admission.namespace)
-        owner = await resolve_owner(view, admission.namespace, admission.pod)
-        outcome = injector.run(
-            admission.pod,
-            namespace=admission.namespace,
-            namespace_labels=namespace.labels if namespace else {},
-            namespace_annotations=namespace.annotations if namespace else {},
-            owner=owner,
-        )
-        return outcome, f"{owner.kind}/{owner.name}" if owner else None
-
-    async def inject(request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            admission = parse_review(await _read_body(request, settings.max_body_bytes))
-        except BadReview as error:
-            return reject(error, started)
-        metrics.requests.labels(str(admission.dry_run).lower()).inc()
-        try:
-            outcome, owner = await admit(admission)
-        except Exception:  # a bug of ours must not block pod creation cluster-wide
-            log.exception("injector failed on pod %s/%s", admission.namespace, admission.pod_name)
-            decision = Decision(False, (Reason.INJECTOR_ERROR,))
-            outcome, owner = Outcome(decision, (SENTENCES[Reason.INJECTOR_ERROR],), None, []), None
-        decision = outcome.decision
-        label = "injected" if decision.inject else "skipped"
-        metrics.responses.labels(label, decision.reasons[0].value).inc()
-        log.info(
-            "%s pod %s/%s%s%s: %s",
-            label,
-            admission.namespace,
-            admission.pod_name,
-            f" ({owner})" if owner else "",
-            " [dry run]" if admission.dry_run else "",
-            ", ".join(reason.value for reason in decision.reasons),
-        )
-        if request.query_params.get("explain", "").lower() in {"1", "true", "yes"}:
-            body, media = _explain(admission, outcome, owner), "application/yaml"
-        else:
-            answer = review_response(admission.uid, patch=outcome.patch, warnings=outcome.warnings)
-            body, media = json.dumps(answer, separators=(",", ":")), _JSON
-        metrics.latency.observe(time.perf_counter() - started)
-        return Response(body, media_type=media)
-
     # A plain Starlette route: the handler reads the raw request itself, so FastAPI's parameter
     # and dependency machinery would only add time to every admission.
-    app.add_route("/inject", inject, methods=["POST"])
+    app.add_route("/inject", _InjectEndpoint(settings, view, metrics).handle, methods=["POST"])
 
     @app.get("/healthz")
     async def healthz() -> Response:
