@@ -136,16 +136,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if settings.trust_anchors_pem is None:
         log.warning("no trust anchors configured: injected proxies get no identity settings")
-    host, port = sock.getsockname()[:2]
-    log.info("serving https://%s:%d (cluster: %s)", host, port, settings.cluster)
     try:
-        asyncio.run(
-            serve_app(create_app(settings, view), host=host, port=port, tls=tls, sockets=[sock])
-        )
+        return asyncio.run(_serve(settings, view, tls, sock))
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
         sock.close()
+
+
+async def _serve(
+    settings: WebhookSettings, view: ClusterView, tls: ReloadingServerTLS, sock: socket.socket
+) -> int:
+    host, port = sock.getsockname()[:2]
+    try:
+        await view.start()  # here, not only in the app's lifespan: a bad kubeconfig is one line
+    except ClusterViewError as error:
+        print(f"meshlet-webhook: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        log.info("serving https://%s:%d (cluster: %s)", host, port, settings.cluster)
+        await serve_app(create_app(settings, view), host=host, port=port, tls=tls, sockets=[sock])
+    finally:
+        await view.close()
     return 0
 
 

@@ -28,7 +28,7 @@ import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from webhook.kube import NamespaceInfo, controller_ref
+from webhook.kube import ClusterViewError, NamespaceInfo, controller_ref
 from webhook.patch import Owner
 
 __all__ = ["KubernetesClusterView"]
@@ -95,21 +95,34 @@ class KubernetesClusterView:
         return self._api
 
     async def start(self) -> None:
+        """Load the client configuration and start the namespace watch; idempotent."""
+        if self._task is not None:
+            return
         if self._api is None:
-            if self._kubeconfig is not None:
-                await config.load_kube_config(config_file=str(self._kubeconfig))
-            else:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
+            try:
+                if self._kubeconfig is not None:
+                    await config.load_kube_config(config_file=str(self._kubeconfig))
+                else:
+                    config.load_incluster_config()  # type: ignore[no-untyped-call]
+            except Exception as error:  # any kubeconfig trouble is the operator's: one line
+                where = self._kubeconfig or "the in-cluster ServiceAccount"
+                first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+                raise ClusterViewError(
+                    f"cannot configure the Kubernetes client from {where}: {first}"
+                ) from None
             self._api = client.ApiClient()
         self._task = asyncio.create_task(self._keep_namespaces(), name="namespace-watch")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop the watch and close the client; idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         if self._owns_api and self._api is not None:
-            await self._api.close()
+            api, self._api = self._api, None
+            await api.close()
 
     def ready(self) -> bool:
         return self._synced.is_set()

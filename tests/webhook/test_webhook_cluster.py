@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+import yaml
 from kubernetes_asyncio import client
 
 from tests.webhook.fakeapi import FakeApiServer
 from webhook.kube import NamespaceInfo, StaticClusterView, resolve_owner
 from webhook.kube_api import KubernetesClusterView
 from webhook.patch import Owner
+from webhook.samples import sample_review
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest_asyncio.fixture
@@ -157,3 +173,135 @@ async def test_static_view_reads_and_reloads_the_file(tmp_path: Path) -> None:
     assert (await view.namespace("shop")).labels == {"meshlet.io/inject": "disabled"}  # type: ignore[union-attr]
     path.write_text("kind: [unclosed\n")
     assert (await view.namespace("shop")).labels == {"meshlet.io/inject": "disabled"}  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def fake_in_thread() -> Iterator[tuple[FakeApiServer, asyncio.AbstractEventLoop]]:
+    """The fake API server on its own event loop thread, for a webhook in another process."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = FakeApiServer()
+    server.set_namespace("shop", {"meshlet.io/inject": "enabled"})
+    server.set_namespace("legacy")
+    server.set_object("replicasets", "shop", "web-7c9d8f6b5", ("Deployment", "storefront"))
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    try:
+        yield server, loop
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_webhook_process_uses_the_api_through_a_kubeconfig(
+    fake_in_thread: tuple[FakeApiServer, asyncio.AbstractEventLoop], tmp_path: Path
+) -> None:
+    fake, loop = fake_in_thread
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{fake.url}'}}}}]\n"
+        "users: [{name: tester, user: {token: not-a-secret}}]\n"
+        "contexts: [{name: fake, context: {cluster: fake, user: tester}}]\n"
+    )
+    port = _free_port()
+    log = (tmp_path / "webhook.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "webhook",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--self-signed",
+            str(tmp_path / "tls"),
+            "--kubeconfig",
+            str(kubeconfig),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    cacert = tmp_path / "tls" / "tls.crt"
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while (
+            subprocess.run(
+                ["curl", "-sf", "--cacert", str(cacert), f"{url}/readyz"],
+                capture_output=True,
+                check=False,
+            ).returncode
+            != 0
+        ):
+            assert process.poll() is None, (tmp_path / "webhook.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+        def explain(namespace: str) -> dict[str, Any]:
+            review = sample_review()
+            review["request"]["namespace"] = namespace
+            (tmp_path / "review.json").write_text(json.dumps(review))
+            result = subprocess.run(
+                [
+                    "curl",
+                    "-sf",
+                    "--cacert",
+                    str(cacert),
+                    "--data-binary",
+                    f"@{tmp_path / 'review.json'}",
+                    f"{url}/inject?explain=true",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            )
+            document: dict[str, Any] = yaml.safe_load(result.stdout)
+            return document
+
+        shop = explain("shop")
+        assert shop["inject"] is True
+        assert shop["owner"] == "Deployment/storefront"  # from the API, not the name heuristic
+        (reason,) = explain("legacy")["reasons"]
+        assert list(reason) == ["injection_not_enabled"]
+        loop.call_soon_threadsafe(fake.set_namespace, "legacy", {"meshlet.io/inject": "enabled"})
+        deadline = time.monotonic() + 10
+        while not explain("legacy")["inject"]:  # the watch delivers the new label
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def test_no_cluster_configuration_is_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "webhook",
+            "--listen",
+            f"127.0.0.1:{_free_port()}",
+            "--self-signed",
+            str(tmp_path / "tls"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert (
+        "meshlet-webhook: error: cannot configure the Kubernetes client from the in-cluster"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr
