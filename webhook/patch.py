@@ -22,14 +22,11 @@ read-only, and dump it to YAML without aliases (:data:`webhook.yamlout.dump_all`
 
 from __future__ import annotations
 
-import base64
 import functools
-import json
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from meshlet.names import (
     DESTINATION_PORT,
@@ -46,6 +43,7 @@ from meshlet.names import (
 )
 from webhook.config import ProxyConfig
 from webhook.diff import diff
+from webhook.encode import encode_patch, patch_json, static
 
 __all__ = [
     "ANNOTATION_CREATED_BY",
@@ -78,7 +76,6 @@ VOLUME_IDENTITY = "meshlet-identity-end-entity"
 VOLUME_TOKEN = "meshlet-identity-token"  # noqa: S105 (a volume name)
 TOKEN_LIFETIME_SECONDS = 86400  # the kubelet refreshes at 80%; the proxy rereads the file
 
-_T = TypeVar("_T")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
@@ -330,67 +327,17 @@ def make_patch(original: Mapping[str, Any], injected: Mapping[str, Any]) -> list
 # The injected containers and volumes depend only on the settings, the overrides and the pod's
 # ports: they are built once per distinct combination and shared, read-only, by every pod that
 # needs them, and their JSON text is kept beside them, so encoding a patch mostly joins strings
-# (see docs/performance.md: this halved the cost of an admission).
-_STATIC_JSON: dict[int, tuple[Any, str]] = {}
-_STATIC_LIMIT = 4096
-
-
-def _static(value: _T) -> _T:
-    if len(_STATIC_JSON) >= _STATIC_LIMIT:
-        _STATIC_JSON.clear()  # entries hold their objects, so an id is never reused meanwhile
-    _STATIC_JSON[id(value)] = (value, json.dumps(value, separators=(",", ":")))
-    return value
-
-
+# (see docs/performance.md).
 @functools.lru_cache(maxsize=256)
 def _cached_init_container(config: ProxyConfig) -> dict[str, Any]:
-    return _static(_init_container(config))
+    return static(_init_container(config))
 
 
 @functools.lru_cache(maxsize=1024)
 def _cached_proxy_container(
     inbound_ports: str, config: ProxyConfig, mesh: MeshParams
 ) -> dict[str, Any]:
-    return _static(_proxy_container(inbound_ports, config, mesh))
+    return static(_proxy_container(inbound_ports, config, mesh))
 
 
-_VOLUMES = tuple(_static(volume) for volume in _volumes())
-
-
-_MARKER = f"\x00meshlet-static-{secrets.token_hex(8)}-"  # never in a real pod: random per process
-
-
-def patch_json(operations: list[dict[str, Any]]) -> str:
-    """The JSON text of ``operations``, reusing the precomputed text of the static parts.
-
-    Static values (and static items of list values) are swapped for unique marker strings, the
-    rest is encoded by one ``json.dumps`` call, and each marker's JSON is then replaced by the
-    static part's precomputed text.
-    """
-    texts: list[str] = []
-
-    def swap(value: Any) -> Any:
-        hit = _STATIC_JSON.get(id(value))
-        if hit is not None and hit[0] is value:
-            texts.append(hit[1])
-            return f"{_MARKER}{len(texts) - 1}"
-        return value
-
-    swapped = []
-    for operation in operations:
-        if "value" not in operation:
-            swapped.append(operation)
-            continue
-        value = operation["value"]
-        value = [swap(item) for item in value] if type(value) is list else swap(value)
-        swapped.append({**operation, "value": value})
-    encoded = json.dumps(swapped, separators=(",", ":"))
-    marker = json.dumps(_MARKER)[:-1]  # the marker as it appears in JSON, without the closing quote
-    for index, text in enumerate(texts):
-        encoded = encoded.replace(f'{marker}{index}"', text, 1)
-    return encoded
-
-
-def encode_patch(operations: list[dict[str, Any]]) -> str:
-    """Base64 of the JSON patch, as AdmissionResponse.patch carries it."""
-    return base64.b64encode(patch_json(operations).encode()).decode()
+_VOLUMES = tuple(static(volume) for volume in _volumes())
