@@ -271,3 +271,30 @@ def test_fuzz_every_answer_is_a_review_or_4xx(client: AppClient, data: st.DataOb
     else:
         assert reply.status_code in (400, 413), reply.text
         assert reply.json()["error"]
+
+
+class _NeverSynced(StaticClusterView):
+    def ready(self) -> bool:
+        return False
+
+
+def test_readyz_waits_for_the_cluster_view() -> None:
+    app = AppClient(create_app(WebhookSettings(), _NeverSynced(cluster_file())))
+    reply = app.get("/readyz")
+    assert reply.status_code == 503
+    assert "not synced" in reply.text
+
+
+def test_an_injector_bug_admits_the_pod_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: Any, **__: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr("webhook.inject.Injector.run", broken)
+    app = AppClient(create_app(WebhookSettings(), StaticClusterView(cluster_file())))
+    reply = app.post("/inject", json=sample_review())
+    assert reply.status_code == 200
+    response = reply.json()["response"]
+    assert response["allowed"] is True
+    assert "patch" not in response
+    assert "admitted unchanged" in response["warnings"][0]
+    assert 'outcome="skipped",reason="injector_error"' in app.get("/metrics").text

@@ -141,3 +141,20 @@ def test_settings_errors_are_one_line(env: dict[str, str], message: str) -> None
         load_settings(env)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_webhook_flags_win_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from webhook.__main__ import _parser, _settings  # noqa: PLC0415
+
+    monkeypatch.setenv("MESHLET_WEBHOOK_LISTEN_ADDR", "not an address")
+    monkeypatch.setenv("MESHLET_WEBHOOK_PROXY_VERSION", "v9")
+    args = _parser().parse_args(
+        ["--listen", "127.0.0.1:9999", "--self-signed", str(tmp_path / "tls")]
+    )
+    settings, cert, key = _settings(args)
+    assert (settings.listen_host, settings.listen_port) == ("127.0.0.1", 9999)
+    assert settings.proxy.version == "v9"
+    assert cert.exists()
+    assert key.stat().st_mode & 0o077 == 0
