@@ -69,6 +69,12 @@ class KubernetesClusterView:
         kubeconfig: Path | None = None,
         api: client.ApiClient | None = None,
         watch_timeout: int = 300,  # seconds per watch request; the API server caps it anyway
+        # Seconds of silence after which a watch connection counts as dead (a half-open TCP
+        # connection would otherwise block forever): the server timeout plus a margin.
+        silence_timeout: float | None = None,
+        # Seconds for a GET in the admission path; the API server gives the whole admission
+        # 10 s, and an answer without the owner label beats a timed-out admission.
+        request_timeout: float = 2.0,
         backoff: float = 0.5,  # first retry delay after an error, seconds; doubles to max_backoff
         max_backoff: float = 30.0,
         owner_ttl: float = 300.0,
@@ -78,6 +84,8 @@ class KubernetesClusterView:
         self._api = api
         self._owns_api = api is None
         self.watch_timeout = watch_timeout
+        self.silence_timeout = silence_timeout or watch_timeout + 30.0
+        self.request_timeout = request_timeout
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.owner_ttl = owner_ttl
@@ -158,6 +166,7 @@ class KubernetesClusterView:
                     core.list_namespace,
                     resource_version=version,
                     timeout_seconds=self.watch_timeout,
+                    _request_timeout=self.silence_timeout,
                 ) as stream:
                     async for event in stream:
                         self._apply(event)
@@ -181,7 +190,9 @@ class KubernetesClusterView:
             return cached
         try:
             raw = await _json(
-                await client.CoreV1Api(self.api).read_namespace(name, _preload_content=False)
+                await client.CoreV1Api(self.api).read_namespace(
+                    name, _preload_content=False, _request_timeout=self.request_timeout
+                )
             )
         except ApiException as error:
             if error.status != 404:
@@ -209,7 +220,11 @@ class KubernetesClusterView:
         if read is None:
             return None
         try:
-            raw = await _json(await read(name, namespace, _preload_content=False))
+            raw = await _json(
+                await read(
+                    name, namespace, _preload_content=False, _request_timeout=self.request_timeout
+                )
+            )
         except ApiException as error:
             if error.status != 404:
                 log.warning("cannot read %s %s/%s: HTTP %s", kind, namespace, name, error.status)

@@ -26,7 +26,9 @@ class FakeApiServer:
         self.fail_lists = 0  # answer this many namespace lists with 500
         self.gone_watches = 0  # answer this many watches with a 410 Gone ERROR event
         self.fail_reads = 0  # answer this many object reads with 500
+        self.silent_watches = 0  # this many watches hang, sending nothing, ignoring timeouts
         self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()
         self.url = ""
 
     async def start(self) -> str:
@@ -44,6 +46,7 @@ class FakeApiServer:
         return self.url
 
     async def stop(self) -> None:
+        self._closing.set()
         for queue in self.watchers:
             queue.put_nowait({"type": "_CLOSE"})
         if self._runner is not None:
@@ -136,6 +139,10 @@ class FakeApiServer:
                 },
             }
             await response.write(json.dumps(gone).encode() + b"\n")
+            return response
+        if self.silent_watches:
+            self.silent_watches -= 1
+            await self._closing.wait()  # a half-open connection, as far as the client can tell
             return response
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.watchers.append(queue)

@@ -103,6 +103,22 @@ async def test_relists_on_410_and_retries_errors(
 
 
 @pytest.mark.asyncio
+async def test_a_silent_watch_is_abandoned_and_relisted(fake: FakeApiServer) -> None:
+    fake.silent_watches = 1
+    api = client.ApiClient(client.Configuration(host=fake.url))
+    view = KubernetesClusterView(api=api, watch_timeout=1, silence_timeout=1.0, backoff=0.05)
+    try:
+        await view.start()
+        await asyncio.wait_for(view.wait_synced(), 5)
+        await _eventually(lambda: fake.requests.count("list") >= 2)
+        fake.set_namespace("after-the-silence")
+        await _eventually(lambda: "after-the-silence" in view._namespaces)
+    finally:
+        await view.close()
+        await api.close()
+
+
+@pytest.mark.asyncio
 async def test_unknown_namespace_is_read_directly(
     fake: FakeApiServer, view: KubernetesClusterView
 ) -> None:
