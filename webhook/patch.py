@@ -295,11 +295,12 @@ def inject_pod(
     labels[LABEL_CONTROL_PLANE_NS] = mesh.control_plane_ns
     labels[LABEL_WORKLOAD_NS] = namespace
     if owner is not None:
-        if _LABEL_VALUE.match(owner.name) and len(owner.name) <= 63:
+        key_name = owner_label(owner).partition("/")[2]
+        if all(len(text) <= 63 and _LABEL_VALUE.match(text) for text in (key_name, owner.name)):
             labels[owner_label(owner)] = owner.name
         elif warnings is not None:
             warnings.append(
-                f"owner {owner.kind} {owner.name!r} is not a valid label value: "
+                f"owner {owner.kind} {owner.name!r} does not fit a label: "
                 f"label {owner_label(owner)} not set"
             )
     metadata["labels"] = labels

@@ -101,3 +101,23 @@ def test_marker_text_in_a_pod_is_left_alone() -> None:
     assert injected is not None
     operations = make_patch(case["pod"], injected)
     assert json.loads(patch_json(operations)) == operations
+
+
+@pytest.mark.parametrize(
+    "owner",
+    [Owner("Deployment", "x" * 64), Owner("Deployment", "-bad-"), Owner("Odd Kind!", "web")],
+    ids=["name-too-long", "name-invalid", "kind-invalid"],
+)
+def test_owner_that_does_not_fit_a_label_is_left_out_with_a_warning(owner: Owner) -> None:
+    case = yaml.safe_load((FIXTURES / "deployment-ns-enabled.yaml").read_text())
+    outcome = _injector().run(
+        case["pod"],
+        namespace="shop",
+        namespace_labels={"meshlet.io/inject": "enabled"},
+        namespace_annotations={},
+        owner=owner,
+    )
+    assert outcome.pod is not None
+    assert not [k for k in outcome.pod["metadata"]["labels"] if k.startswith("meshlet.io/proxy-")]
+    assert "does not fit a label" in outcome.warnings[0]
+    check_pod(outcome.pod)
