@@ -118,6 +118,7 @@ def test_explain_is_readable_yaml(client: AppClient) -> None:
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("application/yaml")
     document = yaml.safe_load(reply.text)
+    assert "&id0" not in reply.text  # shared objects are written out, not as YAML aliases
     assert document["inject"] is True
     assert document["reasons"] == [
         {"injection_enabled_at_namespace": "the namespace is labelled meshlet.io/inject=enabled"}

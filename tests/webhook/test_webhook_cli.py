@@ -81,8 +81,11 @@ def test_default_annotates_pod_templates(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_manual_inlines_what_the_webhook_would_patch(capsys: pytest.CaptureFixture[str]) -> None:
-    status, documents, report = _run(capsys, "--manual", str(WORKLOADS))
+    status = cli.main(["--manual", str(WORKLOADS)])
+    captured = capsys.readouterr()
+    documents, report = list(yaml.safe_load_all(captured.out)), captured.err
     assert status == 0
+    assert "&id0" not in captured.out  # the shared proxy containers are written out in full
     assert report.strip().endswith("6 injected, 2 skipped")
     original = _by_name(list(yaml.safe_load_all(WORKLOADS.read_text())))
     result = _by_name(documents)
