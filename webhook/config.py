@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from meshlet import __version__
 from meshlet.names import CONFIG_ANNOTATION_PREFIX, DEFAULT_OPAQUE_PORTS, PROXY_UID
 
 __all__ = [
@@ -120,8 +121,10 @@ def parse_uid(text: str) -> int:
 class ProxyConfig:
     """What varies per pod in the injected containers. Defaults come from WebhookSettings."""
 
-    image: str = "ghcr.io/meshlet/proxy"
-    version: str = "v0.1.0"
+    # One image holds every meshlet component (image/build.sh tags it localhost/meshlet); the
+    # tag is meshlet's version, which `meshlet check` compares proxies against.
+    image: str = "localhost/meshlet"
+    version: str = __version__
     log_level: str = "info"
     cpu_request: str | None = "100m"
     cpu_limit: str | None = None

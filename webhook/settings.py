@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from meshlet import __version__
 from meshlet.names import DEFAULT_CONTROL_PLANE_NS, DEFAULT_TRUST_DOMAIN, WEBHOOK_PORT
 from webhook.config import (
     ConfigValueError,
@@ -60,7 +59,7 @@ class WebhookSettings:
     trust_anchors_file: Path | None = None
     trust_anchors_pem: str | None = None
     # Proxy defaults; each can be overridden per namespace or pod with config.meshlet.io/*.
-    proxy: ProxyConfig = field(default_factory=lambda: ProxyConfig(version=f"v{__version__}"))
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     # Where namespaces and owners come from: "kubernetes" (in-cluster, or kubeconfig_file when
     # set) or the path of a YAML file of Namespace/ReplicaSet/Job objects (no cluster needed).
     cluster: str = "kubernetes"
