@@ -215,7 +215,7 @@ def test_dev_overlay_logs_debug(rendered: dict[str, list[Object]]) -> None:
             e["name"]: e.get("value")
             for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
         }
-        assert env["MESHLET_LOG_LEVEL"] == "debug"
+        assert env[f"MESHLET_{component.upper()}_LOG_LEVEL"] == "debug"
     assert _find(objects, "ConfigMap", "meshlet-proxy-config")["data"]["proxy-log-level"] == "debug"
 
 
@@ -247,3 +247,25 @@ def test_prometheus_overlay_scrapes_proxies_and_control_plane(
     text = dashboards["meshlet-workloads.json"]
     for metric in ("response_total", "request_total", "response_latency_ms_bucket"):
         assert metric in text
+
+
+def _variables_read_by(component: str) -> set[str]:
+    if component == "webhook":
+        from webhook.settings import ENV_NAMES
+
+        return set(ENV_NAMES)
+    if component == "identity":
+        from identity.settings import _FIELDS, _PREFIX
+
+        return {_PREFIX + suffix for suffix, _ in _FIELDS.values()}
+    raise AssertionError(f"no settings table known for {component}")
+
+
+@pytest.mark.parametrize("overlay", ["default", "dev"])
+@pytest.mark.parametrize("component", ["identity", "webhook"])
+def test_every_variable_the_manifests_set_is_read(
+    rendered: dict[str, list[Object]], overlay: str, component: str
+) -> None:
+    deployment = _find(rendered[overlay], "Deployment", f"meshlet-{component}")
+    names = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert names <= _variables_read_by(component), names - _variables_read_by(component)
