@@ -14,7 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from identity import settings as identity_settings
 from tests.manifests.secrets import write_install_files
+from webhook import settings as webhook_settings
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAYS = ["default", "ha", "dev", "cert-manager", "prometheus"]
@@ -249,16 +251,13 @@ def test_prometheus_overlay_scrapes_proxies_and_control_plane(
         assert metric in text
 
 
-def _variables_read_by(component: str) -> set[str]:
-    if component == "webhook":
-        from webhook.settings import ENV_NAMES
-
-        return set(ENV_NAMES)
-    if component == "identity":
-        from identity.settings import _FIELDS, _PREFIX
-
-        return {_PREFIX + suffix for suffix, _ in _FIELDS.values()}
-    raise AssertionError(f"no settings table known for {component}")
+# The variables each component's settings loader reads.
+VARIABLES_READ = {
+    "webhook": set(webhook_settings.ENV_NAMES),
+    "identity": {
+        identity_settings._PREFIX + suffix for suffix, _ in identity_settings._FIELDS.values()
+    },
+}
 
 
 @pytest.mark.parametrize("overlay", ["default", "dev"])
@@ -268,4 +267,4 @@ def test_every_variable_the_manifests_set_is_read(
 ) -> None:
     deployment = _find(rendered[overlay], "Deployment", f"meshlet-{component}")
     names = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert names <= _variables_read_by(component), names - _variables_read_by(component)
+    assert names <= VARIABLES_READ[component], names - VARIABLES_READ[component]
