@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeGuard
 
 __all__ = [
     "CONTROL_PLANE_NS_LABEL",
@@ -123,7 +123,7 @@ def _string_map(value: Any) -> dict[str, str]:
     return {k: v for k, v in _dict(value).items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def _is_ip(text: Any) -> bool:
+def _is_ip(text: Any) -> TypeGuard[str]:
     if not isinstance(text, str):
         return False
     try:
