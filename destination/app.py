@@ -94,8 +94,13 @@ def create_app(
     hub_box: list[Hub] = []
 
     async def consume(hub: Hub) -> None:
-        async for event in source.events():
-            hub.apply(event)
+        try:
+            async for event in source.events():
+                hub.apply(event)
+        except Exception:
+            # A bug, not bad input (sources report those as events): say so loudly.
+            log.exception("the object source failed; streams keep the last known state")
+            raise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -93,6 +93,8 @@ class Hub:
         self.metrics.watch_events.labels(event.kind, kind_type).inc()
         applied = self.state.apply(event)
         for bad in applied.skipped:
+            if bad.reason == "unknown_service" and not self.synced.is_set():
+                continue  # the initial lists arrive in any order: not a problem yet
             log.warning("%s (%s)", bad.describe(), bad.reason)
             self.metrics.skipped_objects.labels(bad.kind, bad.reason).inc()
         if isinstance(event, Relisted) and not self.synced.is_set():
