@@ -81,6 +81,14 @@ class Hub:
         self._subscriptions: dict[Topic, set[_Subscription]] = defaultdict(set)
         self._touched: set[Topic] = set()
         self.active = 0
+        # Streams on the same target share one computed view and one encoded diff: with
+        # 1,000 proxies watching a service, a change is computed and serialised once.
+        self._sent_counters: dict[tuple[str, str], Any] = {}
+        self._targets: dict[Target, int] = {}
+        self._views: dict[Target, EndpointSet] = {}
+        self._diffs: dict[
+            Target, tuple[EndpointSet | None, EndpointSet, list[tuple[str, bytes]]]
+        ] = {}
 
     # -- the source side --------------------------------------------------------------------
 
@@ -114,6 +122,7 @@ class Hub:
         for topic in touched:
             woken.update(self._subscriptions.get(topic, ()))
         for subscription in woken:
+            self._views.pop(subscription.target, None)
             if subscription.notify():
                 self.metrics.updates_coalesced.labels(subscription.api).inc()
 
@@ -132,11 +141,17 @@ class Hub:
         for topic in subscription.topics:
             self._subscriptions[topic].add(subscription)
         self.active += 1
+        self._targets[target] = self._targets.get(target, 0) + 1
         self.metrics.streams_active.labels(api).inc()
         try:
             yield subscription
         finally:
             self.active -= 1
+            self._targets[target] -= 1
+            if not self._targets[target]:
+                del self._targets[target]
+                self._views.pop(target, None)
+                self._diffs.pop(target, None)
             self.metrics.streams_active.labels(api).dec()
             for topic in subscription.topics:
                 subscribers = self._subscriptions[topic]
@@ -144,8 +159,15 @@ class Hub:
                 if not subscribers:
                     del self._subscriptions[topic]
 
+    def _counter(self, api: Api, kind: str) -> Any:
+        """``updates_sent`` children, looked up once (labels() costs more than inc())."""
+        child = self._sent_counters.get((api, kind))
+        if child is None:
+            child = self._sent_counters[(api, kind)] = self.metrics.updates_sent.labels(api, kind)
+        return child
+
     def _sent(self, api: Api, message: dict[str, Any]) -> bytes:
-        self.metrics.updates_sent.labels(api, message["type"]).inc()
+        self._counter(api, message["type"]).inc()
         return encode_line(message)
 
     async def _until_synced(self, api: Api) -> AsyncIterator[bytes]:
@@ -164,6 +186,22 @@ class Hub:
             api, {"type": "close", "reason": "the destination service is shutting down"}
         )
 
+    def _view(self, target: Target) -> EndpointSet:
+        view = self._views.get(target)
+        if view is None:
+            view = self._views[target] = self.state.endpoints(target)
+        return view
+
+    def _diff(
+        self, target: Target, previous: EndpointSet | None, current: EndpointSet
+    ) -> list[tuple[str, bytes]]:
+        cached = self._diffs.get(target)
+        if cached is not None and cached[0] is previous and cached[1] is current:
+            return cached[2]
+        lines = [(m["type"], encode_line(m)) for m in diff_lines(previous, current)]
+        self._diffs[target] = (previous, current, lines)
+        return lines
+
     async def endpoint_lines(self, target: Target) -> AsyncIterator[bytes]:
         """The NDJSON stream for ``GET /v1/endpoints``: a snapshot, then diffs, forever."""
         with self._subscribe("endpoints", target) as subscription:
@@ -171,9 +209,10 @@ class Hub:
                 yield line
             previous: EndpointSet | None = None
             while not self.closing:
-                current = self.state.endpoints(target)
-                for message in diff_lines(previous, current):
-                    yield self._sent("endpoints", message)
+                current = self._view(target)
+                for kind, line in self._diff(target, previous, current):
+                    self._counter("endpoints", kind).inc()
+                    yield line
                 previous = current
                 async for line in self._next_change(subscription):
                     yield line
