@@ -219,9 +219,13 @@ async def watch_kind(client: _Client, kind: Kind) -> AsyncIterator[SourceEvent]:
                     version = item.resource_version
             continue  # the server ended the watch (timeoutSeconds): watch again from version
         except _Gone as gone:
-            yield SourceError(kind, "gone", f"{gone}; listing again")
-            version = None
-            continue  # relist at once: the data is known to be stale
+            if version is not None:
+                yield SourceError(kind, "gone", f"{gone}; listing again")
+                version = None
+                continue  # relist at once: the data is known to be stale
+            # The LIST itself expired (a continue token outlived the server's window): that
+            # can repeat, so it backs off like any other error.
+            error = SourceError(kind, "gone", f"{gone}; listing again after a pause")
         except TimeoutError:
             error = SourceError(kind, "silent", f"no data from the API server for {kind}")
         except _ApiError as api_error:

@@ -36,6 +36,7 @@ class FakeApi:
     failures_left: int = 0  # answer this many requests with 500
     silent: bool = False  # watches send nothing at all
     page_size: int | None = None
+    list_gone_left: int = 0  # answer this many LISTs with 410 (an expired continue token)
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -107,6 +108,10 @@ class FakeApi:
         return self._list(kind, query)
 
     def _list(self, kind: str, query: dict[str, str]) -> web.Response:
+        if self.list_gone_left > 0:
+            self.list_gone_left -= 1
+            gone = {"kind": "Status", "code": 410, "message": "the continue token has expired"}
+            return web.json_response(gone, status=410)
         items = [self.objects[kind][key] for key in sorted(self.objects[kind])]
         start = int(query.get("continue") or 0)
         size = self.page_size or len(items) or 1

@@ -251,6 +251,14 @@ async def test_lists_are_paginated(fake: FakeApi) -> None:
 
 
 @pytest.mark.asyncio
+async def test_an_expired_list_is_retried_after_a_pause(fake: FakeApi) -> None:
+    fake.list_gone_left = 3
+    async with running(fake) as run:
+        assert run.errors().count("gone") == 3
+        assert all(run.relists(kind) == 1 for kind in ("Service", "EndpointSlice", "Pod"))
+
+
+@pytest.mark.asyncio
 async def test_bad_objects_from_the_api_are_skipped(fake: FakeApi) -> None:
     async with running(fake) as run:
         stream = run.hub.endpoint_lines(WEB)
