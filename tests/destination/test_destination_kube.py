@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,9 +26,11 @@ from destination.hub import Hub
 from destination.index import ClusterState
 from destination.kube import KubernetesSource, WatchTiming
 from destination.metrics import DestinationMetrics
+from meshlet.devcert import write_self_signed
 
 from .dst_fakeapi import FakeApi
 from .dst_objects import endpoint, endpoint_slice, pod, service
+from .dst_server import free_port
 
 WEB = ServiceTarget("shop", "web", 80)
 FAST = WatchTiming(watch_timeout=30, idle_timeout=5, backoff_initial=0.02, backoff_max=0.1)
@@ -310,3 +314,114 @@ def test_no_cluster_and_no_kubeconfig_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("meshlet-destination: kubernetes: not in a cluster")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def _https_get(port: int, ca: Path, path: str) -> tuple[int, str]:
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
+        )
+    except OSError:
+        return (0, "")
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return (int(head.split()[1]), body.decode())
+
+
+@pytest.mark.asyncio
+async def test_the_real_service_on_the_kubernetes_source(fake: FakeApi, tmp_path: Path) -> None:
+    """meshlet-destination as a process, configured by a kubeconfig pointing at the fake API
+    server, read with curl -N while the API changes (and breaks)."""
+    files = write_self_signed(tmp_path, ["127.0.0.1"])
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+                "users": [{"name": "t", "user": {"token": "test-token"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "t"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHLET_")}
+    env["KUBECONFIG"] = str(kubeconfig)
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "destination",
+        "--source",
+        "kubernetes",
+        "--tls-cert",
+        str(files.cert),
+        "--tls-key",
+        str(files.key),
+        "--listen-addr",
+        f"127.0.0.1:{port}",
+        "--keepalive-interval",
+        "1s",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    curl = None
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await _https_get(port, files.cert, "/readyz"))[0] != 200:
+            assert server.returncode is None, "the server exited"
+            assert asyncio.get_running_loop().time() < deadline, "never ready"
+            await asyncio.sleep(0.05)
+        curl = await asyncio.create_subprocess_exec(
+            "curl",
+            "-sS",
+            "-N",
+            "--cacert",
+            str(files.cert),
+            f"https://127.0.0.1:{port}/v1/endpoints?authority=web.shop.svc.cluster.local:80",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert curl.stdout is not None
+
+        async def next_line() -> dict[str, Any]:
+            while True:
+                raw = await asyncio.wait_for(curl.stdout.readline(), 15)  # type: ignore[union-attr]
+                message = json.loads(raw)
+                if message["type"] != "keepalive":
+                    return message  # type: ignore[no-any-return]
+
+        assert await next_line() == {"type": "snapshot", "exists": True, "endpoints": []}
+        eps = [endpoint("10.1.0.1", "web-0"), endpoint("10.1.0.2", "web-1")]
+        fake.apply("EndpointSlice", "MODIFIED", endpoint_slice("web-a", "web", eps))
+        added = await next_line()
+        assert addresses(added) == [("10.1.0.1", 8080), ("10.1.0.2", 8080)]
+        assert (
+            added["endpoints"][0]["identity"]
+            == "web.shop.serviceaccount.identity.meshlet.cluster.local"
+        )
+        # The API breaks and forgets history; the change made meanwhile still arrives.
+        fake.end_watches(abort=True)
+        fake.compact()
+        fake.apply("EndpointSlice", "MODIFIED", endpoint_slice("web-a", "web", eps[1:]))
+        assert await next_line() == {
+            "type": "remove",
+            "endpoints": [{"address": "10.1.0.1", "port": 8080}],
+        }
+        fake.apply("Service", "DELETED", service("web"))
+        assert await next_line() == {"type": "snapshot", "exists": False, "endpoints": []}
+        status, metrics = await _https_get(port, files.cert, "/metrics")
+        assert status == 200
+        assert 'destination_api_errors_total{kind="EndpointSlice",reason="gone"}' in metrics
+    finally:
+        for process in (curl, server):
+            if process is not None and process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert server.stderr is not None
+        log = (await server.stderr.read()).decode()
+        assert "test-token" not in log  # the token never reaches a log
