@@ -123,6 +123,7 @@ class DiscoveryClient:
         self._stack = AsyncExitStack()
         self._nursery: trio.Nursery | None = None
         self._views: dict[tuple[str, str], View[Any]] = {}
+        self._scopes: dict[tuple[str, str], trio.CancelScope] = {}
 
     async def __aenter__(self) -> DiscoveryClient:
         self._nursery = await self._stack.enter_async_context(trio.open_nursery())
@@ -167,10 +168,34 @@ class DiscoveryClient:
         if view is None:
             view = view_type(authority, tracker_type())
             self._views[(api, authority)] = view
-            self._nursery.start_soon(self._follow, api, view, name=f"discovery {api} {authority}")
+            scope = self._scopes[(api, authority)] = trio.CancelScope()
+            self._nursery.start_soon(
+                self._follow_within, scope, api, view, name=f"discovery {api} {authority}"
+            )
         with trio.move_on_after(self.settings.initial_timeout):
             await view._first.wait()
         return view
+
+    def release(self, authority: str) -> None:
+        """Stop following ``authority`` (both streams); its views stop changing.
+
+        The proxy calls this when it has not used an authority for a while (Linkerd drops
+        outbound discovery after 5 s idle), so streams do not pile up.
+        """
+        for api in ("endpoints", "profiles"):
+            scope = self._scopes.pop((api, authority), None)
+            if scope is not None:
+                scope.cancel()
+            self._views.pop((api, authority), None)
+
+    @property
+    def subscriptions(self) -> int:
+        """How many streams are open or being reopened."""
+        return len(self._scopes)
+
+    async def _follow_within(self, scope: trio.CancelScope, api: str, view: View[Any]) -> None:
+        with scope:
+            await self._follow(api, view)
 
     async def _follow(self, api: str, view: View[Any]) -> None:
         """Keep one stream open for ``view`` forever (until the client closes)."""

@@ -119,6 +119,18 @@ async def test_unknown_then_appears_and_profiles(server: DestinationProcess) -> 
         state = await until(view, lambda s: s.exists)
         assert addresses(state) == ["127.0.0.7"]
         assert await discovery.endpoints("api.shop.svc.cluster.local:9000") is view
+        assert discovery.subscriptions == 2
+        discovery.release("api.shop.svc.cluster.local:9000")
+        assert discovery.subscriptions == 1
+        with trio.fail_after(10):
+            while (
+                'destination_streams_active{api="endpoints"} 0.0'
+                not in (await trio.to_thread.run_sync(server.get, "/metrics"))[1]
+            ):
+                await trio.sleep(0.05)
+        fresh = await discovery.endpoints("api.shop.svc.cluster.local:9000")
+        assert fresh is not view
+        assert addresses(fresh.current()) == ["127.0.0.7"]
 
 
 @pytest.mark.trio
