@@ -205,6 +205,7 @@ async def watch_kind(client: _Client, kind: Kind) -> AsyncIterator[SourceEvent]:
     timing = client.timing
     version: str | None = None
     failures = 0
+    empty_announced = False
     while True:
         try:
             if version is None:
@@ -230,6 +231,11 @@ async def watch_kind(client: _Client, kind: Kind) -> AsyncIterator[SourceEvent]:
             error = SourceError(kind, "silent", f"no data from the API server for {kind}")
         except _ApiError as api_error:
             error = SourceError(kind, api_error.reason, str(api_error))
+            if api_error.reason == "http_404" and version is None and not empty_announced:
+                # The resource does not exist (the ServiceProfile CRD is not installed yet):
+                # say "none" so the service can become ready, and keep asking.
+                empty_announced = True
+                yield Relisted(kind, ())
         except (aiohttp.ClientError, OSError) as network:
             error = SourceError(kind, "connection", f"{kind}: {type(network).__name__}: {network}")
         yield error

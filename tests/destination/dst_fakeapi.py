@@ -36,6 +36,7 @@ class FakeApi:
     failures_left: int = 0  # answer this many requests with 500
     silent: bool = False  # watches send nothing at all
     page_size: int | None = None
+    missing: set[str] = field(default_factory=set)  # kinds whose resource does not exist (404)
     list_gone_left: int = 0  # answer this many LISTs with 410 (an expired continue token)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -97,6 +98,15 @@ class FakeApi:
         kind = KIND_BY_PATH[request.path]
         query = dict(request.query)
         self.requests.append((kind, query))
+        if kind in self.missing:
+            return web.json_response(
+                {
+                    "kind": "Status",
+                    "code": 404,
+                    "message": "the server could not find the requested resource",
+                },
+                status=404,
+            )
         if self.failures_left > 0:
             self.failures_left -= 1
             return web.json_response(

@@ -255,6 +255,23 @@ async def test_lists_are_paginated(fake: FakeApi) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_missing_crd_does_not_block_readiness(fake: FakeApi) -> None:
+    fake.missing.add("ServiceProfile")
+    async with running(fake) as run:
+        assert "http_404" in run.errors()
+        await eventually(lambda: run.errors().count("http_404") >= 3)
+        assert run.hub.state.profile(WEB)["exists"] is False
+        assert run.relists("ServiceProfile") == 1
+        fake.missing.clear()  # the CRD gets installed: profiles start to work
+        profile = {
+            "metadata": {"name": "web.shop.svc.cluster.local", "namespace": "shop"},
+            "spec": {"routes": []},
+        }
+        fake.apply("ServiceProfile", "ADDED", profile)
+        await eventually(lambda: run.hub.state.profile(WEB)["exists"] is True)
+
+
+@pytest.mark.asyncio
 async def test_an_expired_list_is_retried_after_a_pause(fake: FakeApi) -> None:
     fake.list_gone_left = 3
     async with running(fake) as run:
