@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from destination import settings as destination_settings
 from identity import settings as identity_settings
 from tests.manifests.secrets import write_install_files
 from webhook import settings as webhook_settings
@@ -257,11 +258,15 @@ VARIABLES_READ = {
     "identity": {
         identity_settings._PREFIX + suffix for suffix, _ in identity_settings._FIELDS.values()
     },
+    "destination": {
+        destination_settings.ENV_PREFIX + flag.replace("-", "_").upper()
+        for flag in destination_settings._FLAGS
+    },
 }
 
 
 @pytest.mark.parametrize("overlay", ["default", "dev"])
-@pytest.mark.parametrize("component", ["identity", "webhook"])
+@pytest.mark.parametrize("component", CONTROL_PLANE)
 def test_every_variable_the_manifests_set_is_read(
     rendered: dict[str, list[Object]], overlay: str, component: str
 ) -> None:
