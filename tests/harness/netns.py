@@ -1,0 +1,230 @@
+"""Network namespaces for tests: create, run commands and processes inside, open sockets inside.
+
+Every namespace is named ``mlt-<pid>-<n>-<role>`` so parallel test runs never collide and a
+leftover is traceable to its run. Nothing here ever configures the machine's own network
+namespace: commands go through ``ip -n <ns>`` or ``ip netns exec <ns>``, and interfaces are
+created directly inside the namespaces.
+
+``Netns.socket()`` opens a socket *inside* the namespace from the test process itself (setns
+on the calling thread for the duration of the ``socket()`` call), so tests can connect and poll
+without starting a Python subprocess for each client.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import itertools
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import IO, Final
+
+__all__ = [
+    "HarnessError",
+    "Netns",
+    "Process",
+    "new_name",
+    "run",
+]
+
+_CLONE_NEWNET: Final = 0x40000000
+_counter = itertools.count(1)
+_setns_lock = threading.Lock()
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+class HarnessError(Exception):
+    """A harness step failed; the message carries the command and its stderr."""
+
+
+def new_name(role: str) -> str:
+    """A namespace name unique to this process and call: ``mlt-<pid>-<n>-<role>``."""
+    return f"mlt-{os.getpid()}-{next(_counter)}-{role}"
+
+
+def run(argv: Sequence[str], *, input_text: str | None = None, timeout: float = 10.0) -> str:
+    """Run a command to completion; raise ``HarnessError`` with its stderr if it fails."""
+    done = subprocess.run(
+        list(argv), input=input_text, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise HarnessError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+class Process:
+    """A process started in a namespace; ``stop()`` ends it by PID and reaps it."""
+
+    def __init__(self, popen: subprocess.Popen[str], label: str) -> None:
+        self.popen = popen
+        self.label = label
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def read_line(self, timeout: float = 5.0) -> str:
+        """The next stdout line (the process must have been started with ``capture=True``)."""
+        stdout = self.popen.stdout
+        assert stdout is not None, f"{self.label}: stdout was not captured"
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not line:
+            raise HarnessError(f"{self.label}: no output line within {timeout}s")
+        if not line[0]:
+            raise HarnessError(f"{self.label}: exited ({self.popen.poll()}) {self.stderr_text()}")
+        return line[0].rstrip("\n")
+
+    def stderr_text(self) -> str:
+        stderr = self.popen.stderr
+        if stderr is None or self.popen.poll() is None:
+            return ""
+        return stderr.read()[-2000:]
+
+    def stop(self, grace: float = 3.0) -> int:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit status."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(grace)
+        for stream in (self.popen.stdout, self.popen.stderr, self.popen.stdin):
+            if stream is not None:
+                stream.close()
+        return self.popen.returncode
+
+
+class Netns:
+    """One named network namespace (``ip netns``), deleted by ``delete()``."""
+
+    def __init__(self, role: str) -> None:
+        self.name = new_name(role)
+        run(["ip", "netns", "add", self.name])
+        self.path = f"/run/netns/{self.name}"
+        self.processes: list[Process] = []
+        # Loopback is down in a fresh namespace; nothing works on 127.0.0.1 until it is up.
+        self.ip("link", "set", "lo", "up")
+
+    def ip(self, *args: str) -> str:
+        return run(["ip", "-n", self.name, *args])
+
+    def ip_batch(self, commands: Sequence[str]) -> None:
+        """Several ``ip`` commands in one process (``ip -batch``), for speed."""
+        run(["ip", "-n", self.name, "-batch", "-"], input_text="\n".join(commands) + "\n")
+
+    def exec_argv(self, argv: Sequence[str], *, uid: int | None = None) -> list[str]:
+        """``argv`` wrapped to run inside this namespace, as ``uid`` (same gid) when given."""
+        wrapped = ["ip", "netns", "exec", self.name]
+        if uid is not None:
+            wrapped += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+        return [*wrapped, *argv]
+
+    def run(self, argv: Sequence[str], *, uid: int | None = None, timeout: float = 10.0) -> str:
+        return run(self.exec_argv(argv, uid=uid), timeout=timeout)
+
+    def run_result(
+        self, argv: Sequence[str], *, uid: int | None = None, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Like ``run`` but returns the result, whatever the exit status."""
+        return subprocess.run(
+            self.exec_argv(argv, uid=uid),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def sysctl(self, settings: Mapping[str, str]) -> None:
+        self.run(["sysctl", "-q", "-w", *(f"{key}={value}" for key, value in settings.items())])
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        uid: int | None = None,
+        env: Mapping[str, str] | None = None,
+        capture: bool = True,
+        stdin: int | IO[str] | None = subprocess.DEVNULL,
+        label: str | None = None,
+    ) -> Process:
+        """Start ``argv`` in this namespace; it is stopped by ``delete()`` if still running.
+
+        ``ip netns exec`` and ``setpriv`` both exec, so the PID is the program's own.
+        """
+        popen = subprocess.Popen(
+            self.exec_argv(argv, uid=uid),
+            stdin=stdin,
+            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+            stderr=subprocess.PIPE if capture else subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        process = Process(popen, label or f"{self.name}: {argv[0]}")
+        self.processes.append(process)
+        return process
+
+    def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+        """A socket that lives in this namespace (created under setns on this thread)."""
+        with _setns_lock, open("/proc/thread-self/ns/net", "rb") as home:
+            with open(self.path, "rb") as target:
+                _setns(target.fileno())
+            try:
+                return socket.socket(family, kind)
+            finally:
+                _setns(home.fileno())
+
+    def connect(self, address: tuple[str, int], timeout: float = 2.0) -> socket.socket:
+        """A TCP connection made from inside this namespace (as the test's own user)."""
+        sock = self.socket()
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def wait_for_port(self, address: tuple[str, int], timeout: float = 10.0) -> None:
+        """Poll until something accepts TCP connections at ``address`` (seen from inside)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                self.connect(address, timeout=0.5).close()
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise HarnessError(f"{self.name}: nothing listens on {address}: {exc}") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+            else:
+                return
+
+    def delete(self) -> None:
+        """Stop every process started here, then delete the namespace (and its interfaces)."""
+        errors = []
+        for process in reversed(self.processes):
+            try:
+                process.stop()
+            except Exception as exc:  # keep cleaning up; report at the end
+                errors.append(f"{process.label}: {exc}")
+        self.processes.clear()
+        try:
+            run(["ip", "netns", "del", self.name])
+        except HarnessError as exc:
+            errors.append(str(exc))
+        if errors:
+            raise HarnessError("; ".join(errors))
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"setns: {os.strerror(code)}")
