@@ -111,24 +111,35 @@ class Netns:
         self.path = f"/run/netns/{self.name}"
         self.processes: list[Process] = []
         # Loopback is down in a fresh namespace; nothing works on 127.0.0.1 until it is up.
-        self.ip("link", "set", "lo", "up")
+        self.iproute("link", "set", "lo", "up")
 
-    def ip(self, *args: str) -> str:
+    def iproute(self, *args: str) -> str:
+        """``ip -n <this namespace> <args>``."""
         return run(["ip", "-n", self.name, *args])
 
     def ip_batch(self, commands: Sequence[str]) -> None:
         """Several ``ip`` commands in one process (``ip -batch``), for speed."""
         run(["ip", "-n", self.name, "-batch", "-"], input_text="\n".join(commands) + "\n")
 
-    def exec_argv(self, argv: Sequence[str], *, uid: int | None = None) -> list[str]:
-        """``argv`` wrapped to run inside this namespace, as ``uid`` (same gid) when given."""
+    def exec_argv(
+        self, argv: Sequence[str], *, uid: int | None = None, gid: int | None = None
+    ) -> list[str]:
+        """``argv`` wrapped to run in this namespace as ``uid``/``gid`` (gid defaults to uid)."""
         wrapped = ["ip", "netns", "exec", self.name]
         if uid is not None:
-            wrapped += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+            group = uid if gid is None else gid
+            wrapped += ["setpriv", f"--reuid={uid}", f"--regid={group}", "--clear-groups"]
         return [*wrapped, *argv]
 
-    def run(self, argv: Sequence[str], *, uid: int | None = None, timeout: float = 10.0) -> str:
-        return run(self.exec_argv(argv, uid=uid), timeout=timeout)
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        timeout: float = 10.0,
+    ) -> str:
+        return run(self.exec_argv(argv, uid=uid, gid=gid), timeout=timeout)
 
     def run_result(
         self, argv: Sequence[str], *, uid: int | None = None, timeout: float = 30.0

@@ -90,7 +90,7 @@ class Node:
         ip = str(POD_SUBNET[index])
         self.pods[name] = pod = Pod(name, ip)
         host_side = f"veth{index}"
-        self.netns.ip(
+        self.netns.iproute(
             "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", pod.name
         )
         self.netns.ip_batch([f"link set {host_side} master br0", f"link set {host_side} up"])

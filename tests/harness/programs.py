@@ -47,9 +47,11 @@ def start_reporter(pod: Netns, *addresses: str) -> Process:
     return process
 
 
-def ask(pod: Netns, host: str, port: int, *, uid: int | None = None) -> dict[str, object] | str:
-    """Connect from ``pod`` (as ``uid``, in a subprocess) and return the reporter's answer."""
-    line = pod.run([PYTHON, REPORTER, "connect", host, str(port)], uid=uid).strip()
+def ask(
+    pod: Netns, host: str, port: int, *, uid: int | None = None, gid: int | None = None
+) -> dict[str, object] | str:
+    """Connect from ``pod`` (as ``uid``/``gid``, in a subprocess); the reporter's answer."""
+    line = pod.run([PYTHON, REPORTER, "connect", host, str(port)], uid=uid, gid=gid).strip()
     if line.startswith("error:"):
         return line
     answer = json.loads(line)
