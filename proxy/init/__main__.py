@@ -34,16 +34,36 @@ def parser() -> argparse.ArgumentParser:
         prog=_PROG,
         description="Redirect the pod's TCP traffic through meshlet-proxy with iptables (nat).",
     )
-    p.add_argument("--incoming-proxy-port", type=int, default=InitConfig.incoming_proxy_port)
-    p.add_argument("--outgoing-proxy-port", type=int, default=InitConfig.outgoing_proxy_port)
-    p.add_argument("--proxy-uid", type=int, default=InitConfig.proxy_uid)
-    p.add_argument("--proxy-gid", type=int, default=None, help="also skip this group's traffic")
+    p.add_argument(
+        "--incoming-proxy-port",
+        type=int,
+        default=InitConfig.incoming_proxy_port,
+        metavar="PORT",
+        help="where inbound connections are redirected (default %(default)s)",
+    )
+    p.add_argument(
+        "--outgoing-proxy-port",
+        type=int,
+        default=InitConfig.outgoing_proxy_port,
+        metavar="PORT",
+        help="where outbound connections are redirected (default %(default)s)",
+    )
+    p.add_argument(
+        "--proxy-uid",
+        type=int,
+        default=InitConfig.proxy_uid,
+        metavar="UID",
+        help="the proxy's user, whose connections are not redirected (default %(default)s)",
+    )
+    p.add_argument(
+        "--proxy-gid", type=int, default=None, metavar="GID", help="also skip this group's traffic"
+    )
     p.add_argument(
         "--inbound-ports-to-ignore",
         action="append",
         default=[],
         metavar="PORTS",
-        help="ports (and a-b ranges) not redirected inbound; 4190,4191 always are skipped",
+        help="ports (and a-b ranges) not redirected inbound; 4190,4191 are always skipped",
     )
     p.add_argument(
         "--outbound-ports-to-ignore",
@@ -66,8 +86,12 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: iptables-nft, else iptables-legacy, else iptables",
     )
-    p.add_argument("--firewall-bin-path", default=None, help="iptables binary (overrides mode)")
-    p.add_argument("--firewall-save-bin-path", default=None, help="default: <bin-path>-save")
+    p.add_argument(
+        "--firewall-bin-path", default=None, metavar="PATH", help="iptables binary (overrides mode)"
+    )
+    p.add_argument(
+        "--firewall-save-bin-path", default=None, metavar="PATH", help="default: <bin-path>-save"
+    )
     p.add_argument("--netns", default=None, help="network namespace name or path to act in")
     p.add_argument("--dry-run", action="store_true", help="print the rules; change nothing")
     p.add_argument("--remove", action="store_true", help="remove every rule and chain installed")

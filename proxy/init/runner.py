@@ -136,11 +136,17 @@ def _run(firewall: Firewall, argv: list[str]) -> str:
     if done.returncode == 0:
         return done.stdout
     detail = _last_line(done.stderr) or f"exit status {done.returncode}"
+    if "xtables.lock" in done.stderr:
+        raise InitError(
+            "lock_unavailable",
+            f"{program}: cannot open the xtables lock file: /run must be writable by this user "
+            f"(mount an emptyDir there) ({detail})",
+        )
     if any(marker in done.stderr for marker in _PERMISSION_MARKERS):
         raise InitError(
             "permission_denied",
             f"{program}: permission denied: meshlet-proxy-init needs the NET_ADMIN capability "
-            f"in the pod's network namespace ({detail})",
+            f"(and NET_RAW for iptables-legacy) in the pod's network namespace ({detail})",
         )
     shown = " ".join(argv[1:])
     raise InitError("command_failed", f"{program} {shown}: {detail}")

@@ -20,6 +20,7 @@ FLAGS = (
     "--proxy-gid",
     "2103",
 )
+NON_ROOT = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 CONFIG = InitConfig(
     proxy_gid=2103,
     outbound_ports_to_ignore=parse_port_ranges("443,5000-5010"),
@@ -152,11 +153,36 @@ def test_ipv6_rules(node: Node) -> None:
         pytest.param(
             ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", PROXY_INIT],
             "meshlet-proxy-init: error: iptables-nft-save: permission denied: meshlet-proxy-init"
-            " needs the NET_ADMIN capability in the pod's network namespace",
+            " needs the NET_ADMIN capability (and NET_RAW for iptables-legacy) in the pod's"
+            " network namespace",
             id="no-net-admin",
         ),
         pytest.param(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PROXY_INIT],
+            [
+                *NON_ROOT,
+                "--inh-caps=+net_admin",
+                "--ambient-caps=+net_admin",
+                PROXY_INIT,
+                "--iptables-mode",
+                "legacy",
+            ],
+            "meshlet-proxy-init: error: iptables-legacy-save: permission denied",
+            id="legacy-without-net-raw",
+        ),
+        pytest.param(
+            [
+                *NON_ROOT,
+                "--inh-caps=+net_admin,+net_raw",
+                "--ambient-caps=+net_admin,+net_raw",
+                PROXY_INIT,
+                "--iptables-mode",
+                "legacy",
+            ],
+            "meshlet-proxy-init: error: iptables-legacy: cannot open the xtables lock file",
+            id="legacy-lock-file",
+        ),
+        pytest.param(
+            [*NON_ROOT, PROXY_INIT],
             "meshlet-proxy-init: error: iptables-nft-save: permission denied",
             id="nobody",
         ),
@@ -186,3 +212,4 @@ def test_errors_are_one_clear_line(node: Node, argv: list[str], message: str) ->
     assert lines[0].startswith(message)
     assert "Traceback" not in done.stderr
     assert _rules(pod) == []
+    assert _rules(pod, "iptables-legacy-save") == []
