@@ -21,7 +21,8 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import IO, Final
+from pathlib import Path
+from typing import Final
 
 __all__ = [
     "HarnessError",
@@ -59,9 +60,12 @@ def run(argv: Sequence[str], *, input_text: str | None = None, timeout: float = 
 class Process:
     """A process started in a namespace; ``stop()`` ends it by PID and reaps it."""
 
-    def __init__(self, popen: subprocess.Popen[str], label: str) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[str], label: str, log_path: Path | None = None
+    ) -> None:
         self.popen = popen
         self.label = label
+        self.log_path = log_path
 
     @property
     def pid(self) -> int:
@@ -82,6 +86,9 @@ class Process:
         return line[0].rstrip("\n")
 
     def stderr_text(self) -> str:
+        """The end of the process's stderr (its log file, or the pipe once it has exited)."""
+        if self.log_path is not None:
+            return self.log_path.read_text(errors="replace")[-4000:]
         stderr = self.popen.stderr
         if stderr is None or self.popen.poll() is None:
             return ""
@@ -163,22 +170,29 @@ class Netns:
         uid: int | None = None,
         env: Mapping[str, str] | None = None,
         capture: bool = True,
-        stdin: int | IO[str] | None = subprocess.DEVNULL,
+        log_path: Path | None = None,
         label: str | None = None,
     ) -> Process:
         """Start ``argv`` in this namespace; it is stopped by ``delete()`` if still running.
 
-        ``ip netns exec`` and ``setpriv`` both exec, so the PID is the program's own.
+        stdout is a pipe when ``capture`` (for a ``ready`` line); stderr goes to ``log_path``
+        when given (a chatty process can never block on a full pipe), else to a pipe when
+        ``capture``. ``ip netns exec`` and ``setpriv`` both exec, so the PID is the program's.
         """
-        popen = subprocess.Popen(
-            self.exec_argv(argv, uid=uid),
-            stdin=stdin,
-            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-            stderr=subprocess.PIPE if capture else subprocess.DEVNULL,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        process = Process(popen, label or f"{self.name}: {argv[0]}")
+        log_file = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115
+        try:
+            popen = subprocess.Popen(
+                self.exec_argv(argv, uid=uid),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+                stderr=log_file or (subprocess.PIPE if capture else subprocess.DEVNULL),
+                text=True,
+                env={**os.environ, **(env or {})},
+            )
+        finally:
+            if log_file is not None:
+                log_file.close()  # the child holds its own descriptor
+        process = Process(popen, label or f"{self.name}: {argv[0]}", log_path)
         self.processes.append(process)
         return process
 

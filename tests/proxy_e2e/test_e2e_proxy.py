@@ -1,0 +1,262 @@
+"""meshlet-proxy end to end: real clients, real iptables, two meshed pods in namespaces.
+
+    client pod: meshlet-proxy-init + meshlet-proxy (UID 2102); curl, h2load, Python sockets
+    server pod: meshlet-proxy-init + meshlet-proxy (UID 2102); the applications below
+    node:       Service VIPs, DNAT to the server pod (kube-proxy style)
+
+    Service web   10.96.0.10:80   -> server:8080  apps.py http (HTTP/1.1)
+    Service h2    10.96.0.11:81   -> server:8081  nginx, HTTP/2 cleartext (prior knowledge)
+    Service echo  10.96.0.12:7000 -> server:7000  apps.py echo (opaque, half-close)
+    Service sink  10.96.0.13:7001 -> server:7001  apps.py sink (answers after half-close)
+    Service db    10.96.0.14:3306 -> server:3306  apps.py banner (server speaks first, an
+                                                  opaque port by default)
+
+Every request therefore crosses the client pod's outbound proxy (4140), the node's Service NAT
+and the server pod's inbound proxy (4143) before reaching the application on loopback. Tests
+assert the bytes arrive intact and that both proxies' /metrics counted them.
+
+Proxy logs are kept in pytest's temporary directory (``proxy-logs*/proxy-<pod>.log``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Node, Pod, run
+from tests.harness.mesh import MeshedPod, Samples, mesh_pod, scrape, start_app
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 8081 http2;
+        location / {{ return 200 "h2 ok\\n"; }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Mesh:
+    node: Node
+    client: MeshedPod
+    server: MeshedPod
+    tmp: Path
+
+    def vip(self, service: str) -> tuple[str, int]:
+        found = self.node.services[service]
+        return found.vip, found.port
+
+    def url(self, service: str, path: str = "/") -> str:
+        host, port = self.vip(service)
+        return f"http://{host}:{port}{path}"
+
+    def curl(self, *args: str, timeout: float = 120) -> str:
+        done = self.client.pod.run_result(["curl", "-sS", "--fail", *args], timeout=timeout)
+        assert done.returncode == 0, f"curl {' '.join(args)}: {done.stderr}"
+        return done.stdout
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    tmp = tmp_path_factory.mktemp("proxy-logs")
+    node = Node()
+    try:
+        server = mesh_pod(node, "server", tmp)
+        client = mesh_pod(node, "client", tmp)
+        pod = server.pod
+        start_app(pod, "http", 8080)
+        start_app(pod, "echo", 7000)
+        start_app(pod, "sink", 7001)
+        start_app(pod, "banner", 3306)
+        nginx_dir = tmp / "nginx"
+        nginx_dir.mkdir()
+        (nginx_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=nginx_dir))
+        pod.spawn(["nginx", "-c", str(nginx_dir / "nginx.conf")], capture=False, label="nginx")
+        pod.wait_for_port(("127.0.0.1", 8081))
+        node.add_service("web", 80, [pod], target_port=8080)
+        node.add_service("h2", 81, [pod], target_port=8081)
+        node.add_service("echo", 7000, [pod])
+        node.add_service("sink", 7001, [pod])
+        node.add_service("db", 3306, [pod])
+        yield Mesh(node, client, server, tmp)
+    finally:
+        node.close()
+
+
+def _delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return after.total(name, **labels) - before.total(name, **labels)
+
+
+def test_http1_keep_alive(mesh: Mesh) -> None:
+    before_client, before_server = scrape(mesh.client.pod), scrape(mesh.server.pod)
+    url = mesh.url("web", "/hello")
+    out = mesh.curl(url, "-w", "|%{num_connects}\n", url, "-w", "|%{num_connects}\n")
+    # Both responses intact; the second request reused the first connection.
+    assert out == "hello from the server pod\n|1\nhello from the server pod\n|0\n"
+    after_client, after_server = scrape(mesh.client.pod), scrape(mesh.server.pod)
+    assert _delta(before_client, after_client, "request_total", direction="outbound") == 2
+    assert _delta(before_server, after_server, "request_total", direction="inbound") == 2
+    assert (
+        _delta(
+            before_server,
+            after_server,
+            "response_total",
+            direction="inbound",
+            status_code="200",
+            classification="success",
+        )
+        == 2
+    )
+
+
+def test_http1_chunked_upload_50mb(mesh: Mesh) -> None:
+    payload = mesh.tmp / "upload.bin"
+    size = 50 * 1024 * 1024
+    with payload.open("wb") as out:
+        for _ in range(size // (1024 * 1024)):
+            out.write(os.urandom(1024 * 1024))
+    expected = hashlib.sha256(payload.read_bytes()).hexdigest()
+    before = scrape(mesh.server.pod)
+    answer = mesh.curl(
+        *("-H", "Transfer-Encoding: chunked", "-H", "Content-Type: application/octet-stream"),
+        *("--data-binary", f"@{payload}", mesh.url("web", "/sha256")),
+    )
+    assert json.loads(answer) == {"sha256": expected, "bytes": size}
+    after = scrape(mesh.server.pod)
+    assert _delta(before, after, "tcp_read_bytes_total", direction="inbound") >= size
+    payload.unlink()
+
+
+def test_http1_large_download(mesh: Mesh) -> None:
+    size = 20 * 1024 * 1024
+    target = mesh.tmp / "download.bin"
+    mesh.curl("-o", str(target), mesh.url("web", f"/bytes/{size}"))
+    pattern = bytes(range(256)) * (65536 // 256)
+    expected = hashlib.sha256(pattern * (size // len(pattern))).hexdigest()
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == expected
+    target.unlink()
+
+
+def test_http1_expect_100_continue(mesh: Mesh) -> None:
+    body = mesh.tmp / "small.bin"
+    body.write_bytes(os.urandom(300_000))
+    done = mesh.client.pod.run_result(
+        [
+            *("curl", "-sS", "--fail", "-v", "-H", "Expect: 100-continue"),
+            *("--data-binary", f"@{body}", mesh.url("web", "/sha256")),
+        ]
+    )
+    assert done.returncode == 0, done.stderr
+    assert "HTTP/1.1 100 Continue" in done.stderr
+    assert json.loads(done.stdout)["sha256"] == hashlib.sha256(body.read_bytes()).hexdigest()
+
+
+def test_http2_prior_knowledge_curl(mesh: Mesh) -> None:
+    out = mesh.curl("--http2-prior-knowledge", "-w", "|%{http_version}", mesh.url("h2"))
+    assert out == "h2 ok\n|2"
+
+
+def test_http2_h2load(mesh: Mesh) -> None:
+    done = mesh.client.pod.run_result(
+        ["h2load", "-n", "400", "-c", "4", "-m", "10", mesh.url("h2")], timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    match = re.search(
+        r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", done.stdout
+    )
+    assert match is not None, done.stdout
+    assert match.groups() == ("400", "400", "400"), done.stdout
+    assert "status codes: 400 2xx" in done.stdout
+
+
+def _exchange(pod: Pod, address: tuple[str, int], payload: bytes) -> bytes:
+    """Send ``payload`` then half-close, while reading everything until EOF."""
+    received = bytearray()
+    with pod.connect(address, timeout=30) as sock:
+
+        def send() -> None:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        while chunk := sock.recv(65536):
+            received += chunk
+        sender.join(30)
+    return bytes(received)
+
+
+def test_opaque_tcp_echo_with_half_close(mesh: Mesh) -> None:
+    payload = os.urandom(4 * 1024 * 1024)
+    before = scrape(mesh.client.pod)
+    assert _exchange(mesh.client.pod, mesh.vip("echo"), payload) == payload
+    after = scrape(mesh.client.pod)
+    assert _delta(before, after, "tcp_open_total", direction="outbound") >= 1
+    assert _delta(before, after, "tcp_read_bytes_total", direction="outbound") >= 2 * len(payload)
+    assert _delta(before, after, "tcp_write_bytes_total", direction="outbound") >= 2 * len(payload)
+
+
+def test_half_close_keeps_the_other_direction_open(mesh: Mesh) -> None:
+    payload = os.urandom(1024 * 1024)
+    answer = _exchange(mesh.client.pod, mesh.vip("sink"), payload)
+    assert answer == f"{hashlib.sha256(payload).hexdigest()} {len(payload)}\n".encode()
+
+
+def test_server_speaks_first_on_an_opaque_port(mesh: Mesh) -> None:
+    """3306 skips detection: the banner arrives long before the 10 s detection timeout."""
+    with mesh.client.pod.connect(mesh.vip("db"), timeout=5) as sock:
+        lines = sock.makefile("rwb")
+        assert lines.readline() == b"220 meshlet-test ready\r\n"
+        lines.write(b"HELO meshlet\r\n")
+        lines.flush()
+        assert lines.readline() == b"250 HELO meshlet\r\n"
+        lines.write(b"QUIT\r\n")
+        lines.flush()
+        assert lines.readline() == b"221 bye\r\n"
+        assert lines.readline() == b""
+
+
+def test_server_speaks_first_after_detection_timeout(node: Node, tmp_path: Path) -> None:
+    """On a port that is not opaque, detection times out and the proxies fall back to TCP."""
+    env = {"MESHLET_PROXY_DETECT_TIMEOUT": "300ms"}
+    server = mesh_pod(node, "server", tmp_path, env=env)
+    client = mesh_pod(node, "client", tmp_path, env=env)
+    start_app(server.pod, "banner", 2525)
+    mail = node.add_service("mail", 2525, [server.pod])
+    with client.pod.connect((mail.vip, mail.port), timeout=10) as sock:
+        lines = sock.makefile("rwb")
+        assert lines.readline() == b"220 meshlet-test ready\r\n"
+        lines.write(b"QUIT\r\n")
+        lines.flush()
+        assert lines.readline() == b"221 bye\r\n"
+    assert scrape(client.pod).total("tcp_open_total", direction="outbound") >= 1
+
+
+def test_machine_network_untouched_by_the_mesh(mesh: Mesh) -> None:
+    """The pods' rules live in the pods: the machine's own nat table has none of them."""
+    text = run(["iptables-save", "-t", "nat"])
+    assert "meshlet-init" not in text
+    assert "KUBE-SVC-WEB" not in text
