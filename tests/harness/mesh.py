@@ -22,6 +22,8 @@ from tests.harness.programs import PYTHON, install_proxy_init
 
 __all__ = [
     "APPS",
+    "GRPC_APP",
+    "WS_APP",
     "PROXY",
     "MeshedPod",
     "Samples",
@@ -29,10 +31,13 @@ __all__ = [
     "mesh_pod",
     "scrape",
     "start_app",
+    "start_program",
 ]
 
 PROXY: Final = str(Path(PYTHON).with_name("meshlet-proxy"))
 APPS: Final = str(Path(__file__).with_name("apps.py"))
+GRPC_APP: Final = str(Path(__file__).with_name("grpc_app.py"))
+WS_APP: Final = str(Path(__file__).with_name("ws_app.py"))
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -76,8 +81,13 @@ def mesh_pod(
 
 def start_app(pod: Netns, kind: str, port: int) -> Process:
     """Start ``apps.py <kind> <port>`` in ``pod`` and wait for its ``ready`` line."""
-    process = pod.spawn([PYTHON, APPS, kind, str(port)], label=f"{pod.name}: {kind} app")
-    line = process.read_line(timeout=10)
+    return start_program(pod, [PYTHON, APPS, kind, str(port)])
+
+
+def start_program(pod: Netns, argv: list[str]) -> Process:
+    """Start a program that prints ``ready`` once it serves, and wait for that line."""
+    process = pod.spawn(argv, label=f"{pod.name}: {' '.join(argv[1:3])}")
+    line = process.read_line(timeout=15)
     if line != "ready":
         raise HarnessError(f"{process.label} said {line!r}")
     return process

@@ -26,6 +26,7 @@ from typing import Final
 
 __all__ = [
     "HarnessError",
+    "clean_env",
     "Netns",
     "Process",
     "new_name",
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 _CLONE_NEWNET: Final = 0x40000000
+_PROXY_VARS: Final = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy", "grpc_proxy"})
 _counter = itertools.count(1)
 _setns_lock = threading.Lock()
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -47,10 +49,23 @@ def new_name(role: str) -> str:
     return f"mlt-{os.getpid()}-{next(_counter)}-{role}"
 
 
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without HTTP proxy settings (curl and grpc honour them, and
+    a pod's traffic must go where the test sends it), plus ``extra``."""
+    env = {key: value for key, value in os.environ.items() if key.lower() not in _PROXY_VARS}
+    return {**env, **(extra or {})}
+
+
 def run(argv: Sequence[str], *, input_text: str | None = None, timeout: float = 10.0) -> str:
     """Run a command to completion; raise ``HarnessError`` with its stderr if it fails."""
     done = subprocess.run(
-        list(argv), input=input_text, capture_output=True, text=True, timeout=timeout, check=False
+        list(argv),
+        input=input_text,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=clean_env(),
     )
     if done.returncode != 0:
         raise HarnessError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
@@ -158,6 +173,7 @@ class Netns:
             text=True,
             timeout=timeout,
             check=False,
+            env=clean_env(),
         )
 
     def sysctl(self, settings: Mapping[str, str]) -> None:
@@ -187,7 +203,7 @@ class Netns:
                 stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
                 stderr=log_file or (subprocess.PIPE if capture else subprocess.DEVNULL),
                 text=True,
-                env={**os.environ, **(env or {})},
+                env=clean_env(env),
             )
         finally:
             if log_file is not None:

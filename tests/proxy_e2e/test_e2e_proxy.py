@@ -10,6 +10,9 @@
     Service sink  10.96.0.13:7001 -> server:7001  apps.py sink (answers after half-close)
     Service db    10.96.0.14:3306 -> server:3306  apps.py banner (server speaks first, an
                                                   opaque port by default)
+    Service grpc  10.96.0.15:50051 -> server:50051 grpc_app.py (grpcio, h2c)
+    Service ws    10.96.0.16:8765 -> server:8765  ws_app.py (WebSocket echo)
+    Service dead  10.96.0.17:9999 -> server:9999  nothing listens
 
 Every request therefore crosses the client pod's outbound proxy (4140), the node's Service NAT
 and the server pod's inbound proxy (4143) before reaching the application on loopback. Tests
@@ -31,9 +34,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect as ws_connect
 
-from tests.harness import Node, Pod, run
-from tests.harness.mesh import MeshedPod, Samples, mesh_pod, scrape, start_app
+from tests.harness import PYTHON, Node, Pod, run
+from tests.harness.mesh import (
+    GRPC_APP,
+    WS_APP,
+    MeshedPod,
+    Samples,
+    mesh_pod,
+    scrape,
+    start_app,
+    start_program,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -91,6 +104,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         start_app(pod, "echo", 7000)
         start_app(pod, "sink", 7001)
         start_app(pod, "banner", 3306)
+        start_program(pod, [PYTHON, GRPC_APP, "serve", "50051"])
+        start_program(pod, [PYTHON, WS_APP, "8765"])
         nginx_dir = tmp / "nginx"
         nginx_dir.mkdir()
         (nginx_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=nginx_dir))
@@ -101,6 +116,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         node.add_service("echo", 7000, [pod])
         node.add_service("sink", 7001, [pod])
         node.add_service("db", 3306, [pod])
+        node.add_service("grpc", 50051, [pod])
+        node.add_service("ws", 8765, [pod])
+        node.add_service("dead", 9999, [pod])
         yield Mesh(node, client, server, tmp)
     finally:
         node.close()
@@ -253,6 +271,53 @@ def test_server_speaks_first_after_detection_timeout(node: Node, tmp_path: Path)
         lines.flush()
         assert lines.readline() == b"221 bye\r\n"
     assert scrape(client.pod).total("tcp_open_total", direction="outbound") >= 1
+
+
+def test_upstream_refused_is_a_502_naming_the_cause(mesh: Mesh) -> None:
+    before = scrape(mesh.server.pod)
+    done = mesh.client.pod.run_result(["curl", "-sS", "-i", mesh.url("dead", "/")])
+    assert done.returncode == 0, done.stderr
+    head = done.stdout.split("\r\n\r\n", 1)[0].lower()
+    assert head.startswith("http/1.1 502"), head
+    assert "meshlet-proxy-error: upstream_connect_refused" in head
+    after = scrape(mesh.server.pod)
+    failures = _delta(
+        before, after, "response_total", direction="inbound", classification="failure"
+    )
+    assert failures == 1
+
+
+def test_grpc_unary_failure_and_bidi_streaming(mesh: Mesh) -> None:
+    host, port = mesh.vip("grpc")
+    before = scrape(mesh.client.pod)
+    answer = json.loads(
+        mesh.client.pod.run([PYTHON, GRPC_APP, "call", host, str(port)], timeout=60)
+    )
+    assert answer["unary"] == "hsem olleh"
+    assert answer["unary_code"] == "OK"
+    assert answer["unary_trailers"] == {"x-served-by": "server"}
+    assert answer["fail_code"] == "NOT_FOUND"
+    assert answer["fail_details"] == "no such thing"
+    assert answer["chat"] == [f"echo:m{i}" for i in range(100)]
+    assert answer["chat_code"] == "OK"
+    assert answer["chat_trailers"] == {"x-count": "100"}
+    after = scrape(mesh.client.pod)
+    target = f"{host}:{port}"
+    assert _delta(before, after, "tcp_open_total", direction="outbound", target_addr=target) >= 1
+
+
+def test_websocket_echo(mesh: Mesh) -> None:
+    host, port = mesh.vip("ws")
+    before = scrape(mesh.server.pod)
+    sock = mesh.client.pod.connect((host, port), timeout=10)
+    with ws_connect(f"ws://{host}:{port}/echo", sock=sock, open_timeout=10) as ws:
+        ws.send("hello through the mesh")
+        assert ws.recv(timeout=10) == "hello through the mesh"
+        blob = os.urandom(256 * 1024)
+        ws.send(blob)
+        assert ws.recv(timeout=10) == blob
+    after = scrape(mesh.server.pod)
+    assert _delta(before, after, "request_total", direction="inbound") == 1  # the upgrade
 
 
 def test_machine_network_untouched_by_the_mesh(mesh: Mesh) -> None:
