@@ -1,6 +1,6 @@
 """A tiny TCP server (and client) that reports where each connection really arrived.
 
-    python reporter.py serve 0.0.0.0:4143 127.0.0.1:4140 0.0.0.0:8080
+    python reporter.py serve 0.0.0.0:4143 127.0.0.1:4140 0.0.0.0:8080 [::1]:4140
     python reporter.py connect 10.96.0.10 80
 
 ``serve`` listens on every address given, prints ``ready`` once all are bound, and answers each
@@ -33,10 +33,16 @@ def _address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _format(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def serve(addresses: list[str]) -> None:
     selector = selectors.DefaultSelector()
     for text in addresses:
-        listener = socket.create_server(_address(text), reuse_port=False)
+        host, port = _address(text.replace("[", "").replace("]", ""))
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family)
         selector.register(listener, selectors.EVENT_READ)
     print("ready", flush=True)
     while True:
@@ -46,13 +52,12 @@ def serve(addresses: list[str]) -> None:
             conn, peer = server.accept()
             with conn:
                 try:
-                    ip, port = original_destination(conn)
-                    original = f"{ip}:{port}"
+                    original = _format(*original_destination(conn))
                 except OriginalDestinationError as error:
                     original = f"error:{error.reason}"
                 report = {
                     "listener": server.getsockname()[1],
-                    "peer": f"{peer[0]}:{peer[1]}",
+                    "peer": _format(peer[0], peer[1]),
                     "original": original,
                 }
                 try:
@@ -63,7 +68,7 @@ def serve(addresses: list[str]) -> None:
 
 def connect(host: str, port: int) -> None:
     try:
-        with socket.create_connection((host, port), timeout=5) as sock:
+        with socket.create_connection((host.strip("[]"), port), timeout=5) as sock:
             reply = sock.makefile("r").readline().strip()
     except OSError as exc:
         code = exc.errno if exc.errno is not None else 0

@@ -147,3 +147,18 @@ def test_udp_is_not_redirected(topology: Topology) -> None:
         sender.sendto(b"ping", (server.ip, 5353))
         data, peer = receiver.recvfrom(16)
     assert (data, peer[0]) == (b"ping", client.ip)
+
+
+def test_ipv6_outbound_interception(node: Node) -> None:
+    """``--ipv6`` rules redirect to [::1]:4140 and IP6T_SO_ORIGINAL_DST reports the target."""
+    pod = node.add_pod("v6")
+    pod.iproute("addr", "add", "fd00::2/64", "dev", "eth0", "nodad")
+    install_proxy_init(pod, "--ipv6")
+    start_reporter(pod, "[::1]:4140", "[::]:8080")
+    answer = ask(pod, "fd00::99", 80)
+    assert isinstance(answer, dict), answer
+    assert (answer["listener"], answer["original"]) == (4140, "[fd00::99]:80")
+    assert answer["peer"].startswith("[fd00::2]:")
+    direct = ask(pod, "::1", 8080)  # loopback stays direct
+    assert isinstance(direct, dict), direct
+    assert (direct["listener"], direct["original"]) == (8080, "[::1]:8080")
