@@ -79,7 +79,15 @@ def parser() -> argparse.ArgumentParser:
         metavar="CIDRS",
         help="traffic from (inbound) and to (outbound) these subnets bypasses the proxy",
     )
-    p.add_argument("--ipv6", action="store_true", help="write ip6tables rules instead of iptables")
+    p.add_argument(
+        "--ipv6",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_boolean,
+        metavar="BOOL",
+        help="write ip6tables rules instead of iptables (--ipv6, --ipv6=true|false)",
+    )
     p.add_argument(
         "--iptables-mode",
         choices=("auto", "nft", "legacy", "plain"),
@@ -97,6 +105,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--remove", action="store_true", help="remove every rule and chain installed")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warn", "error"))
     return p
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"true", "1", "yes"}:
+        return True
+    if value in {"false", "0", "no"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +215,43 @@ def test_errors_are_one_clear_line(node: Node, argv: list[str], message: str) ->
     assert "Traceback" not in done.stderr
     assert _rules(pod) == []
     assert _rules(pod, "iptables-legacy-save") == []
+
+
+def _path_with(tmp_path: Path, *binaries: str) -> str:
+    """A PATH holding only ``binaries`` (links to the real ones) and nsenter/setpriv."""
+    for name in (*binaries, "nsenter"):
+        real = shutil.which(name)
+        assert real is not None, name
+        (tmp_path / name).symlink_to(real)
+    return str(tmp_path)
+
+
+def test_auto_mode_falls_back_to_legacy(node: Node, tmp_path: Path) -> None:
+    pod = node.add_pod("app")
+    path = _path_with(tmp_path, "iptables-legacy", "iptables-legacy-save")
+    done = pod.run_result(["env", f"PATH={path}", PROXY_INIT])
+    assert done.returncode == 0, done.stderr
+    assert "installed meshlet-init rules with iptables-legacy" in done.stderr
+    assert len(_rules(pod, "iptables-legacy-save")) == len(build_rules(InitConfig()).rules)
+    assert _rules(pod) == []
+
+
+def test_no_backend_at_all(node: Node, tmp_path: Path) -> None:
+    pod = node.add_pod("app")
+    done = pod.run_result(["env", f"PATH={_path_with(tmp_path)}", PROXY_INIT])
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "meshlet-proxy-init: error: no usable iptables backend:"
+        " iptables-nft-save: not found (install iptables or pass --firewall-bin-path);"
+        " iptables-legacy-save: not found (install iptables or pass --firewall-bin-path);"
+        " iptables-save: not found (install iptables or pass --firewall-bin-path)"
+    )
+
+
+def test_non_root_user_with_net_admin_like_the_init_container(node: Node) -> None:
+    """runAsUser 65534 with capabilities NET_ADMIN and NET_RAW, as the injected container."""
+    pod = node.add_pod("app")
+    caps = "+net_admin,+net_raw"
+    done = pod.run_result([*NON_ROOT, f"--inh-caps={caps}", f"--ambient-caps={caps}", PROXY_INIT])
+    assert done.returncode == 0, done.stderr
+    assert len(_rules(pod)) == len(build_rules(InitConfig()).rules)
