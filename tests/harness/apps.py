@@ -1,6 +1,7 @@
 """Small applications that end-to-end tests run inside pods (standard library only).
 
-    python apps.py http PORT      HTTP/1.1 (keep-alive): GET /hello, GET /bytes/N, POST /sha256
+    python apps.py http PORT      HTTP/1.1 (keep-alive): GET /hello, GET /bytes/N, POST /sha256,
+                                  GET /reset (announces 1 MB, sends 64 KiB, then resets)
     python apps.py echo PORT      opaque TCP echo that honours half-close
     python apps.py banner PORT    a server-speaks-first line protocol (SMTP-like)
     python apps.py sink PORT      reads to EOF, then answers the SHA-256 of what it read
@@ -24,6 +25,7 @@ import hashlib
 import json
 import socket
 import socketserver
+import struct
 import sys
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +42,16 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/hello":
             self._send(200, b"hello from the server pod\n")
+        elif self.path == "/reset":
+            self.send_response(200)
+            self.send_header("Content-Length", str(1024 * 1024))
+            self.end_headers()
+            self.wfile.write(b"x" * 65536)
+            self.wfile.flush()
+            # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
         elif self.path.startswith("/bytes/"):
             size = int(self.path.removeprefix("/bytes/"))
             self.send_response(200)

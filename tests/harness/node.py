@@ -105,12 +105,16 @@ class Node:
         return pod
 
     def add_service(
-        self, name: str, port: int, pods: list[Pod], target_port: int | None = None
+        self, name: str, port: int, pods: list[Pod | str], target_port: int | None = None
     ) -> Service:
-        """A Service VIP spreading new connections over ``pods`` like kube-proxy (iptables mode)."""
+        """A Service VIP spreading new connections over ``pods`` like kube-proxy (iptables mode).
+
+        An endpoint may also be a bare IP (say, of a pod that is gone) to test failures.
+        """
         vip = str(SERVICE_SUBNET[len(self.services) + 10])
         target = port if target_port is None else target_port
-        service = Service(name, vip, port, target, tuple(pod.ip for pod in pods))
+        endpoints = tuple(pod if isinstance(pod, str) else pod.ip for pod in pods)
+        service = Service(name, vip, port, target, endpoints)
         chain = f"KUBE-SVC-{name.upper()}"[:28]
         self.netns.run(["iptables", "-t", "nat", "-N", chain])
         self.netns.run(

@@ -13,6 +13,7 @@
     Service grpc  10.96.0.15:50051 -> server:50051 grpc_app.py (grpcio, h2c)
     Service ws    10.96.0.16:8765 -> server:8765  ws_app.py (WebSocket echo)
     Service dead  10.96.0.17:9999 -> server:9999  nothing listens
+    Service ghost 10.96.0.18:80   -> 10.244.0.250:80 an endpoint that does not exist
 
 Every request therefore crosses the client pod's outbound proxy (4140), the node's Service NAT
 and the server pod's inbound proxy (4143) before reaching the application on loopback. Tests
@@ -121,6 +122,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         node.add_service("grpc", 50051, [pod])
         node.add_service("ws", 8765, [pod])
         node.add_service("dead", 9999, [pod])
+        node.add_service("ghost", 80, ["10.244.0.250"])
         yield Mesh(node, client, server, tmp)
     finally:
         node.close()
@@ -295,6 +297,34 @@ def test_upstream_refused_is_a_502_naming_the_cause(mesh: Mesh) -> None:
         before, after, "response_total", direction="inbound", classification="failure"
     )
     assert failures == 1
+
+
+def test_upstream_connect_timeout_is_a_504(mesh: Mesh) -> None:
+    """The client pod's proxy gives up on an endpoint that never answers (1 s by default)."""
+    before = scrape(mesh.client.pod)
+    done = mesh.client.pod.run_result(
+        ["curl", "-sS", "-i", "--max-time", "20", mesh.url("ghost", "/")]
+    )
+    assert done.returncode == 0, done.stderr
+    head = done.stdout.split("\r\n\r\n", 1)[0].lower()
+    assert head.startswith("http/1.1 504"), head
+    assert "meshlet-proxy-error: upstream_connect_timeout" in head
+    after = scrape(mesh.client.pod)
+    assert _delta(before, after, "response_total", direction="outbound", status_code="504") == 1
+
+
+def test_upstream_reset_mid_body_fails_the_client_fast(mesh: Mesh) -> None:
+    """An upstream that resets after part of the body: the client sees a broken transfer, not
+    a hang and not a short body passed off as complete."""
+    target = mesh.tmp / "partial.bin"
+    done = mesh.client.pod.run_result(
+        ["curl", "-sS", "--max-time", "20", "-o", str(target), mesh.url("web", "/reset")]
+    )
+    # 18: transfer closed with data outstanding; 56: connection reset. 28 would be a hang.
+    assert done.returncode in {18, 56}, (done.returncode, done.stderr)
+    assert target.stat().st_size < 1024 * 1024
+    # The proxies are unharmed: the next request works.
+    assert mesh.curl(mesh.url("web", "/hello")) == "hello from the server pod\n"
 
 
 def test_grpc_unary_failure_and_bidi_streaming(mesh: Mesh) -> None:
