@@ -26,6 +26,7 @@ from proxy.context import INBOUND, OUTBOUND, Lifecycle, ProxyContext, Route
 from proxy.detect import Protocol, detect
 from proxy.errors import NoOriginalDestination, ProxyError
 from proxy.http1 import serve_http1
+from proxy.http2 import serve_http2
 from proxy.metrics import Metrics
 from proxy.net import Conn, format_address
 from proxy.origdst import OriginalDestinationError, original_destination
@@ -163,10 +164,15 @@ async def _handle(
             protocol, prefix = await _detect(client, context.settings.detect_timeout)
         if protocol is Protocol.HTTP1:
             await serve_http1(client, prefix, route, context)
+        elif protocol is Protocol.HTTP2:
+            await serve_http2(client, prefix, route, context)
         else:
             await _forward_opaque(client, prefix, route, metrics)
     except ProxyError as exc:
         log.debug("%s connection from %s ended: %s", direction, format_address(original), exc)
+    except Exception:
+        # A bug must cost one connection, never the listener and its other connections.
+        log.exception("%s connection from %s failed", direction, format_address(original))
     finally:
         client.close()
 
