@@ -2,6 +2,7 @@
 
     client pod: meshlet-proxy-init + meshlet-proxy (UID 2102); curl, h2load, Python sockets
     server pod: meshlet-proxy-init + meshlet-proxy (UID 2102); the applications below
+    outside pod: not meshed; curl, and apps.py http on 8080
     node:       Service VIPs, DNAT to the server pod (kube-proxy style)
 
     Service web   10.96.0.10:80   -> server:8080  apps.py http (HTTP/1.1)
@@ -44,6 +45,7 @@ from tests.harness.mesh import (
     WS_APP,
     MeshedPod,
     Samples,
+    http_get,
     mesh_pod,
     scrape,
     start_app,
@@ -78,6 +80,7 @@ class Mesh:
     node: Node
     client: MeshedPod
     server: MeshedPod
+    outside: Pod
     tmp: Path
 
     def vip(self, service: str) -> tuple[str, int]:
@@ -101,6 +104,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     try:
         server = mesh_pod(node, "server", tmp)
         client = mesh_pod(node, "client", tmp)
+        outside = node.add_pod("outside")
+        start_app(outside, "http", 8080)
         pod = server.pod
         start_app(pod, "http", 8080)
         start_app(pod, "echo", 7000)
@@ -123,7 +128,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         node.add_service("ws", 8765, [pod])
         node.add_service("dead", 9999, [pod])
         node.add_service("ghost", 80, ["10.244.0.250"])
-        yield Mesh(node, client, server, tmp)
+        yield Mesh(node, client, server, outside, tmp)
     finally:
         node.close()
 
@@ -358,6 +363,39 @@ def test_websocket_echo(mesh: Mesh) -> None:
         assert ws.recv(timeout=10) == blob
     after = scrape(mesh.server.pod)
     assert _delta(before, after, "request_total", direction="inbound") == 1  # the upgrade
+
+
+def test_unmeshed_client_to_meshed_server(mesh: Mesh) -> None:
+    """Only the server's inbound proxy is on the path."""
+    before = scrape(mesh.server.pod)
+    done = mesh.outside.run_result(["curl", "-sS", "--fail", mesh.url("web", "/hello")])
+    assert (done.returncode, done.stdout) == (0, "hello from the server pod\n"), done.stderr
+    after = scrape(mesh.server.pod)
+    assert _delta(before, after, "request_total", direction="inbound") == 1
+
+
+def test_meshed_client_to_unmeshed_server(mesh: Mesh) -> None:
+    """Only the client's outbound proxy is on the path; the target is a pod IP, no Service."""
+    before = scrape(mesh.client.pod)
+    out = mesh.curl(f"http://{mesh.outside.ip}:8080/hello")
+    assert out == "hello from the server pod\n"
+    after = scrape(mesh.client.pod)
+    authority = f"{mesh.outside.ip}:8080"
+    assert _delta(before, after, "request_total", direction="outbound", authority=authority) == 1
+
+
+def test_connection_addressed_to_the_proxy_port_is_refused_promptly(mesh: Mesh) -> None:
+    """A client that dials the inbound port itself would make the proxy forward to itself:
+    the connection is closed at once instead of looping."""
+    with mesh.outside.connect((mesh.server.pod.ip, 4143), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
+    assert data == b"" or data.startswith(b"HTTP/1.1 4")
+    hello = http_get(mesh.outside, mesh.vip("web"), "/hello")
+    assert hello == (200, b"hello from the server pod\n")  # the proxy is unharmed
 
 
 def test_machine_network_untouched_by_the_mesh(mesh: Mesh) -> None:
