@@ -208,13 +208,18 @@ needs_nginx = pytest.mark.skipif(
 
 @needs_nginx
 def test_http2_prior_knowledge_curl(mesh: Mesh) -> None:
+    before = scrape(mesh.client.pod), scrape(mesh.server.pod)
     out = mesh.curl("--http2-prior-knowledge", "-w", "|%{http_version}", mesh.url("h2"))
     assert out == "h2 ok\n|2"
+    after = scrape(mesh.client.pod), scrape(mesh.server.pod)
+    assert _delta(before[0], after[0], "request_total", direction="outbound") == 1
+    assert _delta(before[1], after[1], "request_total", direction="inbound") == 1
 
 
 @needs_nginx
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="needs h2load (nghttp2-client)")
 def test_http2_h2load(mesh: Mesh) -> None:
+    before = scrape(mesh.client.pod), scrape(mesh.server.pod)
     done = mesh.client.pod.run_result(
         ["h2load", "-n", "400", "-c", "4", "-m", "10", mesh.url("h2")], timeout=120
     )
@@ -225,6 +230,11 @@ def test_http2_h2load(mesh: Mesh) -> None:
     assert match is not None, done.stdout
     assert match.groups() == ("400", "400", "400"), done.stdout
     assert "status codes: 400 2xx" in done.stdout
+    after = scrape(mesh.client.pod), scrape(mesh.server.pod)
+    assert _delta(before[0], after[0], "request_total", direction="outbound") == 400
+    assert (
+        _delta(before[1], after[1], "response_total", direction="inbound", status_code="200") == 400
+    )
 
 
 def _exchange(pod: Pod, address: tuple[str, int], payload: bytes) -> bytes:
@@ -349,6 +359,11 @@ def test_grpc_unary_failure_and_bidi_streaming(mesh: Mesh) -> None:
     after = scrape(mesh.client.pod)
     target = f"{host}:{port}"
     assert _delta(before, after, "tcp_open_total", direction="outbound", target_addr=target) >= 1
+    # Three calls; the aborted one (grpc-status 5 in the trailers) is a failure, as in Linkerd.
+    assert _delta(before, after, "request_total", direction="outbound") == 3
+    outcome = {"direction": "outbound", "status_code": "200"}
+    assert _delta(before, after, "response_total", **outcome, classification="success") == 2
+    assert _delta(before, after, "response_total", **outcome, classification="failure") == 1
 
 
 def test_websocket_echo(mesh: Mesh) -> None:
