@@ -90,8 +90,8 @@ async def _watch_signals(lifecycle: Lifecycle, process: trio.CancelScope) -> Non
             lifecycle.drain()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``meshlet-proxy`` console script."""
+def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver) -> int:
+    """Entry point of the ``meshlet-proxy`` console script (``resolver``: see ``run_proxy``)."""
     args = sys.argv[1:] if argv is None else argv
     if args:
         print(
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in unknown_variables(settings):
         log.warning("ignoring unknown variable %s", name)
     try:
-        trio.run(run_proxy, settings)
+        trio.run(functools.partial(run_proxy, settings, resolver=resolver))
     except (OSError, BaseExceptionGroup) as exc:
         bind_error = _listen_error(exc)
         if bind_error is None:

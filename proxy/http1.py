@@ -37,7 +37,7 @@ from proxy.errors import (
 )
 from proxy.headers import forward_headers
 from proxy.metrics import classify
-from proxy.net import Conn, format_address
+from proxy.net import RECEIVE_SIZE, Conn, format_address
 from proxy.tcp import splice
 
 __all__ = ["serve_http1"]
@@ -263,18 +263,32 @@ class _Session:
         headers = forward_headers(event.headers, allow_upgrade=False).headers
         if self.context.lifecycle.draining.is_set():
             headers.append(_CONNECTION_CLOSE)
-        await self._send_client(
+        # The head and whatever body is already buffered go out in one write: loopback writes
+        # cost more than the bytes in them, so a small response costs one send, not three.
+        out = self.server.send(
             h11.Response(status_code=status, headers=headers, reason=event.reason)
         )
         try:
             while True:
-                event = await _upstream_event(upstream, upstream_h11)
-                if isinstance(event, h11.EndOfMessage):
-                    trailers = forward_headers(event.headers, allow_upgrade=False).headers
-                    await self._send_client(h11.EndOfMessage(headers=trailers))
+                polled = _poll_upstream(upstream_h11)
+                if polled is h11.NEED_DATA:
+                    if out:
+                        await self.client.send(out)
+                        out = b""
+                    upstream_h11.receive_data(await upstream.receive())
+                    continue
+                if isinstance(polled, h11.EndOfMessage):
+                    trailers = forward_headers(polled.headers, allow_upgrade=False).headers
+                    out = (out or b"") + (
+                        self.server.send(h11.EndOfMessage(headers=trailers)) or b""
+                    )
+                    await self.client.send(out)
                     return status, False
-                assert isinstance(event, h11.Data)
-                await self._send_client(event)
+                assert isinstance(polled, h11.Data)
+                out = (out or b"") + (self.server.send(polled) or b"")
+                if len(out) >= RECEIVE_SIZE:
+                    await self.client.send(out)
+                    out = b""
         except UpstreamError as exc:
             # The head is out: the only honest signal left is to reset the client connection.
             log.info("%s response body from %s failed: %s", self.route.direction, labels, exc)
@@ -310,14 +324,22 @@ async def _send(upstream: Conn, upstream_h11: h11.Connection, event: h11.Event) 
 
 async def _upstream_event(upstream: Conn, upstream_h11: h11.Connection) -> h11.Event:
     while True:
-        try:
-            event = upstream_h11.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise UpstreamProtocolError(f"upstream sent invalid HTTP/1: {exc}") from exc
+        event = _poll_upstream(upstream_h11)
         if event is h11.NEED_DATA:
             upstream_h11.receive_data(await upstream.receive())
             continue
-        if isinstance(event, h11.ConnectionClosed):
-            raise UpstreamClosed("upstream closed the connection before responding")
-        assert not isinstance(event, type)
+        assert isinstance(event, h11.Event)
         return event
+
+
+def _poll_upstream(upstream_h11: h11.Connection) -> h11.Event | type[h11.NEED_DATA]:
+    """The upstream's next event if it is already buffered, else ``NEED_DATA``."""
+    try:
+        event = upstream_h11.next_event()
+    except h11.RemoteProtocolError as exc:
+        raise UpstreamProtocolError(f"upstream sent invalid HTTP/1: {exc}") from exc
+    if isinstance(event, h11.ConnectionClosed):
+        raise UpstreamClosed("upstream closed the connection before the response was complete")
+    if event is h11.PAUSED:
+        raise UpstreamProtocolError("upstream switched protocols unasked")
+    return event  # type: ignore[return-value]

@@ -65,7 +65,7 @@ _PING: Final = b"meshlet!"
 
 
 class _Side:
-    __slots__ = ("extra", "h2", "io", "last_read", "sending")
+    __slots__ = ("extra", "h2", "io", "last_read", "scope", "sending", "waiting")
 
     def __init__(self, h2c: ProxyH2Connection, io: Conn) -> None:
         self.h2 = h2c
@@ -73,6 +73,8 @@ class _Side:
         self.sending = False
         self.last_read = trio.current_time()
         self.extra = b""  # raw frames to send after h2's (a graceful GOAWAY)
+        self.waiting = False  # blocked in a read (the only place ``run`` may cancel it)
+        self.scope = trio.CancelScope()
 
 
 async def serve_http2(client: Conn, prefix: bytes, route: Route, context: ProxyContext) -> None:
@@ -122,6 +124,9 @@ class _Pair:
                     # no frame h2 already handed over is lost.
                     for scope in list(self.waits):
                         scope.cancel()
+                    for side in (self.down, self.up):
+                        if side.waiting:
+                            side.scope.cancel()
         await self._flush_all()
 
     async def _until_done(self, wait: Callable[[], Awaitable[T]]) -> T | None:
@@ -139,14 +144,23 @@ class _Pair:
     # -- reading ----------------------------------------------------------------------------------
 
     async def _read_loop(self, side: _Side) -> None:
-        try:
-            while data := await self._until_done(side.io.receive):
-                await self._receive(side, data)
-        except ProxyError as exc:
-            log.debug("%s h2 connection: %s", self.direction, exc)
-        if not self.done.is_set():
-            self._peer_closed(side)
-            await self._flush_all()
+        # One cancel scope for the task's life (cheaper than one per read); ``run`` cancels it
+        # only while the task is waiting for bytes, never in the middle of a write.
+        with trio.CancelScope() as side.scope:
+            try:
+                while not self.done.is_set():
+                    side.waiting = True
+                    data = await side.io.receive()
+                    side.waiting = False
+                    if not data:
+                        break
+                    await self._receive(side, data)
+            except ProxyError as exc:
+                log.debug("%s h2 connection: %s", self.direction, exc)
+            side.waiting = False
+            if not self.done.is_set():
+                self._peer_closed(side)
+                await self._flush_all()
 
     async def _receive(self, side: _Side, data: bytes) -> None:
         side.last_read = trio.current_time()

@@ -7,6 +7,7 @@
 - ``GET /chunked/<n>``: ``n`` bytes sent chunked, with a trailer-free chunked encoding;
 - ``POST /sha256``: the hex SHA-256 and length of the request body (chunked or Content-Length;
   ``Expect: 100-continue`` is answered with 100 by the standard library);
+- ``GET /slow/<ms>``: answers after ``ms`` milliseconds;
 - ``GET /status/<code>``: an empty response with that status;
 - ``GET /headers``: the request headers as received, one ``name: value`` a line;
 - ``GET /reset``: sends half a declared body, then resets the connection.
@@ -18,6 +19,7 @@ import hashlib
 import socket
 import struct
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PATTERN = bytes(range(256)) * 256
@@ -60,6 +62,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 sent += len(piece)
             self.wfile.write(b"0\r\n\r\n")
+        elif self.path.startswith("/slow/"):
+            time.sleep(int(parts[2]) / 1000)
+            self._send(200, b"slow response\n")
         elif self.path.startswith("/status/"):
             self._send(int(parts[2]), b"")
         elif self.path == "/headers":
