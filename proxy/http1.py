@@ -202,6 +202,8 @@ class _Session:
         return False
 
     async def _upstream(self) -> tuple[Conn, h11.Connection]:
+        if self.upstream is not None and self.upstream.readable_now():
+            self._drop_upstream(abort=False)  # the server closed it while it was idle
         if self.upstream is None or self.upstream_h11 is None:
             self.upstream = await self.route.connect(self.context.metrics)
             self.upstream_h11 = h11.Connection(h11.CLIENT)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import socket
 import struct
 from typing import Final
@@ -92,6 +93,18 @@ class Conn:
             await self.stream.send_eof()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise self._error(f"shutdown failed: {_describe(exc)}") from exc
+
+    def readable_now(self) -> bool:
+        """Whether bytes or end-of-stream are waiting (no blocking, nothing consumed).
+
+        An idle keep-alive connection that is readable was closed by its server (or carries
+        bytes nobody asked for): either way it must not take the next request.
+        """
+        try:
+            readable, _, _ = select.select([self._fd], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def abort(self) -> None:
         """Close with a TCP reset, so the peer learns the exchange failed (not a clean end)."""

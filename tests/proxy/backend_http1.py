@@ -7,6 +7,7 @@
 - ``GET /chunked/<n>``: ``n`` bytes sent chunked, with a trailer-free chunked encoding;
 - ``POST /sha256``: the hex SHA-256 and length of the request body (chunked or Content-Length;
   ``Expect: 100-continue`` is answered with 100 by the standard library);
+- ``GET /quiet-close``: answers, then closes the keep-alive connection without warning;
 - ``GET /slow/<ms>``: answers after ``ms`` milliseconds;
 - ``GET /status/<code>``: an empty response with that status;
 - ``GET /headers``: the request headers as received, one ``name: value`` a line;
@@ -62,6 +63,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 sent += len(piece)
             self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/quiet-close":
+            self._send(200, b"closing quietly\n")
+            self.close_connection = True  # as an idle timeout would: no Connection: close
         elif self.path.startswith("/slow/"):
             time.sleep(int(parts[2]) / 1000)
             self._send(200, b"slow response\n")

@@ -160,3 +160,27 @@ async def test_metrics_count_requests_and_bytes(
     assert 'response_latency_ms_bucket{direction="inbound"' in text
     assert 'tcp_open_total{direction="inbound",peer="src"' in text
     assert 'tls="no_identity",no_tls_reason="disabled"' in text
+
+
+async def test_outbound_listener_forwards_to_the_original_destination(
+    start_proxy: StartProxy, http1_backend: int
+) -> None:
+    proxy = await start_proxy(("127.0.0.1", http1_backend))
+    result = await curl(f"http://127.0.0.1:{proxy.addresses.outbound[1]}/")
+    assert result.stdout == b"hello from the backend\n"
+    text = proxy.context.metrics.render().decode()
+    assert 'request_total{direction="outbound"' in text
+    assert (
+        f'tcp_open_total{{direction="outbound",peer="dst",target_addr="127.0.0.1:{http1_backend}"'
+        in text
+    )
+
+
+async def test_upstream_closing_an_idle_connection_is_not_an_error(
+    start_proxy: StartProxy, http1_backend: int
+) -> None:
+    proxy = await start_proxy(("127.0.0.1", http1_backend))
+    base = f"http://{proxy.inbound}"
+    result = await curl("-w", "%{http_code}\n", f"{base}/quiet-close", f"{base}/")
+    await trio.sleep(0)
+    assert result.stdout == b"closing quietly\n200\nhello from the backend\n200\n", result
