@@ -85,11 +85,12 @@ def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"nothing listens on {port}") from None
             time.sleep(0.05)
+        else:
+            return
 
 
 def _children(pid: int) -> list[int]:
@@ -210,9 +211,7 @@ def run(args: list[str]) -> None:
                     "MESHLET_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{_free_port()}",
                     "MESHLET_PROXY_LOG_LEVEL": "warn",
                 }
-                proxy = subprocess.Popen(
-                    [sys.executable, "-c", _PROXY, str(back[proto])], env=env
-                )
+                proxy = subprocess.Popen([sys.executable, "-c", _PROXY, str(back[proto])], env=env)
                 processes.append(proxy)
                 _wait_port(inbound, proxy)
                 meshlet[proto] = (inbound, proxy.pid)
@@ -223,7 +222,14 @@ def run(args: list[str]) -> None:
             targets.append(
                 Target("nginx", rp_ports["h2c"], rp_ports["h1"], workers[0] if workers else None)
             )
-            _report(targets, meshlet["h1"][1], runs, seconds, saturation_requests, root)
+            _report(
+                targets,
+                meshlet["h1"][1],
+                runs=runs,
+                seconds=seconds,
+                saturation_requests=saturation_requests,
+                root=root,
+            )
         finally:
             for process in reversed(processes):
                 _stop(process)
@@ -232,6 +238,7 @@ def run(args: list[str]) -> None:
 def _report(
     targets: list[Target],
     meshlet_h1_pid: int,
+    *,
     runs: int,
     seconds: int,
     saturation_requests: int,
@@ -242,9 +249,10 @@ def _report(
     header = f"{'protocol':8} {'target':8} {'p50 ms':>7} {'p99 ms':>7} {'cores':>6} "
     print(header + f"{'RSS MB':>7} {'max req/s':>10}")
     for h1 in (False, True):
-        for target in targets:
-            if target.name == "meshlet" and h1:
-                target = Target(target.name, target.h2c, target.h1, meshlet_h1_pid)
+        for listed in targets:
+            target = listed
+            if listed.name == "meshlet" and h1:  # the proxy process forwarding to HTTP/1.1
+                target = Target(listed.name, listed.h2c, listed.h1, meshlet_h1_pid)
             samples = [
                 _fixed_rate(target, h1, seconds, root / f"log-{target.name}-{h1}-{index}")
                 for index in range(runs)
