@@ -164,7 +164,14 @@ class _Session:
         forwarded = forward_headers(request.headers)
         if not authority:  # HTTP/1.0 without Host: HTTP/1.1 upstream requests need one
             forwarded.headers.append((b"host", format_address(self.route.target).encode()))
-        head = h11.Request(method=request.method, target=request.target, headers=forwarded.headers)
+        # ``_parsed=True``: h11 already validated these fields when it parsed them (and the few
+        # we add are constants); skipping the second regex pass is a tenth of the CPU here.
+        head = h11.Request(
+            method=request.method,
+            target=request.target,
+            headers=forwarded.headers,
+            _parsed=True,
+        )
         try:
             upstream, upstream_h11 = await self._upstream()
             await _send(upstream, upstream_h11, head)
@@ -268,7 +275,7 @@ class _Session:
         # The head and whatever body is already buffered go out in one write: loopback writes
         # cost more than the bytes in them, so a small response costs one send, not three.
         out = self.server.send(
-            h11.Response(status_code=status, headers=headers, reason=event.reason)
+            h11.Response(status_code=status, headers=headers, reason=event.reason, _parsed=True)
         )
         try:
             while True:
