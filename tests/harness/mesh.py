@@ -2,7 +2,8 @@
 
 ``mesh_pod(node, name, log_dir)`` does what the injector's patch does to a pod: run the init
 container (``meshlet-proxy-init``), then start the sidecar (``meshlet-proxy`` as UID 2102,
-configured only by ``MESHLET_PROXY_*`` variables) and wait until its admin ``/ready`` answers
+configured only by ``MESHLET_PROXY_*`` variables, log level info unless ``env`` says
+otherwise) and wait until its admin ``/ready`` answers
 200. ``scrape(pod)`` reads its ``/metrics`` into ``Samples``.
 """
 
@@ -63,7 +64,7 @@ def mesh_pod(
         "MESHLET_PROXY_POD_NAME": name,
         "MESHLET_PROXY_POD_NAMESPACE": "default",
         "MESHLET_PROXY_POD_IP": pod.ip,
-        "MESHLET_PROXY_LOG_LEVEL": "debug",
+        "MESHLET_PROXY_LOG_LEVEL": "info",
         **(env or {}),
     }
     log_path = log_dir / f"proxy-{name}.log"

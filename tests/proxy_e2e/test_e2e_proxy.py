@@ -54,7 +54,17 @@ from tests.harness.mesh import (
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
+BIG_H2_FILE = 8 * 1024 * 1024
+# Found by these tests (commit 1129e0c of the proxy): HTTP/2 through TWO chained proxies (client
+# pod outbound -> server pod inbound) stalls after ~96 KiB of a body; either proxy alone carries
+# 8 MiB fine. Not strict, so the tests pass as XPASS once the proxy is fixed; then drop this.
+H2_CHAINED_STALL = pytest.mark.xfail(
+    reason="meshlet-proxy: an HTTP/2 body stalls after ~96 KiB when it crosses two chained "
+    "proxies (one proxy alone carries 8 MiB)",
+    strict=False,
+)
 NGINX_CONF = """
+user root;
 worker_processes 1;
 daemon off;
 pid {dir}/nginx.pid;
@@ -70,6 +80,7 @@ http {{
     server {{
         listen 8081 http2;
         location / {{ return 200 "h2 ok\\n"; }}
+        location = /big.bin {{ root {dir}; }}
     }}
 }}
 """
@@ -117,6 +128,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             nginx_dir = tmp / "nginx"
             nginx_dir.mkdir()
             (nginx_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=nginx_dir))
+            (nginx_dir / "big.bin").write_bytes(os.urandom(BIG_H2_FILE))
             pod.spawn(["nginx", "-c", str(nginx_dir / "nginx.conf")], capture=False, label="nginx")
             pod.wait_for_port(("127.0.0.1", 8081))
         node.add_service("web", 80, [pod], target_port=8080)
@@ -214,6 +226,19 @@ def test_http2_prior_knowledge_curl(mesh: Mesh) -> None:
     after = scrape(mesh.client.pod), scrape(mesh.server.pod)
     assert _delta(before[0], after[0], "request_total", direction="outbound") == 1
     assert _delta(before[1], after[1], "request_total", direction="inbound") == 1
+
+
+@needs_nginx
+@H2_CHAINED_STALL
+def test_http2_large_download_crosses_flow_control(mesh: Mesh) -> None:
+    """8 MiB in one HTTP/2 response: far beyond the 64 KiB initial window on every hop."""
+    target = mesh.tmp / "big-h2.bin"
+    mesh.curl(
+        "--http2-prior-knowledge", "--max-time", "30", "-o", str(target), mesh.url("h2", "/big.bin")
+    )
+    original = (mesh.tmp / "nginx" / "big.bin").read_bytes()
+    assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(original).digest()
+    target.unlink()
 
 
 @needs_nginx
@@ -364,6 +389,34 @@ def test_grpc_unary_failure_and_bidi_streaming(mesh: Mesh) -> None:
     outcome = {"direction": "outbound", "status_code": "200"}
     assert _delta(before, after, "response_total", **outcome, classification="success") == 2
     assert _delta(before, after, "response_total", **outcome, classification="failure") == 1
+
+
+def _grpc_call(mesh: Mesh, which: str) -> dict[str, object]:
+    host, port = mesh.vip("grpc")
+    command = [PYTHON, GRPC_APP, "call", host, str(port), which]
+    answer = json.loads(mesh.client.pod.run(command, timeout=60))
+    assert isinstance(answer, dict)
+    return answer
+
+
+@H2_CHAINED_STALL
+def test_grpc_large_streams_cross_flow_control(mesh: Mesh) -> None:
+    """20 MiB each way (client stream up, server stream down), intact, through HTTP/2 flow
+    control on every hop (the default window is 64 KiB, so this needs WINDOW_UPDATEs)."""
+    answer = _grpc_call(mesh, "large")
+    assert answer == {"digest_matches": True, "download_matches": True}
+
+
+def test_grpc_cancel_and_deadline(mesh: Mesh) -> None:
+    """A client's cancel reaches the server (RST_STREAM across both proxies); a deadline that
+    expires gives DEADLINE_EXCEEDED."""
+    answer = _grpc_call(mesh, "cancel")
+    assert answer == {
+        "forever_first": ["1", "2", "3"],
+        "forever_code": "CANCELLED",
+        "server_saw_cancel": "yes",
+        "slow_code": "DEADLINE_EXCEEDED",
+    }
 
 
 def test_websocket_echo(mesh: Mesh) -> None:
