@@ -11,6 +11,7 @@ import h2.errors
 import h2.events
 import pytest
 import trio
+import trio.testing
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 
@@ -124,3 +125,30 @@ async def test_grpc_trailers_status_streaming_and_cancel(
     assert checks["cancelled"] >= 1  # the client's RST_STREAM reached the server
     text = proxy.context.metrics.render().decode()
     assert 'status_code="200",classification="failure"}' in text  # grpc-status NOT_FOUND
+
+
+async def test_silent_client_is_pinged_then_dropped(
+    start_proxy: StartProxy, nginx: Nginx, autojump_clock: trio.testing.MockClock
+) -> None:
+    proxy = await start_proxy(("127.0.0.1", nginx.h2c_port))
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.addresses.inbound[1])
+    client.send_headers(
+        1, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")],
+        end_stream=True,
+    )  # fmt: skip
+    await stream.send_all(client.data_to_send())
+    started = trio.current_time()
+    pinged_at = None
+    with trio.fail_after(60):
+        while data := await stream.receive_some(65536):
+            for event in client.receive_data(data):
+                if isinstance(event, h2.events.PingReceived):
+                    pinged_at = trio.current_time()
+            client.data_to_send()  # a dead client: its PING ACK never leaves
+    closed_at = trio.current_time()
+    await stream.aclose()
+    assert pinged_at is not None
+    assert pinged_at - started >= 10.0  # the keepalive interval
+    assert closed_at - pinged_at >= 3.0  # the keepalive timeout
