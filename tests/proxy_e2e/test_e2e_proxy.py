@@ -238,7 +238,7 @@ def test_http2_large_download_crosses_flow_control(mesh: Mesh) -> None:
     """8 MiB in one HTTP/2 response: far beyond the 64 KiB initial window on every hop."""
     target = mesh.tmp / "big-h2.bin"
     mesh.curl(
-        "--http2-prior-knowledge", "--max-time", "30", "-o", str(target), mesh.url("h2", "/big.bin")
+        "--http2-prior-knowledge", "--max-time", "8", "-o", str(target), mesh.url("h2", "/big.bin")
     )
     original = (mesh.tmp / "nginx" / "big.bin").read_bytes()
     assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(original).digest()
