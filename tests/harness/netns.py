@@ -132,8 +132,12 @@ class Netns:
         run(["ip", "netns", "add", self.name])
         self.path = f"/run/netns/{self.name}"
         self.processes: list[Process] = []
-        # Loopback is down in a fresh namespace; nothing works on 127.0.0.1 until it is up.
-        self.iproute("link", "set", "lo", "up")
+        try:
+            # Loopback is down in a fresh namespace; nothing works on 127.0.0.1 until it is up.
+            self.iproute("link", "set", "lo", "up")
+        except BaseException:
+            run(["ip", "netns", "del", self.name])
+            raise
 
     def iproute(self, *args: str) -> str:
         """``ip -n <this namespace> <args>``."""
