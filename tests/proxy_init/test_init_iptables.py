@@ -255,3 +255,30 @@ def test_non_root_user_with_net_admin_like_the_init_container(node: Node) -> Non
     done = pod.run_result([*NON_ROOT, f"--inh-caps={caps}", f"--ambient-caps={caps}", PROXY_INIT])
     assert done.returncode == 0, done.stderr
     assert len(_rules(pod)) == len(build_rules(InitConfig()).rules)
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_many_ports_and_subnets_apply_and_stay_idempotent(node: Node, mode: str) -> None:
+    """More than 15 ports (split across multiport rules), ranges and subnets round-trip through
+    the kernel exactly, so the second run still changes nothing."""
+    pod = node.add_pod("app")
+    ports = ",".join(str(port) for port in range(1000, 1040)) + ",2000-2100,3000:3005"
+    flags = (
+        *("--iptables-mode", mode, "--inbound-ports-to-ignore", ports),
+        *("--outbound-ports-to-ignore", ports, "--subnets-to-ignore", "10.1.0.0/16,192.0.2.7"),
+    )
+    install_proxy_init(pod, *flags)
+    save = f"iptables-{mode}-save"
+    built = build_rules(
+        InitConfig(
+            inbound_ports_to_ignore=parse_port_ranges(ports),
+            outbound_ports_to_ignore=parse_port_ranges(ports),
+            subnets_to_ignore=parse_subnets("10.1.0.0/16,192.0.2.7"),
+        )
+    )
+    assert sorted(_rules(pod, save)) == sorted(shlex.split(rule.render()) for rule in built.rules)
+    # 44 slots outbound (40 ports + 2 ranges) -> 3 rules; inbound adds 4190,4191 -> 4 rules.
+    assert sum(1 for rule in _rules(pod, save) if "multiport" in rule) == 7
+    assert "nothing to change" in install_proxy_init(pod, *flags)
+    install_proxy_init(pod, "--iptables-mode", mode, "--remove")
+    assert _rules(pod, save) == []
