@@ -470,6 +470,19 @@ def test_connection_addressed_to_the_proxy_port_is_refused_promptly(mesh: Mesh) 
     assert hello == (200, b"hello from the server pod\n")  # the proxy is unharmed
 
 
+def test_probes_from_the_node_reach_the_admin_port_directly(mesh: Mesh) -> None:
+    """The kubelet probes /ready on 4191 from the node: skipped by the rules, answered by the
+    admin server itself, and not counted as proxied traffic."""
+    before = scrape(mesh.server.pod)
+    assert http_get(mesh.node.netns, (mesh.server.pod.ip, 4191), "/ready")[0] == 200
+    assert http_get(mesh.node.netns, (mesh.server.pod.ip, 4191), "/live")[0] == 200
+    after = scrape(mesh.server.pod)
+    assert _delta(before, after, "tcp_open_total", direction="inbound") == 0
+    # A probe of the application port goes through the inbound proxy like any client.
+    assert http_get(mesh.node.netns, (mesh.server.pod.ip, 8080), "/hello")[0] == 200
+    assert _delta(after, scrape(mesh.server.pod), "request_total", direction="inbound") == 1
+
+
 def test_machine_network_untouched_by_the_mesh(mesh: Mesh) -> None:
     """The pods' rules live in the pods: the machine's own nat table has none of them."""
     try:
