@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from proxy.init.__main__ import main
@@ -61,3 +63,15 @@ def test_unparseable_number_is_a_usage_error(capsys: pytest.CaptureFixture[str])
         main(["--proxy-uid", "proxy", "--dry-run"])
     assert info.value.code == 2
     assert "argument --proxy-uid: invalid int value: 'proxy'" in capsys.readouterr().err
+
+
+def test_docs_show_the_real_dry_run_output(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/proxy-init.md's sample is what the command prints for the flags it names."""
+    docs = (Path(__file__).parents[2] / "docs" / "proxy-init.md").read_text()
+    flags = (
+        "--inbound-ports-to-ignore 25 --outbound-ports-to-ignore 443,5000-5010"
+        " --subnets-to-ignore 169.254.0.0/16"
+    )
+    assert f"`{flags}`" in docs
+    assert main([*flags.split(), "--dry-run"]) == 0
+    assert f"```\n{capsys.readouterr().out}```" in docs
