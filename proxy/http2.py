@@ -51,8 +51,9 @@ from proxy.h2conn import (
     send_error_response,
     status_of,
 )
+from proxy.h2fail import serve_h2_errors
 from proxy.h2flow import Flow, Stream, pump
-from proxy.metrics import Metrics, classify
+from proxy.metrics import classify
 from proxy.net import Conn
 
 __all__ = ["serve_http2"]
@@ -84,7 +85,9 @@ async def serve_http2(client: Conn, prefix: bytes, route: Route, context: ProxyC
         upstream = await route.connect(context.metrics)
     except ProxyError as exc:
         log.info("%s h2 upstream unavailable: %s", route.direction, exc)
-        await _serve_errors(down, prefix, exc, route, context.metrics)
+        await serve_h2_errors(
+            down.h2, client, prefix, exc, direction=route.direction, metrics=context.metrics
+        )
         return
     try:
         up = _Side(new_connection(client_side=True), upstream)
@@ -436,32 +439,3 @@ async def _sleep(seconds: float) -> bool:
 
 def _who(pair: _Pair, side: _Side) -> str:
     return "client" if side is pair.down else "upstream"
-
-
-async def _serve_errors(
-    down: _Side, prefix: bytes, exc: ProxyError, route: Route, metrics: Metrics
-) -> None:
-    """No upstream: answer each request with ``exc``'s status, then GOAWAY, then close."""
-    data = prefix
-    answered = 0  # the last stream answered
-    while data:
-        try:
-            events = down.h2.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            break
-        for event in events:
-            if isinstance(event, ev.RequestReceived):
-                labels = metrics.http_labels(route.direction, authority_of(event.headers))
-                metrics.request(labels)
-                metrics.response_headers(labels, exc.status, 0.0)
-                metrics.response_end(labels, exc.status, "failure")
-                send_error_response(down.h2, event.stream_id, exc)
-                answered = event.stream_id
-        out = down.h2.data_to_send()
-        if answered:
-            out += goaway_frame(answered)
-        if out:
-            await down.io.send(out)
-        if answered:
-            return
-        data = await down.io.receive()
