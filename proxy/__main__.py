@@ -27,7 +27,7 @@ from proxy.metrics import Metrics
 from proxy.server import Resolver, default_resolver, serve_proxy
 from proxy.settings import ProxySettings, SettingsError, load_settings, unknown_variables
 
-__all__ = ["ProxyAddresses", "main", "run_proxy"]
+__all__ = ["ProxyAddresses", "main", "run_proxy", "set_up_logging"]
 
 log = logging.getLogger("proxy")
 _LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
@@ -90,6 +90,16 @@ async def _watch_signals(lifecycle: Lifecycle, process: trio.CancelScope) -> Non
             lifecycle.drain()
 
 
+def set_up_logging(settings: ProxySettings) -> None:
+    """The process's logging; h2 and hpack stay quiet below ``trace``."""
+    configure_logging(settings.log_level, settings.log_format)
+    # hpack logs every header it codes at debug level: that alone takes the proxy down to a few
+    # hundred requests/s. Only ``trace`` lets it through.
+    quiet = settings.log_level != "trace"
+    for chatty in ("hpack", "h2"):
+        logging.getLogger(chatty).setLevel(logging.INFO if quiet else logging.NOTSET)
+
+
 def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver) -> int:
     """Entry point of the ``meshlet-proxy`` console script (``resolver``: see ``run_proxy``)."""
     args = sys.argv[1:] if argv is None else argv
@@ -105,7 +115,7 @@ def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver
     except SettingsError as exc:
         print(f"meshlet-proxy: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    set_up_logging(settings)
     for name in unknown_variables(settings):
         log.warning("ignoring unknown variable %s", name)
     try:

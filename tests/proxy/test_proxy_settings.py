@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 
 import pytest
 
 from meshlet import names
+from proxy.__main__ import set_up_logging
 from proxy.settings import Address, SettingsError, load_settings, parse_ports, unknown_variables
 from tests.proxy.conftest import PROXY_BIN
 
@@ -98,3 +100,18 @@ def test_process_exits_2_with_one_line_on_a_bad_value() -> None:
     assert result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith("meshlet-proxy: MESHLET_PROXY_DETECT_TIMEOUT: ")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("level", "hpack_debug"), [("debug", False), ("trace", True)])
+def test_hpack_stays_quiet_below_trace(level: str, hpack_debug: bool) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        set_up_logging(load_settings({"MESHLET_PROXY_LOG_LEVEL": level}))
+        assert logging.getLogger("proxy").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("hpack.hpack").isEnabledFor(logging.DEBUG) is hpack_debug
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logging.getLogger("hpack").setLevel(logging.NOTSET)
+        logging.getLogger("h2").setLevel(logging.NOTSET)
