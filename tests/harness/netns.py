@@ -18,11 +18,12 @@ import itertools
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 __all__ = [
     "HarnessError",
@@ -73,14 +74,16 @@ def run(argv: Sequence[str], *, input_text: str | None = None, timeout: float = 
 
 
 class Process:
-    """A process started in a namespace; ``stop()`` ends it by PID and reaps it."""
+    """A process started in a namespace; ``stop()`` ends it by PID and reaps it.
 
-    def __init__(
-        self, popen: subprocess.Popen[str], label: str, log_path: Path | None = None
-    ) -> None:
+    Its stderr goes to a file (``log_path`` or an anonymous temporary file), never to a pipe, so
+    a chatty or failing program can never block on a full pipe.
+    """
+
+    def __init__(self, popen: subprocess.Popen[str], label: str, stderr_file: IO[bytes]) -> None:
         self.popen = popen
         self.label = label
-        self.log_path = log_path
+        self._stderr_file = stderr_file
 
     @property
     def pid(self) -> int:
@@ -100,14 +103,15 @@ class Process:
             raise HarnessError(f"{self.label}: exited ({self.popen.poll()}) {self.stderr_text()}")
         return line[0].rstrip("\n")
 
-    def stderr_text(self) -> str:
-        """The end of the process's stderr (its log file, or the pipe once it has exited)."""
-        if self.log_path is not None:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        stderr = self.popen.stderr
-        if stderr is None or self.popen.poll() is None:
+    def stderr_text(self, limit: int = 4000) -> str:
+        """The last ``limit`` characters the process wrote to stderr so far."""
+        if self._stderr_file.closed:
             return ""
-        return stderr.read()[-2000:]
+        # pread leaves the file offset alone: the child shares it (an inherited descriptor).
+        fd = self._stderr_file.fileno()
+        size = os.fstat(fd).st_size
+        start = max(0, size - limit)
+        return os.pread(fd, size - start, start).decode(errors="replace")
 
     def stop(self, grace: float = 3.0) -> int:
         """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit status."""
@@ -118,9 +122,10 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(grace)
-        for stream in (self.popen.stdout, self.popen.stderr, self.popen.stdin):
+        for stream in (self.popen.stdout, self.popen.stdin):
             if stream is not None:
                 stream.close()
+        self._stderr_file.close()
         return self.popen.returncode
 
 
@@ -196,23 +201,26 @@ class Netns:
         """Start ``argv`` in this namespace; it is stopped by ``delete()`` if still running.
 
         stdout is a pipe when ``capture`` (for a ``ready`` line); stderr goes to ``log_path``
-        when given (a chatty process can never block on a full pipe), else to a pipe when
-        ``capture``. ``ip netns exec`` and ``setpriv`` both exec, so the PID is the program's.
+        (kept) or to an anonymous temporary file. ``ip netns exec`` and ``setpriv`` both exec,
+        so the PID is the program's own.
         """
-        log_file = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115
+        stderr_file: IO[bytes] = (
+            # Append mode: the child's writes never depend on the shared file offset.
+            open(log_path, "a+b") if log_path is not None else tempfile.TemporaryFile("a+b")  # noqa: SIM115
+        )
         try:
             popen = subprocess.Popen(
                 self.exec_argv(argv, uid=uid),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
-                stderr=log_file or (subprocess.PIPE if capture else subprocess.DEVNULL),
+                stderr=stderr_file,
                 text=True,
                 env=clean_env(env),
             )
-        finally:
-            if log_file is not None:
-                log_file.close()  # the child holds its own descriptor
-        process = Process(popen, label or f"{self.name}: {argv[0]}", log_path)
+        except BaseException:
+            stderr_file.close()
+            raise
+        process = Process(popen, label or f"{self.name}: {argv[0]}", stderr_file)
         self.processes.append(process)
         return process
 
