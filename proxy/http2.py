@@ -1,30 +1,26 @@
-"""HTTP/2 proxying: each client connection is paired with one upstream HTTP/2 connection.
+"""HTTP/2 proxying: each client connection is paired with one upstream HTTP/2 connection and
+their frames are relayed (``proxy/h2relay.py``), observed for metrics, never re-encoded.
 
-Theory of operation. Two sans-IO ``H2Connection`` objects (``proxy/h2conn.py``) sit between two
-sockets; one reader task per socket feeds its connection and handles the resulting events inline,
-so a request costs no task of its own: a stream is a small ``_Stream`` record holding its two
-``Flow`` s (request: client → upstream, response: upstream → client). Streams keep their order
-and map one to one (client stream id ↔ upstream stream id).
+Theory of operation. One reader task per socket feeds the bytes it reads to that direction's
+``FrameScanner``, appends what the scanner returns to the other side's output buffer and writes
+it before reading again, so a slow receiver slows its sender (the peers' own HTTP/2 flow control
+and TCP backpressure; the proxy holds one read buffer per direction). Streams are records in a
+dict, not tasks. Writes: ``_flush`` sends a side's buffer; a flag (not a lock) makes the task
+already writing pick up bytes queued meanwhile, keeping frames in order.
 
-Flow control end to end: data received on one side is sent on the other only as far as the
-receiving peer's window allows; the rest waits in the flow's queue, and the sender is credited
-(``acknowledge_received_data`` → WINDOW_UPDATE) only for bytes actually forwarded. So what the
-proxy holds per stream never exceeds the window it advertised (64 KiB), and a slow reader slows
-its writer down through HTTP/2 itself. Trailers (gRPC status) and end-of-stream wait behind the
-queued data. A RST_STREAM from either side resets the other half.
+The proxy's own frames go in at frame boundaries only:
 
-Writes: ``_flush`` sends whatever h2 has buffered for a side; a flag (not a lock) makes the one
-task already writing pick up data queued meanwhile, which keeps frames in order without an extra
-scheduling point per write.
+- keepalive: a side silent for the keepalive interval gets a PING (its ACK is consumed by the
+  scanner); still silent after the keepalive timeout, the pair closes;
+- drain (SIGTERM): the client gets GOAWAY with the maximum stream id (RFC 9113 6.8's shutdown
+  notice: nothing in flight is refused), streams finish, then the pair closes;
+- the upstream's own GOAWAY reaches the client unchanged; once the streams it allowed are done
+  the pair closes;
+- the upstream closing or resetting the connection: each open stream without a response head gets
+  a 502 ``meshlet-proxy-error: upstream_closed``, the others RST_STREAM, and the client a GOAWAY.
 
-Shutdown and GOAWAY: when the upstream sends GOAWAY, streams past its last-stream-id are refused
-to the client (REFUSED_STREAM, safe to retry) and the client receives a GOAWAY naming the last
-stream the proxy will finish; the same happens when the proxy drains. The pair closes once no
-stream is left. A PING goes to each side that has been silent for the keepalive interval; a peer
-that stays silent for the keepalive timeout after it is considered dead and the pair closes.
-
-If the upstream cannot be reached, every request gets a 502/504 with ``meshlet-proxy-error``
-(the cause's slug) and the client a GOAWAY, so its next connection tries again.
+If the upstream cannot be reached at all, ``proxy/h2fail.py`` answers every request with the
+cause (502/504 and ``meshlet-proxy-error``).
 """
 
 from __future__ import annotations
@@ -32,27 +28,28 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
-import h2.events as ev
-import h2.exceptions
 import trio
-from h2.errors import ErrorCodes
 
 from proxy.context import ProxyContext, Route
 from proxy.errors import ProxyError, UpstreamClosed, unwrap_groups
-from proxy.h2conn import (
-    ProxyH2Connection,
-    authority_of,
-    goaway_frame,
-    grpc_status_of,
-    new_connection,
-    reset_quietly,
-    send_error_response,
-    status_of,
-)
 from proxy.h2fail import serve_h2_errors
-from proxy.h2flow import Flow, Stream, pump
+from proxy.h2relay import (
+    Event,
+    FrameScanner,
+    GoAway,
+    RelayError,
+    RequestStarted,
+    ResponseEnded,
+    ResponseStarted,
+    Settings,
+    StreamReset,
+    error_response,
+    goaway,
+    ping,
+    rst_stream,
+)
 from proxy.metrics import classify
 from proxy.net import Conn
 
@@ -61,60 +58,68 @@ __all__ = ["serve_http2"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_REFUSED: Final = ErrorCodes.REFUSED_STREAM
-_PING: Final = b"meshlet!"
+_MAX_STREAM_ID: Final = 2**31 - 1
+_INTERNAL_ERROR: Final = 0x2
+_PROTOCOL_ERROR: Final = 0x1
 
 
 class _Side:
-    __slots__ = ("extra", "h2", "io", "last_read", "scope", "sending", "waiting")
+    __slots__ = ("io", "last_read", "out", "scope", "sending", "waiting")
 
-    def __init__(self, h2c: ProxyH2Connection, io: Conn) -> None:
-        self.h2 = h2c
+    def __init__(self, io: Conn) -> None:
         self.io = io
+        self.out = bytearray()
         self.sending = False
-        self.last_read = trio.current_time()
-        self.extra = b""  # raw frames to send after h2's (a graceful GOAWAY)
-        self.waiting = False  # blocked in a read (the only place ``run`` may cancel it)
+        self.waiting = False  # blocked in a read: the only place ``run`` may cancel it
         self.scope = trio.CancelScope()
+        self.last_read = trio.current_time()
+
+
+class _Stream:
+    __slots__ = ("labels", "started", "status")
+
+    def __init__(self, labels: str, started: float) -> None:
+        self.labels = labels
+        self.started = started
+        self.status = 0
 
 
 async def serve_http2(client: Conn, prefix: bytes, route: Route, context: ProxyContext) -> None:
     """Proxy an HTTP/2 (prior knowledge) client connection to ``route``'s upstream."""
-    down = _Side(new_connection(client_side=False), client)
     try:
         upstream = await route.connect(context.metrics)
     except ProxyError as exc:
         log.info("%s h2 upstream unavailable: %s", route.direction, exc)
         await serve_h2_errors(
-            down.h2, client, prefix, exc, direction=route.direction, metrics=context.metrics
+            client,
+            prefix,
+            exc,
+            direction=route.direction,
+            metrics=context.metrics,
         )
         return
     try:
-        up = _Side(new_connection(client_side=True), upstream)
-        await _Pair(down, up, route, context).run(prefix)
+        await _Relay(_Side(client), _Side(upstream), route, context).run(prefix)
     finally:
         upstream.close()
 
 
-class _Pair:
+class _Relay:
     def __init__(self, down: _Side, up: _Side, route: Route, context: ProxyContext) -> None:
         self.down, self.up = down, up
         self.direction = route.direction
         self.metrics = context.metrics
         self.context = context
-        self.by_down: dict[int, Stream] = {}
-        self.by_up: dict[int, Stream] = {}
-        self.last_down_id = 0  # highest client stream accepted; 0 until the first
-        self.goaway_sent = False
-        self.upstream_last_id: int | None = None  # set by the upstream's GOAWAY
-        self.client_done = False  # the client sent GOAWAY
+        self.requests = FrameScanner(from_client=True)  # client → upstream
+        self.responses = FrameScanner(from_client=False)  # upstream → client
+        self.streams: dict[int, _Stream] = {}
+        self.highest = 0  # highest client stream seen
+        self.closing = False  # a GOAWAY went either way, or we drain
         self.done = trio.Event()
         self.waits: set[trio.CancelScope] = set()
-        self.down_handlers = self._handlers(down)
-        self.up_handlers = self._handlers(up)
 
     async def run(self, prefix: bytes) -> None:
-        await self._receive(self.down, prefix)
+        await self._relay(self.down, prefix)
         if not self.done.is_set():
             with unwrap_groups():
                 async with trio.open_nursery() as nursery:
@@ -123,14 +128,28 @@ class _Pair:
                     nursery.start_soon(self._keepalive)
                     nursery.start_soon(self._drain_on_shutdown)
                     await self.done.wait()
-                    # Interrupt only the waits: a task that is writing finishes its write, so
-                    # no frame h2 already handed over is lost.
                     for scope in list(self.waits):
                         scope.cancel()
                     for side in (self.down, self.up):
                         if side.waiting:
                             side.scope.cancel()
-        await self._flush_all()
+        await self._flush(self.down)
+        await self._flush(self.up)
+        await self._close_gracefully(self.down)
+
+    async def _close_gracefully(self, side: _Side) -> None:
+        """Half-close, then read until the peer closes too (bounded by the keepalive timeout).
+
+        Closing a socket with unread bytes in it sends a TCP reset, which can destroy the last
+        response before the client reads it; reading the peer's final frames avoids that.
+        """
+        with trio.move_on_after(self.context.settings.http2_keepalive_timeout):
+            try:
+                await side.io.send_eof()
+                while await side.io.receive():
+                    pass
+            except ProxyError:
+                pass  # the peer is gone already
 
     async def _until_done(self, wait: Callable[[], Awaitable[T]]) -> T | None:
         """``await wait()``, or ``None`` once the pair is done."""
@@ -144,11 +163,9 @@ class _Pair:
                 self.waits.discard(scope)
         return None
 
-    # -- reading ----------------------------------------------------------------------------------
+    # -- relaying ---------------------------------------------------------------------------------
 
     async def _read_loop(self, side: _Side) -> None:
-        # One cancel scope for the task's life (cheaper than one per read); ``run`` cancels it
-        # only while the task is waiting for bytes, never in the middle of a write.
         with trio.CancelScope() as side.scope:
             try:
                 while not self.done.is_set():
@@ -157,237 +174,109 @@ class _Pair:
                     side.waiting = False
                     if not data:
                         break
-                    await self._receive(side, data)
+                    await self._relay(side, data)
             except ProxyError as exc:
                 log.debug("%s h2 connection: %s", self.direction, exc)
             side.waiting = False
             if not self.done.is_set():
                 self._peer_closed(side)
-                await self._flush_all()
+                await self._flush(self.down)
+                await self._flush(self.up)
 
-    async def _receive(self, side: _Side, data: bytes) -> None:
+    async def _relay(self, side: _Side, data: bytes) -> None:
         side.last_read = trio.current_time()
+        from_client = side is self.down
+        scanner = self.requests if from_client else self.responses
+        target = self.up if from_client else self.down
         try:
-            events = side.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            log.info("%s h2 protocol error from the %s: %s", self.direction, _who(self, side), exc)
-            await self._flush(side)  # h2 queued a GOAWAY naming the error
+            out, events = scanner.feed(data)
+        except RelayError as exc:
+            log.info("%s h2 %s broke the protocol: %s", self.direction, _who(from_client), exc)
+            self.down.out += goaway(self.highest, _PROTOCOL_ERROR) if from_client else b""
             self.done.set()
             return
-        handlers = self.down_handlers if side is self.down else self.up_handlers
+        target.out += out
         for event in events:
-            handler = handlers.get(type(event))
-            if handler is not None:
-                handler(event)
-        await self._flush_all()
+            self._observe(event, from_client)
+        await self._flush(target)
+        if self.down.out and target is not self.down:
+            await self._flush(self.down)
+
+    def _observe(self, event: Event, from_client: bool) -> None:
+        if isinstance(event, RequestStarted):
+            labels = self.metrics.http_labels(self.direction, event.authority)
+            self.metrics.request(labels)
+            self.streams[event.stream_id] = _Stream(labels, trio.current_time())
+            self.highest = max(self.highest, event.stream_id)
+        elif isinstance(event, ResponseStarted):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.status = event.status
+                latency_ms = (trio.current_time() - stream.started) * 1000
+                self.metrics.response_headers(stream.labels, event.status, latency_ms)
+        elif isinstance(event, ResponseEnded):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                classification = classify(stream.status, event.grpc_status)
+                self.metrics.response_end(stream.labels, stream.status, classification)
+                self.requests.forget(event.stream_id)
+                self._maybe_done()
+        elif isinstance(event, StreamReset):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                if stream.status:
+                    self.metrics.response_end(stream.labels, stream.status, "failure")
+                self.requests.forget(event.stream_id)
+                self._maybe_done()
+        elif isinstance(event, GoAway):
+            self._on_goaway(event, from_client)
+        elif isinstance(event, Settings) and event.header_table_size is not None:
+            # Each peer's SETTINGS bound the table the *other* peer's encoder may use.
+            scanner = self.responses if from_client else self.requests
+            size = max(scanner.decoder.max_allowed_table_size, event.header_table_size)
+            scanner.decoder.max_allowed_table_size = size
+
+    def _on_goaway(self, event: GoAway, from_client: bool) -> None:
+        self.closing = True
+        if not from_client:
+            log.info(
+                "%s upstream sent GOAWAY (last stream %s)", self.direction, event.last_stream_id
+            )
+            for stream_id in [s for s in self.streams if s > event.last_stream_id]:
+                del self.streams[stream_id]  # never processed: the client retries them
+        self._maybe_done()
 
     def _peer_closed(self, side: _Side) -> None:
-        if side is self.down:
-            self.done.set()  # nobody is left to answer
-            return
-        for stream in list(self.by_down.values()):
-            if stream.status:
-                self._reset_down(stream, ErrorCodes.INTERNAL_ERROR)
-            else:
-                self._error_response(stream, UpstreamClosed("upstream closed the connection"))
-        self._goaway_down()
-        self._maybe_done()
-
-    # -- events -----------------------------------------------------------------------------------
-    # One table per side maps h2 event types to handlers (cheaper than an isinstance chain).
-    # Client-side events drive request flows, upstream-side events response flows.
-
-    def _handlers(self, side: _Side) -> dict[type[ev.Event], Callable[[Any], None]]:
-        client = side is self.down
-        streams = self.by_down if client else self.by_up
-        handlers: dict[type[ev.Event], Callable[[Any], None]] = {
-            ev.DataReceived: functools.partial(self._on_data, side, streams, client),
-            ev.StreamEnded: functools.partial(self._on_end, streams, client),
-            ev.TrailersReceived: functools.partial(self._on_trailers, streams, client),
-            ev.StreamReset: functools.partial(self._on_reset, streams, client),
-            # A window opened on this side: resume the flows sending *to* it.
-            ev.WindowUpdated: functools.partial(self._unblock, streams, not client),
-            ev.RemoteSettingsChanged: functools.partial(self._unblock, streams, not client),
-        }
-        if client:
-            handlers[ev.RequestReceived] = self._open
-            handlers[ev.ConnectionTerminated] = self._on_client_goaway
-        else:
-            handlers[ev.ResponseReceived] = self._on_response
-            handlers[ev.InformationalResponseReceived] = self._on_informational
-            handlers[ev.ConnectionTerminated] = self._on_upstream_goaway
-        return handlers
-
-    def _open(self, event: ev.RequestReceived) -> None:
-        down_id = event.stream_id
-        headers = event.headers
-        up_h2 = self.up.h2
-        if self.goaway_sent or self.upstream_last_id is not None:
-            reset_quietly(self.down.h2, down_id, _REFUSED)
-            return
-        labels = self.metrics.http_labels(self.direction, authority_of(headers))
-        self.metrics.request(labels)
-        up_id = up_h2.get_next_available_stream_id()
-        try:
-            up_h2.send_headers(up_id, headers, end_stream=event.stream_ended is not None)
-        except h2.exceptions.TooManyStreamsError:
-            reset_quietly(self.down.h2, down_id, _REFUSED)
-            return
-        self.last_down_id = down_id
-        request = Flow(self.down.h2, down_id, self.up.h2, up_id)
-        request.ended = request.finished = event.stream_ended is not None
-        response = Flow(self.up.h2, up_id, self.down.h2, down_id)
-        stream = Stream(request, response, labels, trio.current_time())
-        self.by_down[down_id] = stream
-        self.by_up[up_id] = stream
-
-    def _on_data(
-        self, side: _Side, streams: dict[int, Stream], client: bool, event: ev.DataReceived
-    ) -> None:
-        stream = streams.get(event.stream_id)
-        if stream is None:  # reset or refused: credit the bytes so the connection keeps going
-            side.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            return
-        flow = stream.request if client else stream.response
-        if event.data or event.flow_controlled_length:
-            # (bytes, padding to credit once the bytes are forwarded)
-            flow.pending.append((event.data, event.flow_controlled_length - len(event.data)))
-        if event.stream_ended is not None:
-            flow.ended = True
-        self._pump(flow, stream)
-
-    def _on_end(self, streams: dict[int, Stream], client: bool, event: ev.StreamEnded) -> None:
-        stream = streams.get(event.stream_id)
-        if stream is not None:
-            flow = stream.request if client else stream.response
-            if not flow.ended:
-                flow.ended = True
-                self._pump(flow, stream)
-
-    def _on_trailers(
-        self, streams: dict[int, Stream], client: bool, event: ev.TrailersReceived
-    ) -> None:
-        stream = streams.get(event.stream_id)
-        if stream is not None:
-            flow = stream.request if client else stream.response
-            flow.trailers = list(event.headers)
-            if not client:
-                stream.grpc_status = grpc_status_of(event.headers, stream.grpc_status)
-            self._pump(flow, stream)
-
-    def _on_reset(self, streams: dict[int, Stream], client: bool, event: ev.StreamReset) -> None:
-        stream = streams.get(event.stream_id)
-        if stream is None:
-            return
-        self._forget(stream)
-        if client:
-            reset_quietly(self.up.h2, stream.request.dst_id, event.error_code)
-        elif not stream.status and event.error_code == _REFUSED:
-            reset_quietly(self.down.h2, stream.request.src_id, _REFUSED)  # safe to retry
-        else:
-            reset_quietly(self.down.h2, stream.request.src_id, event.error_code)
-            if stream.status:
-                self.metrics.response_end(stream.labels, stream.status, "failure")
-        self._maybe_done()
-
-    def _on_response(self, event: ev.ResponseReceived) -> None:
-        stream = self.by_up.get(event.stream_id)
-        if stream is None:
-            return
-        headers = event.headers
-        stream.status = status_of(headers)
-        stream.grpc_status = grpc_status_of(headers, None)
-        latency_ms = (trio.current_time() - stream.started) * 1000
-        self.metrics.response_headers(stream.labels, stream.status, latency_ms)
-        ended = event.stream_ended is not None
-        self.down.h2.send_headers(stream.response.dst_id, headers, end_stream=ended)
-        if ended:
-            stream.response.ended = stream.response.finished = True
-            self._finish(stream)
-
-    def _on_informational(self, event: ev.InformationalResponseReceived) -> None:
-        stream = self.by_up.get(event.stream_id)
-        if stream is not None:
-            self.down.h2.send_headers(stream.response.dst_id, event.headers)
-
-    def _on_client_goaway(self, event: ev.ConnectionTerminated) -> None:
-        self.client_done = True
-        self._maybe_done()
-
-    def _on_upstream_goaway(self, event: ev.ConnectionTerminated) -> None:
-        last = event.last_stream_id if event.last_stream_id is not None else 0
-        self.upstream_last_id = last
-        log.info("%s upstream sent GOAWAY (last stream %s)", self.direction, last)
-        for up_id, stream in list(self.by_up.items()):
-            if up_id > last:  # never processed upstream: the client may safely retry
-                self._forget(stream)
-                reset_quietly(self.down.h2, stream.request.src_id, _REFUSED)
-        self._goaway_down()
-        self._maybe_done()
-
-    # -- moving data ------------------------------------------------------------------------------
-
-    def _pump(self, flow: Flow, stream: Stream) -> None:
-        if pump(flow) and flow is stream.response:
-            self._finish(stream)
-
-    def _unblock(
-        self,
-        streams: dict[int, Stream],
-        response: bool,
-        event: ev.WindowUpdated | ev.RemoteSettingsChanged,
-    ) -> None:
-        stream_id = getattr(event, "stream_id", 0)
-        targets = [streams[stream_id]] if stream_id in streams else list(streams.values())
-        for stream in targets:
-            flow = stream.response if response else stream.request
-            if flow.pending:
-                self._pump(flow, stream)
-
-    def _finish(self, stream: Stream) -> None:
-        """The response is complete: record it and forget the stream."""
-        self._forget(stream)
-        self.metrics.response_end(
-            stream.labels, stream.status, classify(stream.status, stream.grpc_status)
-        )
-        if not stream.request.finished:
-            # Response complete before the request body: the rest of the upload is not needed.
-            reset_quietly(self.up.h2, stream.request.dst_id, ErrorCodes.NO_ERROR)
-            reset_quietly(self.down.h2, stream.request.src_id, ErrorCodes.NO_ERROR)
-        self._maybe_done()
-
-    # -- errors, shutdown -------------------------------------------------------------------------
-
-    def _forget(self, stream: Stream) -> None:
-        self.by_down.pop(stream.request.src_id, None)
-        self.by_up.pop(stream.request.dst_id, None)
-
-    def _reset_down(self, stream: Stream, error_code: int) -> None:
-        self._forget(stream)
-        reset_quietly(self.down.h2, stream.request.src_id, error_code)
-        if stream.status:
-            self.metrics.response_end(stream.labels, stream.status, "failure")
-
-    def _error_response(self, stream: Stream, exc: ProxyError) -> None:
-        self._forget(stream)
-        send_error_response(self.down.h2, stream.request.src_id, exc)
-        self.metrics.response_headers(stream.labels, exc.status, 0.0)
-        self.metrics.response_end(stream.labels, exc.status, "failure")
-
-    def _goaway_down(self) -> None:
-        if not self.goaway_sent:
-            self.goaway_sent = True
-            self.down.extra += goaway_frame(self.last_down_id)
+        if side is self.up and self.responses.at_boundary:
+            for stream_id, stream in self.streams.items():
+                if stream.status:
+                    self.down.out += rst_stream(stream_id, _INTERNAL_ERROR)
+                    self.metrics.response_end(stream.labels, stream.status, "failure")
+                else:
+                    exc = UpstreamClosed("upstream closed the connection")
+                    self.down.out += error_response(stream_id, exc.status, exc.slug.encode())
+                    self.metrics.response_headers(stream.labels, exc.status, 0.0)
+                    self.metrics.response_end(stream.labels, exc.status, "failure")
+            if not self.closing:
+                self.down.out += goaway(self.highest)
+        self.streams.clear()
+        self.done.set()
 
     def _maybe_done(self) -> None:
-        if not self.by_down and (self.goaway_sent or self.client_done):
+        if self.closing and not self.streams:
             self.done.set()
+
+    # -- the proxy's own frames -------------------------------------------------------------------
 
     async def _drain_on_shutdown(self) -> None:
         if await self._until_done(self._wait_draining):
-            self._goaway_down()
+            if not self.closing:
+                self.closing = True
+                self.down.out += self.responses.inject(goaway(_MAX_STREAM_ID))
+                self.up.out += self.requests.inject(goaway(0))
             self._maybe_done()
             await self._flush(self.down)
+            await self._flush(self.up)
 
     async def _wait_draining(self) -> bool:
         await self.context.lifecycle.draining.wait()
@@ -402,34 +291,30 @@ class _Pair:
             if not silent:
                 continue
             for side in silent:
-                side.h2.ping(_PING)
-            await self._flush_all()
+                # A frame to the client travels with the upstream's frames, and vice versa.
+                scanner = self.responses if side is self.down else self.requests
+                side.out += scanner.inject(ping())
+                await self._flush(side)
             if not await self._until_done(functools.partial(_sleep, timeout)):
                 return
             for side in silent:
                 if side.last_read <= now:
-                    log.info("%s h2 %s did not answer a PING", self.direction, _who(self, side))
+                    who = _who(side is self.down)
+                    log.info("%s h2 %s did not answer a PING", self.direction, who)
                     self.done.set()
                     return
 
     async def _flush(self, side: _Side) -> None:
         if side.sending:
-            return  # the task already sending will pick this data up
+            return  # the task already sending will pick these bytes up
         side.sending = True
         try:
-            while True:
-                data = side.h2.data_to_send()
-                if side.extra:
-                    data, side.extra = data + side.extra, b""
-                if not data:
-                    return
+            while side.out:
+                data = bytes(side.out)
+                side.out.clear()
                 await side.io.send(data)
         finally:
             side.sending = False
-
-    async def _flush_all(self) -> None:
-        await self._flush(self.up)
-        await self._flush(self.down)
 
 
 async def _sleep(seconds: float) -> bool:
@@ -437,5 +322,5 @@ async def _sleep(seconds: float) -> bool:
     return True
 
 
-def _who(pair: _Pair, side: _Side) -> str:
-    return "client" if side is pair.down else "upstream"
+def _who(client: bool) -> str:
+    return "client" if client else "upstream"
