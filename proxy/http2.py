@@ -192,7 +192,8 @@ class _Relay:
             out, events = scanner.feed(data)
         except RelayError as exc:
             log.info("%s h2 %s broke the protocol: %s", self.direction, _who(from_client), exc)
-            self.down.out += goaway(self.highest, _PROTOCOL_ERROR) if from_client else b""
+            if from_client:  # tell the client why, if that can be done cleanly
+                self.down.out += self.responses.inject(goaway(self.highest, _PROTOCOL_ERROR))
             self.done.set()
             return
         target.out += out
@@ -273,10 +274,8 @@ class _Relay:
             if not self.closing:
                 self.closing = True
                 self.down.out += self.responses.inject(goaway(_MAX_STREAM_ID))
-                self.up.out += self.requests.inject(goaway(0))
             self._maybe_done()
             await self._flush(self.down)
-            await self._flush(self.up)
 
     async def _wait_draining(self) -> bool:
         await self.context.lifecycle.draining.wait()

@@ -164,3 +164,31 @@ async def test_silent_client_is_pinged_then_dropped(
     assert pinged_at is not None
     assert pinged_at - started >= 10.0  # the keepalive interval
     assert closed_at - pinged_at >= 3.0  # the keepalive timeout
+
+
+async def test_drain_sends_a_shutdown_notice_then_closes_idle_connections(
+    start_proxy: StartProxy, nginx: Nginx
+) -> None:
+    proxy = await start_proxy(("127.0.0.1", nginx.h2c_port))
+    client = _GoawayTolerantClient(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.addresses.inbound[1])
+    client.send_headers(
+        1, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")],
+        end_stream=True,
+    )  # fmt: skip
+    await stream.send_all(client.data_to_send())
+    ended, goaway = False, None
+    with trio.fail_after(10):
+        while data := await stream.receive_some(65536):
+            for event in client.receive_data(data):
+                if isinstance(event, h2.events.StreamEnded):
+                    ended = True
+                    proxy.context.lifecycle.drain()  # SIGTERM, in effect
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    goaway = event
+            await stream.send_all(client.data_to_send())
+    await stream.aclose()
+    assert ended
+    assert goaway is not None
+    assert goaway.last_stream_id == 2**31 - 1  # a notice: nothing in flight is refused
