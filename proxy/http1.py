@@ -53,7 +53,8 @@ async def serve_http1(client: Conn, prefix: bytes, route: Route, context: ProxyC
     session = _Session(client, route, context)
     session.server.receive_data(prefix)
     try:
-        await session.run()
+        with session.scope:
+            await session.run()
     finally:
         if session.upstream is not None:
             session.upstream.close()
@@ -69,6 +70,7 @@ class _Session:
         self.server = h11.Connection(h11.SERVER)
         self.upstream: Conn | None = None
         self.upstream_h11: h11.Connection | None = None
+        self.scope = trio.CancelScope()
 
     async def run(self) -> None:
         lifecycle = self.context.lifecycle
@@ -100,14 +102,12 @@ class _Session:
                 return None  # ConnectionClosed (or PAUSED after a refused upgrade)
             if draining.is_set():
                 return None
-            with trio.CancelScope() as idle:
-                self.context.lifecycle.idle.add(idle)
-                try:
-                    data = await self.client.receive()
-                finally:
-                    self.context.lifecycle.idle.discard(idle)
-            if idle.cancelled_caught:
-                return None
+            # Idle between requests: the only time draining may cancel the session's scope.
+            self.context.lifecycle.idle.add(self.scope)
+            try:
+                data = await self.client.receive()
+            finally:
+                self.context.lifecycle.idle.discard(self.scope)
             self.server.receive_data(data)
 
     def _client_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
@@ -175,17 +175,21 @@ class _Session:
         try:
             upstream, upstream_h11 = await self._upstream()
             await _send(upstream, upstream_h11, head)
-            with unwrap_groups():
-                async with trio.open_nursery() as nursery:
-                    first = self._client_event()
-                    if isinstance(first, h11.EndOfMessage):
-                        await _send(upstream, upstream_h11, first)  # no body: no second task
-                    else:
+            upgrade = forwarded.upgrade is not None
+            first = self._client_event()
+            if isinstance(first, h11.EndOfMessage):  # no body (most requests): no second task
+                await _send(upstream, upstream_h11, first)
+                status, switched = await self._relay_response(
+                    upstream, upstream_h11, labels, started, upgrade
+                )
+            else:
+                with unwrap_groups():
+                    async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._pump_request_body, first, upstream, upstream_h11)
-                    status, switched = await self._relay_response(
-                        upstream, upstream_h11, labels, started, forwarded.upgrade is not None
-                    )
-                    nursery.cancel_scope.cancel()  # an early response ends the upload
+                        status, switched = await self._relay_response(
+                            upstream, upstream_h11, labels, started, upgrade
+                        )
+                        nursery.cancel_scope.cancel()  # an early response ends the upload
         except UpstreamError as exc:
             log.info("%s %s %s: %s", self.route.direction, request.method.decode(), authority, exc)
             metrics.response_headers(labels, exc.status, (trio.current_time() - started) * 1000)

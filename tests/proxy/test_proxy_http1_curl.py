@@ -184,3 +184,19 @@ async def test_upstream_closing_an_idle_connection_is_not_an_error(
     result = await curl("-w", "%{http_code}\n", f"{base}/quiet-close", f"{base}/")
     await trio.sleep(0)
     assert result.stdout == b"closing quietly\n200\nhello from the backend\n200\n", result
+
+
+async def test_drain_closes_idle_keep_alive_connections(
+    start_proxy: StartProxy, http1_backend: int
+) -> None:
+    proxy = await start_proxy(("127.0.0.1", http1_backend))
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.addresses.inbound[1])
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        answer = b""
+        with trio.fail_after(10):
+            while not answer.endswith(b"hello from the backend\n"):
+                answer += await stream.receive_some(4096)
+            proxy.context.lifecycle.drain()
+            assert await stream.receive_some(4096) == b""  # closed, not left hanging
+    assert answer.startswith(b"HTTP/1.1 200 ")
