@@ -55,18 +55,6 @@ from tests.harness.mesh import (
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 BIG_H2_FILE = 8 * 1024 * 1024
-# Found by these tests (commit 1129e0c of the proxy): HTTP/2 through TWO chained proxies (client
-# pod outbound -> server pod inbound) stalls after ~96 KiB of a body; either proxy alone carries
-# 8 MiB fine (curl and grpc advertise large windows; a proxy advertises 64 KiB). Cause, checked
-# with a patched copy: in proxy/http2.py ``_handlers`` a WindowUpdated (or RemoteSettingsChanged)
-# on the client side resumes the *request* flows (``not client``) where it should resume the
-# flows sending to that side, the responses (``client``); with that change both tests pass.
-# Not strict, so the tests pass as XPASS once the proxy is fixed; then drop this marker.
-H2_CHAINED_STALL = pytest.mark.xfail(
-    reason="meshlet-proxy: an HTTP/2 body stalls after ~96 KiB when it crosses two chained "
-    "proxies (one proxy alone carries 8 MiB)",
-    strict=False,
-)
 NGINX_CONF = """
 user root;
 worker_processes 1;
@@ -233,7 +221,6 @@ def test_http2_prior_knowledge_curl(mesh: Mesh) -> None:
 
 
 @needs_nginx
-@H2_CHAINED_STALL
 def test_http2_large_download_crosses_flow_control(mesh: Mesh) -> None:
     """8 MiB in one HTTP/2 response: far beyond the 64 KiB initial window on every hop."""
     target = mesh.tmp / "big-h2.bin"
@@ -403,7 +390,6 @@ def _grpc_call(mesh: Mesh, which: str) -> dict[str, object]:
     return answer
 
 
-@H2_CHAINED_STALL
 def test_grpc_large_streams_cross_flow_control(mesh: Mesh) -> None:
     """20 MiB each way (client stream up, server stream down), intact, through HTTP/2 flow
     control on every hop (the default window is 64 KiB, so this needs WINDOW_UPDATEs)."""
