@@ -9,6 +9,9 @@ import pytest
 import trio
 import trio.testing
 
+from proxy.errors import ClientClosed
+from proxy.metrics import Metrics
+from proxy.net import Conn
 from tests.proxy.conftest import StartProxy
 
 pytestmark = pytest.mark.trio
@@ -101,3 +104,26 @@ async def test_refused_upstream_resets_the_client(start_proxy: StartProxy) -> No
     async with client:
         with pytest.raises(trio.BrokenResourceError), trio.fail_after(10):
             await client.receive_some(1024)
+
+
+async def test_a_closed_connection_never_reaches_a_reused_descriptor() -> None:
+
+    metrics = Metrics()
+    left, right = trio.socket.socketpair()
+    conn = Conn(
+        trio.SocketStream(left), metrics, metrics.tcp_open("inbound", "src", "x"), upstream=False
+    )
+    conn.close()
+    reused, other = socket.socketpair()  # likely takes the closed descriptor's number
+    try:
+        with pytest.raises(ClientClosed):
+            await conn.send(b"must not arrive anywhere")
+        with pytest.raises(ClientClosed):
+            await conn.receive()
+        other.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            other.recv(100)
+    finally:
+        reused.close()
+        other.close()
+        right.close()
