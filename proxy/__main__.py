@@ -22,7 +22,14 @@ import trio
 
 from meshlet.logs import configure_logging
 from proxy.admin import serve_admin
-from proxy.context import INBOUND, OUTBOUND, Lifecycle, ProxyContext
+from proxy.context import (
+    INBOUND,
+    ORIGINAL_DESTINATION,
+    OUTBOUND,
+    EndpointPicker,
+    Lifecycle,
+    ProxyContext,
+)
 from proxy.metrics import Metrics
 from proxy.server import Resolver, default_resolver, serve_proxy
 from proxy.settings import ProxySettings, SettingsError, load_settings, unknown_variables
@@ -45,13 +52,15 @@ async def run_proxy(
     settings: ProxySettings,
     *,
     resolver: Resolver = default_resolver,
+    picker: EndpointPicker = ORIGINAL_DESTINATION,
     context: ProxyContext | None = None,
     task_status: trio.TaskStatus[ProxyAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the whole proxy until drained (SIGTERM, ``/shutdown``) or cancelled.
 
     ``resolver`` finds a connection's original destination (``SO_ORIGINAL_DST`` by default);
-    tests on loopback pass a fixed one.
+    tests on loopback pass a fixed one. ``picker`` chooses outbound endpoints (the original
+    destination until discovery arrives).
     """
     context = context or ProxyContext(settings, Metrics(), Lifecycle())
     lifecycle = context.lifecycle
@@ -64,7 +73,9 @@ async def run_proxy(
                     functools.partial(serve_proxy, INBOUND, context, resolver=resolver)
                 )
                 outbound = await data_plane.start(
-                    functools.partial(serve_proxy, OUTBOUND, context, resolver=resolver)
+                    functools.partial(
+                        serve_proxy, OUTBOUND, context, resolver=resolver, picker=picker
+                    )
                 )
                 log.info("ready")
                 task_status.started(ProxyAddresses(admin, inbound, outbound))

@@ -7,7 +7,7 @@ depend on these small types only, not on ``proxy/server.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -15,7 +15,16 @@ from proxy.metrics import Metrics
 from proxy.net import Conn, connect
 from proxy.settings import ProxySettings
 
-__all__ = ["INBOUND", "OUTBOUND", "Lifecycle", "ProxyContext", "Route"]
+__all__ = [
+    "INBOUND",
+    "ORIGINAL_DESTINATION",
+    "OUTBOUND",
+    "EndpointPicker",
+    "Lifecycle",
+    "OriginalDestinationPicker",
+    "ProxyContext",
+    "Route",
+]
 
 INBOUND: Final = "inbound"
 OUTBOUND: Final = "outbound"
@@ -62,3 +71,24 @@ class Route:
         return await connect(
             self.target, timeout=self.connect_timeout, metrics=metrics, direction=self.direction
         )
+
+
+class EndpointPicker(Protocol):
+    """Chooses the endpoint an outbound connection to ``original`` is forwarded to.
+
+    Today every outbound connection goes to its original destination. Discovery and load
+    balancing (the mesh issue) implement this interface: resolve the authority, keep the
+    endpoint set fresh, pick one per connection, and the listeners stay as they are.
+    """
+
+    async def pick(self, original: tuple[str, int]) -> tuple[str, int]: ...
+
+
+class OriginalDestinationPicker:
+    """The picker without discovery: the original destination itself."""
+
+    async def pick(self, original: tuple[str, int]) -> tuple[str, int]:
+        return original
+
+
+ORIGINAL_DESTINATION: Final = OriginalDestinationPicker()

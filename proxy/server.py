@@ -8,8 +8,9 @@ process waits for them up to the grace period (``proxy/__main__.py``).
 Where a connection goes is decided by ``choose_upstream``, a pure function of the direction, the
 original destination and the listen address: inbound connections go to the application on
 loopback (``127.0.0.1:<original port>``: loopback is exempt from the iptables redirect),
-outbound ones to the original destination itself. Discovery and load balancing (the mesh issue)
-replace the outbound branch with an endpoint picker; the protocol shells only see a ``Route``.
+outbound ones to where the ``EndpointPicker`` says (today: the original destination; discovery
+and load balancing implement the same interface in the mesh issue). The protocol shells only see
+a ``Route``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from typing import Final, cast
 
 import trio
 
-from proxy.context import INBOUND, OUTBOUND, Lifecycle, ProxyContext, Route
+from proxy.context import (
+    INBOUND,
+    ORIGINAL_DESTINATION,
+    OUTBOUND,
+    EndpointPicker,
+    Lifecycle,
+    ProxyContext,
+    Route,
+)
 from proxy.detect import Protocol, detect
 from proxy.errors import NoOriginalDestination, ProxyError
 from proxy.http1 import serve_http1
@@ -80,6 +89,7 @@ async def serve_proxy(
     context: ProxyContext,
     *,
     resolver: Resolver = default_resolver,
+    picker: EndpointPicker = ORIGINAL_DESTINATION,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve one proxy listener (``INBOUND`` or ``OUTBOUND``) until draining and drained."""
@@ -96,7 +106,9 @@ async def serve_proxy(
     log.info("%s listener on %s", direction, bound_listen)
 
     async def handle(stream: trio.SocketStream) -> None:
-        await _handle(stream, direction, bound_listen, timeout, context, resolver=resolver)
+        await _handle(
+            stream, direction, bound_listen, timeout, context, resolver=resolver, picker=picker
+        )
 
     try:
         async with trio.open_nursery() as connections:
@@ -141,10 +153,13 @@ async def _handle(
     context: ProxyContext,
     *,
     resolver: Resolver,
+    picker: EndpointPicker,
 ) -> None:
     try:
         original = resolver(stream.socket)
         target = choose_upstream(direction, original, listen)
+        if direction == OUTBOUND:
+            target = await picker.pick(target)
     except (OriginalDestinationError, NoOriginalDestination, OSError) as exc:
         log.warning("%s connection refused: %s", direction, exc)
         stream.socket.close()

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from proxy.__main__ import ProxyAddresses, run_proxy
-from proxy.context import Lifecycle, ProxyContext
+from proxy.context import ORIGINAL_DESTINATION, EndpointPicker, Lifecycle, ProxyContext
 from proxy.metrics import Metrics
 from proxy.settings import Address, ProxySettings
 
@@ -57,11 +57,22 @@ async def start_proxy(nursery: trio.Nursery) -> AsyncIterator[StartProxy]:
     """``await start_proxy(("127.0.0.1", port), **settings)``: a proxy whose every connection's
     original destination is that address."""
 
-    async def start(original: tuple[str, int], **overrides: Any) -> RunningProxy:
+    async def start(
+        original: tuple[str, int],
+        *,
+        picker: EndpointPicker = ORIGINAL_DESTINATION,
+        **overrides: Any,
+    ) -> RunningProxy:
         settings = loopback_settings(**overrides)
         context = ProxyContext(settings, Metrics(), Lifecycle())
         addresses = await nursery.start(
-            functools.partial(run_proxy, settings, resolver=lambda _sock: original, context=context)
+            functools.partial(
+                run_proxy,
+                settings,
+                resolver=lambda _sock: original,
+                picker=picker,
+                context=context,
+            )
         )
         return RunningProxy(addresses, context)
 

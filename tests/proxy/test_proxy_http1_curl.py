@@ -200,3 +200,20 @@ async def test_drain_closes_idle_keep_alive_connections(
             proxy.context.lifecycle.drain()
             assert await stream.receive_some(4096) == b""  # closed, not left hanging
     assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_outbound_endpoints_come_from_the_picker(
+    start_proxy: StartProxy, http1_backend: int
+) -> None:
+    """The seam discovery will use: the picker, not the original destination, decides."""
+    asked: list[tuple[str, int]] = []
+
+    class ToBackend:
+        async def pick(self, original: tuple[str, int]) -> tuple[str, int]:
+            asked.append(original)
+            return ("127.0.0.1", http1_backend)
+
+    proxy = await start_proxy(("192.0.2.10", 80), picker=ToBackend())  # TEST-NET: never dialled
+    result = await curl(f"http://127.0.0.1:{proxy.addresses.outbound[1]}/")
+    assert result.stdout == b"hello from the backend\n"
+    assert asked == [("192.0.2.10", 80)]
