@@ -1,0 +1,269 @@
+"""The proxy's data plane under h2load: direct vs through meshlet-proxy vs through nginx.
+
+``python -m bench proxy [--quick] [--runs=N]``. On loopback, in one run:
+
+- a backend nginx (one worker) answers ``200 hello`` over h2c (prior knowledge) and HTTP/1.1;
+- ``direct``: h2load against the backend;
+- ``meshlet``: h2load against ``meshlet-proxy``'s inbound listener, run as its own process with
+  every connection's original destination fixed to the backend (no iptables on loopback);
+- ``nginx``: h2load against a second nginx (one worker) reverse-proxying to the backend with
+  upstream keep-alive, the reference.
+
+For each protocol (h2c, HTTP/1.1) and target: latency p50/p99 (from h2load's per-request log) and
+the proxy's CPU (cores, from /proc utime+stime over the run) and RSS at a fixed 1,000 requests/s
+over 10 connections, then the requests/s at saturation (10 connections, 10 streams each for h2c).
+Each figure is the median of ``--runs`` runs (default 3).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+_NGINX = """
+daemon off;
+worker_processes 1;
+{user}
+pid {root}/{name}.pid;
+error_log {root}/{name}.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/{name}-body;
+  proxy_temp_path {root}/{name}-proxy;
+  fastcgi_temp_path {root}/{name}-fastcgi;
+  uwsgi_temp_path {root}/{name}-uwsgi;
+  scgi_temp_path {root}/{name}-scgi;
+  keepalive_requests 100000000;
+  {body}
+}}
+"""
+_BACKEND = """
+  server {{ listen 127.0.0.1:{h2c} http2; location / {{ return 200 "hello\\n"; }} }}
+  server {{ listen 127.0.0.1:{h1}; location / {{ return 200 "hello\\n"; }} }}
+"""
+_REVERSE = """
+  upstream backend {{ server 127.0.0.1:{backend_h1}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{h2c} http2;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1;
+                 proxy_set_header Connection ""; }}
+  }}
+  server {{
+    listen 127.0.0.1:{h1};
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1;
+                 proxy_set_header Connection ""; }}
+  }}
+"""
+_PROXY = """
+import sys
+from proxy.__main__ import main
+target = ("127.0.0.1", int(sys.argv[1]))
+sys.exit(main([], resolver=lambda _sock: target))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"nothing listens on {port}") from None
+            time.sleep(0.05)
+        else:
+            return
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _rss_mb(pid: int) -> float:
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * _PAGE / 2**20
+
+
+@dataclass
+class Target:
+    name: str
+    h2c: int
+    h1: int
+    pid: int | None  # the process whose CPU and memory are measured
+
+
+@dataclass
+class Sample:
+    p50_ms: float
+    p99_ms: float
+    cores: float
+    rss_mb: float
+
+
+def _h2load(args: list[str], log: Path | None = None) -> str:
+    argv = ["h2load", *args]
+    if log is not None:
+        argv[1:1] = ["--log-file", str(log)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    if "0 failed, 0 errored" not in result.stdout:
+        raise RuntimeError(f"h2load failed: {result.stdout[-800:]}{result.stderr[-400:]}")
+    return result.stdout
+
+
+def _fixed_rate(target: Target, h1: bool, seconds: int, log: Path) -> Sample:
+    port = target.h1 if h1 else target.h2c
+    rate_per_client = 100  # 10 connections x 100 = 1,000 requests/s
+    args = ["-n", str(1000 * seconds), "-c", "10", "--rps", str(rate_per_client)]
+    args += ["--h1"] if h1 else ["-m", "1"]
+    before = _cpu_seconds(target.pid) if target.pid else 0.0
+    started = time.monotonic()
+    _h2load([*args, f"http://127.0.0.1:{port}/"], log)
+    elapsed = time.monotonic() - started
+    cores = (_cpu_seconds(target.pid) - before) / elapsed if target.pid else 0.0
+    rss = _rss_mb(target.pid) if target.pid else 0.0
+    latencies = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line)
+    p50 = latencies[len(latencies) // 2] / 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000
+    return Sample(p50, p99, cores, rss)
+
+
+def _saturation(target: Target, h1: bool, requests: int) -> float:
+    port = target.h1 if h1 else target.h2c
+    args = ["-n", str(requests), "-c", "10"] + (["--h1"] if h1 else ["-m", "10"])
+    output = _h2load([*args, f"http://127.0.0.1:{port}/"])
+    match = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", output)
+    assert match, output
+    return float(match.group(1))
+
+
+def _start_nginx(root: Path, name: str, body: str) -> subprocess.Popen[bytes]:
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf = root / f"{name}.conf"
+    conf.write_text(_NGINX.format(user=user, root=root, name=name, body=body))
+    return subprocess.Popen(
+        ["nginx", "-c", str(conf), "-p", str(root), "-e", str(root / f"{name}.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run(args: list[str]) -> None:
+    quick = "--quick" in args
+    runs = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--runs=")), 3)
+    seconds = 3 if quick else 10
+    saturation_requests = 10_000 if quick else 30_000
+    processes: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
+        root = Path(tmp)
+        try:
+            back = {"h2c": _free_port(), "h1": _free_port()}
+            backend = _start_nginx(root, "backend", _BACKEND.format(**back))
+            processes.append(backend)
+            _wait_port(back["h1"], backend)
+            rp_ports = {"h2c": _free_port(), "h1": _free_port()}
+            reverse = _start_nginx(
+                root, "reverse", _REVERSE.format(backend_h1=back["h1"], **rp_ports)
+            )
+            processes.append(reverse)
+            _wait_port(rp_ports["h1"], reverse)
+            targets = [Target("direct", back["h2c"], back["h1"], None)]
+            meshlet = {}
+            for proto in ("h2c", "h1"):  # one proxy process per backend protocol
+                inbound = _free_port()
+                env = {
+                    **os.environ,
+                    "MESHLET_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{inbound}",
+                    "MESHLET_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{_free_port()}",
+                    "MESHLET_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{_free_port()}",
+                    "MESHLET_PROXY_LOG_LEVEL": "warn",
+                }
+                proxy = subprocess.Popen([sys.executable, "-c", _PROXY, str(back[proto])], env=env)
+                processes.append(proxy)
+                _wait_port(inbound, proxy)
+                meshlet[proto] = (inbound, proxy.pid)
+            workers = _children(reverse.pid)
+            targets.append(
+                Target("meshlet", meshlet["h2c"][0], meshlet["h1"][0], meshlet["h2c"][1])
+            )
+            targets.append(
+                Target("nginx", rp_ports["h2c"], rp_ports["h1"], workers[0] if workers else None)
+            )
+            _report(
+                targets,
+                meshlet["h1"][1],
+                runs=runs,
+                seconds=seconds,
+                saturation_requests=saturation_requests,
+                root=root,
+            )
+        finally:
+            for process in reversed(processes):
+                _stop(process)
+
+
+def _report(
+    targets: list[Target],
+    meshlet_h1_pid: int,
+    *,
+    runs: int,
+    seconds: int,
+    saturation_requests: int,
+    root: Path,
+) -> None:
+    print(f"machine: {os.cpu_count()} cores, python{sys.version_info[0]}.{sys.version_info[1]}")
+    print(f"fixed rate: 1,000 req/s over 10 connections for {seconds}s; medians of {runs} runs")
+    header = f"{'protocol':8} {'target':8} {'p50 ms':>7} {'p99 ms':>7} {'cores':>6} "
+    print(header + f"{'RSS MB':>7} {'max req/s':>10}")
+    for h1 in (False, True):
+        for listed in targets:
+            target = listed
+            if listed.name == "meshlet" and h1:  # the proxy process forwarding to HTTP/1.1
+                target = Target(listed.name, listed.h2c, listed.h1, meshlet_h1_pid)
+            samples = [
+                _fixed_rate(target, h1, seconds, root / f"log-{target.name}-{h1}-{index}")
+                for index in range(runs)
+            ]
+            rates = [_saturation(target, h1, saturation_requests) for _ in range(runs)]
+            print(
+                f"{'http/1.1' if h1 else 'h2c':8} {target.name:8} "
+                f"{statistics.median(s.p50_ms for s in samples):7.2f} "
+                f"{statistics.median(s.p99_ms for s in samples):7.2f} "
+                f"{statistics.median(s.cores for s in samples):6.3f} "
+                f"{statistics.median(s.rss_mb for s in samples):7.1f} "
+                f"{statistics.median(rates):10.0f}",
+                flush=True,
+            )

@@ -1,0 +1,157 @@
+"""``meshlet-proxy``: the sidecar proxy process, configured only by ``MESHLET_PROXY_*`` variables.
+
+Nurseries by lifetime: the process nursery holds the admin server and the signal watcher; inside
+it a data-plane scope holds the inbound and outbound listeners, each with its connections. On
+SIGTERM (or ``POST /shutdown``) the listeners stop accepting, idle keep-alive connections close,
+in-flight requests finish, and the data plane gets ``MESHLET_PROXY_SHUTDOWN_GRACE_PERIOD`` to do so
+before it is cancelled; then the admin server stops and the process exits 0. A second signal
+exits at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import signal
+import sys
+from typing import NamedTuple
+
+import trio
+
+from meshlet.logs import configure_logging
+from proxy.admin import serve_admin
+from proxy.context import (
+    INBOUND,
+    ORIGINAL_DESTINATION,
+    OUTBOUND,
+    EndpointPicker,
+    Lifecycle,
+    ProxyContext,
+)
+from proxy.metrics import Metrics
+from proxy.server import Resolver, default_resolver, serve_proxy
+from proxy.settings import ProxySettings, SettingsError, load_settings, unknown_variables
+
+__all__ = ["ProxyAddresses", "main", "run_proxy", "set_up_logging"]
+
+log = logging.getLogger("proxy")
+_LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
+class ProxyAddresses(NamedTuple):
+    """Where the process listens (ports resolved when configured as 0)."""
+
+    admin: tuple[str, int]
+    inbound: tuple[str, int]
+    outbound: tuple[str, int]
+
+
+async def run_proxy(
+    settings: ProxySettings,
+    *,
+    resolver: Resolver = default_resolver,
+    picker: EndpointPicker = ORIGINAL_DESTINATION,
+    context: ProxyContext | None = None,
+    task_status: trio.TaskStatus[ProxyAddresses] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the whole proxy until drained (SIGTERM, ``/shutdown``) or cancelled.
+
+    ``resolver`` finds a connection's original destination (``SO_ORIGINAL_DST`` by default);
+    tests on loopback pass a fixed one. ``picker`` chooses outbound endpoints (the original
+    destination until discovery arrives).
+    """
+    context = context or ProxyContext(settings, Metrics(), Lifecycle())
+    lifecycle = context.lifecycle
+    async with trio.open_nursery() as process:
+        admin = await process.start(serve_admin, context)
+        process.start_soon(_watch_signals, lifecycle, process.cancel_scope)
+        with trio.CancelScope() as data_plane_scope:
+            async with trio.open_nursery() as data_plane:
+                inbound = await data_plane.start(
+                    functools.partial(serve_proxy, INBOUND, context, resolver=resolver)
+                )
+                outbound = await data_plane.start(
+                    functools.partial(
+                        serve_proxy, OUTBOUND, context, resolver=resolver, picker=picker
+                    )
+                )
+                log.info("ready")
+                task_status.started(ProxyAddresses(admin, inbound, outbound))
+                await lifecycle.draining.wait()
+                grace = settings.shutdown_grace_period
+                log.info("draining: in-flight work has %gs to finish", grace)
+                data_plane_scope.deadline = trio.current_time() + grace
+        if data_plane_scope.cancelled_caught:
+            log.warning("grace period over: closing the connections still open")
+        else:
+            log.info("drained")
+        process.cancel_scope.cancel()
+
+
+async def _watch_signals(lifecycle: Lifecycle, process: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if lifecycle.draining.is_set():
+                log.warning("%s again: exiting now", signal.Signals(signum).name)
+                process.cancel()
+                return
+            log.info("%s: shutting down gracefully", signal.Signals(signum).name)
+            lifecycle.drain()
+
+
+def set_up_logging(settings: ProxySettings) -> None:
+    """The process's logging; h2 and hpack stay quiet below ``trace``."""
+    configure_logging(settings.log_level, settings.log_format)
+    # hpack logs every header it codes at debug level: that alone takes the proxy down to a few
+    # hundred requests/s. Only ``trace`` lets it through.
+    quiet = settings.log_level != "trace"
+    for chatty in ("hpack", "h2"):
+        logging.getLogger(chatty).setLevel(logging.INFO if quiet else logging.NOTSET)
+
+
+def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver) -> int:
+    """Entry point of the ``meshlet-proxy`` console script (``resolver``: see ``run_proxy``)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        print(
+            "meshlet-proxy takes no arguments: it is configured by MESHLET_PROXY_* variables "
+            "(see docs/proxy.md)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        settings = load_settings(os.environ)
+    except SettingsError as exc:
+        print(f"meshlet-proxy: {exc}", file=sys.stderr)
+        return 2
+    set_up_logging(settings)
+    for name in unknown_variables(settings):
+        log.warning("ignoring unknown variable %s", name)
+    try:
+        trio.run(functools.partial(run_proxy, settings, resolver=resolver))
+    except (OSError, BaseExceptionGroup) as exc:
+        bind_error = _listen_error(exc)
+        if bind_error is None:
+            raise
+        log.error("cannot listen: %s", bind_error)
+        return 1
+    return 0
+
+
+def _listen_error(exc: BaseException) -> OSError | None:
+    """The address-in-use/permission error inside ``exc`` (nurseries wrap it in groups)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _listen_error(inner)
+            if found is not None:
+                return found
+        return None
+    if isinstance(exc, OSError) and exc.errno in _LISTEN_ERRNOS:
+        return exc
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The inbound and outbound listeners: accept, find the original destination, detect, dispatch.
+
+Nurseries follow lifetimes: ``serve_proxy`` owns a nursery of connections and, inside it, a
+nursery of accept loops. Draining (SIGTERM, ``POST /shutdown``) cancels only the accept loops:
+open connections finish on their own (HTTP shells stop after the in-flight requests) while the
+process waits for them up to the grace period (``proxy/__main__.py``).
+
+Where a connection goes is decided by ``choose_upstream``, a pure function of the direction, the
+original destination and the listen address: inbound connections go to the application on
+loopback (``127.0.0.1:<original port>``: loopback is exempt from the iptables redirect),
+outbound ones to where the ``EndpointPicker`` says (today: the original destination; discovery
+and load balancing implement the same interface in the mesh issue). The protocol shells only see
+a ``Route``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Final, cast
+
+import trio
+
+from proxy.context import (
+    INBOUND,
+    ORIGINAL_DESTINATION,
+    OUTBOUND,
+    EndpointPicker,
+    Lifecycle,
+    ProxyContext,
+    Route,
+)
+from proxy.detect import Protocol, detect
+from proxy.errors import NoOriginalDestination, ProxyError
+from proxy.http1 import serve_http1
+from proxy.http2 import serve_http2
+from proxy.metrics import Metrics
+from proxy.net import Conn, format_address
+from proxy.origdst import OriginalDestinationError, original_destination
+from proxy.settings import Address
+from proxy.tcp import splice
+
+__all__ = [
+    "INBOUND",
+    "OUTBOUND",
+    "Lifecycle",
+    "ProxyContext",
+    "Resolver",
+    "Route",
+    "choose_upstream",
+    "default_resolver",
+    "serve_proxy",
+]
+
+log = logging.getLogger(__name__)
+
+Resolver = Callable[[trio.socket.SocketType], tuple[str, int]]
+_ACCEPT_RESOURCE_ERRORS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
+_ACCEPT_BACKOFF: Final = 0.1  # seconds to wait when out of file descriptors (as trio's serve_tcp)
+
+
+def default_resolver(sock: trio.socket.SocketType) -> tuple[str, int]:
+    """``SO_ORIGINAL_DST`` of an accepted socket (the iptables redirect's record)."""
+    return original_destination(cast(socket.socket, sock))
+
+
+def choose_upstream(direction: str, original: tuple[str, int], listen: Address) -> tuple[str, int]:
+    """The upstream address for a connection whose original destination is ``original``.
+
+    Raises ``NoOriginalDestination`` when forwarding would loop back into this listener (a client
+    that addressed the proxy's port directly).
+    """
+    host, port = original
+    if direction == INBOUND:
+        if port == listen.port:
+            raise NoOriginalDestination(f"inbound connection addressed to the proxy port {port}")
+        return ("::1" if ":" in host else "127.0.0.1", port)
+    if port == listen.port and host in {listen.host, "127.0.0.1", "::1"}:
+        raise NoOriginalDestination(f"outbound connection addressed to the proxy itself {host}")
+    return original
+
+
+async def serve_proxy(
+    direction: str,
+    context: ProxyContext,
+    *,
+    resolver: Resolver = default_resolver,
+    picker: EndpointPicker = ORIGINAL_DESTINATION,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve one proxy listener (``INBOUND`` or ``OUTBOUND``) until draining and drained."""
+    settings = context.settings
+    listen = settings.inbound_listen if direction == INBOUND else settings.outbound_listen
+    listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
+    bound = listeners[0].socket.getsockname()
+    bound_listen = Address(listen.host, bound[1])
+    timeout = (
+        settings.inbound_connect_timeout
+        if direction == INBOUND
+        else settings.outbound_connect_timeout
+    )
+    log.info("%s listener on %s", direction, bound_listen)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await _handle(
+            stream, direction, bound_listen, timeout, context, resolver=resolver, picker=picker
+        )
+
+    try:
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as acceptors:
+                for listener in listeners:
+                    acceptors.start_soon(_accept_loop, listener, connections, handle)
+                context.lifecycle.listening.add(direction)
+                task_status.started((bound[0], bound[1]))
+                await context.lifecycle.draining.wait()
+                acceptors.cancel_scope.cancel()
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            log.info("%s listener closed; waiting for open connections", direction)
+    finally:
+        context.lifecycle.listening.discard(direction)
+        for listener in listeners:
+            listener.socket.close()
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    connections: trio.Nursery,
+    handle: Callable[[trio.SocketStream], object],
+) -> None:
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                raise
+            log.error("accept failed (%s); retrying in %ss", exc, _ACCEPT_BACKOFF)
+            await trio.sleep(_ACCEPT_BACKOFF)
+            continue
+        connections.start_soon(handle, stream)  # type: ignore[arg-type]
+
+
+async def _handle(
+    stream: trio.SocketStream,
+    direction: str,
+    listen: Address,
+    connect_timeout: float,
+    context: ProxyContext,
+    *,
+    resolver: Resolver,
+    picker: EndpointPicker,
+) -> None:
+    try:
+        original = resolver(stream.socket)
+        target = choose_upstream(direction, original, listen)
+        if direction == OUTBOUND:
+            target = await picker.pick(target)
+    except (OriginalDestinationError, NoOriginalDestination, OSError) as exc:
+        log.warning("%s connection refused: %s", direction, exc)
+        stream.socket.close()
+        return
+    metrics = context.metrics
+    client = Conn(
+        stream,
+        metrics,
+        metrics.tcp_open(direction, "src", format_address(original)),
+        upstream=False,
+    )
+    route = Route(direction, target, connect_timeout)
+    try:
+        if original[1] in context.settings.opaque_ports:
+            protocol, prefix = Protocol.OPAQUE, b""
+        else:
+            protocol, prefix = await _detect(client, context.settings.detect_timeout)
+        if protocol is Protocol.HTTP1:
+            await serve_http1(client, prefix, route, context)
+        elif protocol is Protocol.HTTP2:
+            await serve_http2(client, prefix, route, context)
+        else:
+            await _forward_opaque(client, prefix, route, metrics)
+    except ProxyError as exc:
+        log.debug("%s connection from %s ended: %s", direction, format_address(original), exc)
+    except Exception:
+        # A bug must cost one connection, never the listener and its other connections.
+        log.exception("%s connection from %s failed", direction, format_address(original))
+    finally:
+        client.close()
+
+
+async def _detect(client: Conn, timeout: float) -> tuple[Protocol, bytes]:
+    """Read until ``detect`` is conclusive; opaque on timeout or early end-of-stream."""
+    prefix = b""
+    with trio.move_on_after(timeout):
+        while True:
+            data = await client.receive()
+            if not data:
+                return Protocol.OPAQUE, prefix
+            prefix += data
+            verdict = detect(prefix)
+            if verdict is not None:
+                return verdict, prefix
+    return Protocol.OPAQUE, prefix
+
+
+async def _forward_opaque(client: Conn, prefix: bytes, route: Route, metrics: Metrics) -> None:
+    try:
+        upstream = await route.connect(metrics)
+    except ProxyError as exc:
+        log.info("%s opaque connection: %s", route.direction, exc)
+        client.abort()
+        return
+    try:
+        await splice(client, upstream, prefix=prefix)
+    finally:
+        upstream.close()

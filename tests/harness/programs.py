@@ -1,0 +1,71 @@
+"""The programs tests run inside pods: meshlet-proxy-init and the reporter server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Final
+
+from tests.harness.netns import HarnessError, Netns, Process
+
+__all__ = [
+    "PROXY_INIT",
+    "PYTHON",
+    "REPORTER",
+    "ask",
+    "ask_here",
+    "install_proxy_init",
+    "start_reporter",
+]
+
+PYTHON: Final = sys.executable
+REPORTER: Final = str(Path(__file__).with_name("reporter.py"))
+# The console script installed next to this interpreter (the venv's bin/), else on PATH.
+PROXY_INIT: Final = str(
+    Path(sys.executable).with_name("meshlet-proxy-init")
+    if Path(sys.executable).with_name("meshlet-proxy-init").exists()
+    else shutil.which("meshlet-proxy-init") or "meshlet-proxy-init"
+)
+
+
+def install_proxy_init(pod: Netns, *flags: str) -> str:
+    """Run ``meshlet-proxy-init`` inside ``pod`` (as an init container would); its stderr."""
+    done = pod.run_result([PROXY_INIT, *flags])
+    if done.returncode != 0:
+        raise HarnessError(f"meshlet-proxy-init {' '.join(flags)}: {done.stderr.strip()}")
+    return done.stderr
+
+
+def start_reporter(pod: Netns, *addresses: str) -> Process:
+    """Start the reporter server in ``pod`` on ``addresses`` and wait until it listens."""
+    process = pod.spawn([PYTHON, REPORTER, "serve", *addresses], label=f"{pod.name}: reporter")
+    line = process.read_line(timeout=10)
+    if line != "ready":
+        raise HarnessError(f"reporter said {line!r} instead of ready")
+    return process
+
+
+def ask(
+    pod: Netns, host: str, port: int, *, uid: int | None = None, gid: int | None = None
+) -> dict[str, object] | str:
+    """Connect from ``pod`` (as ``uid``/``gid``, in a subprocess); the reporter's answer."""
+    line = pod.run([PYTHON, REPORTER, "connect", host, str(port)], uid=uid, gid=gid).strip()
+    if line.startswith("error:"):
+        return line
+    answer = json.loads(line)
+    assert isinstance(answer, dict)
+    return answer
+
+
+def ask_here(pod: Netns, host: str, port: int) -> dict[str, object] | str:
+    """Like ``ask`` but from the test process itself (root), through a socket in ``pod``."""
+    try:
+        with pod.connect((host, port), timeout=5) as sock:
+            line = sock.makefile("r").readline().strip()
+    except OSError as exc:
+        return f"error:{exc}"
+    answer = json.loads(line)
+    assert isinstance(answer, dict)
+    return answer
