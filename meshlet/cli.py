@@ -23,8 +23,10 @@ class _CommandModule(Protocol):
 
 # name -> (module, one-line help). Keep sorted by name.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("meshlet.check", "check that the cluster and meshlet's install are healthy"),
     "demo": ("meshlet.demo", "run meshlet's main job locally and show what it does"),
     "identity": ("identity.cli", "create and inspect the mesh's trust anchor and issuer"),
+    "install-files": ("meshlet.install", "write the certificates and keys the manifests need"),
     "inject": ("webhook.cli", "add meshlet to Kubernetes YAML (annotate, or --manual inline)"),
 }
 
