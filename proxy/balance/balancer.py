@@ -84,6 +84,9 @@ class EndpointStats:
     pending: int
     rtt_estimate: float
     health: str
+    """``healthy``, ``ejected`` or ``probing`` (failure accrual)."""
+    probe_at: float | None
+    """When an ejected endpoint's backoff ends and its probe may be sent (None if not ejected)."""
     draining: bool
     requests: int
 
@@ -193,6 +196,9 @@ class Balancer(Generic[E]):
                 pending=state.pending,
                 rtt_estimate=state.ewma.estimate,
                 health=state.accrual.health.value,
+                probe_at=(
+                    state.accrual.ejected_until if state.accrual.health is Health.EJECTED else None
+                ),
                 draining=draining,
                 requests=state.requests,
             )
