@@ -17,7 +17,7 @@ and randomness comes from an injected ``random.Random``.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -147,8 +147,13 @@ class Balancer(Generic[E]):
 
     # -- per request ------------------------------------------------------------------------------
 
-    def pick(self, now: float) -> Pick[E] | NoEndpoint:
-        """Choose the endpoint for one request (power of two choices)."""
+    def pick(self, now: float, *, avoid: Collection[Key] = ()) -> Pick[E] | NoEndpoint:
+        """Choose the endpoint for one request (power of two choices).
+
+        ``avoid``: endpoints this request already failed on (for a retry). They are left out
+        unless nothing else is ready: a fast-failing endpoint looks cheap, and a retry sent back
+        to it would likely fail again (Envoy's ``previous_hosts`` retry predicate).
+        """
         if not self._active:
             return NoEndpoint(NO_ENDPOINTS)
         ready = [
@@ -160,6 +165,8 @@ class Balancer(Generic[E]):
             if any(state.endpoint.weight > 0 for state in self._active.values()):
                 return NoEndpoint(ALL_ENDPOINTS_EJECTED)
             return NoEndpoint(NO_ENDPOINTS)
+        if avoid:
+            ready = [s for s in ready if key_of(s.endpoint) not in avoid] or ready
         if len(ready) == 1:
             chosen = ready[0]
         else:

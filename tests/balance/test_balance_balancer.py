@@ -175,3 +175,17 @@ def test_picks_never_leave_the_active_set(seed: int) -> None:
     b.remove([("b", 8080)])
     for i in range(50):
         assert picked(b.pick(float(i))).endpoint.address in {"a", "c"}
+
+
+def test_a_retry_avoids_the_endpoint_it_failed_on() -> None:
+    b = balancer("10.0.0.1", "10.0.0.2", "10.0.0.3")
+    avoid = {("10.0.0.1", 8080), ("10.0.0.2", 8080)}
+    for i in range(20):
+        p = picked(b.pick(float(i), avoid=avoid))
+        assert p.endpoint.address == "10.0.0.3"
+        b.finished(p, i + 0.01, Outcome.SUCCESS)
+
+
+def test_avoiding_every_ready_endpoint_still_picks_one() -> None:
+    b = balancer("10.0.0.1")
+    assert picked(b.pick(0.0, avoid={("10.0.0.1", 8080)})).endpoint.address == "10.0.0.1"
