@@ -3,26 +3,25 @@
 No Trio and no sockets here: the proxy passes ``now`` (``trio.current_time()``), discovery
 snapshots, request methods/paths and response statuses in, and gets decisions out. Per request::
 
-    route = table.match(method, path)              # RouteTable.from_profile(profile view)
-    retries.started(now)                           # deposit into the retry budget
-    attempt = 1
+    destination.sync_endpoints(endpoint_view.current(), now)   # cheap when nothing changed
+    destination.sync_profile(profile_view.current())
+    attempts = destination.begin(method, path, now)             # route match + budget deposit
     while True:
-        choice = balancer.pick(now)                # Pick | NoEndpoint(reason)
-        if isinstance(choice, NoEndpoint): answer 503, meshlet-proxy-error: choice.reason
-        ... send to choice.endpoint ...
-        outcome = classify(route, status, grpc_status)   # or CONNECT_FAILED / CANCELLED
-        balancer.finished(choice, now, outcome)
-        decision = retries.decide(route, attempt, outcome, now, started=t0)
-        if isinstance(decision, GiveUp): break
-        attempt = decision.attempt
+        choice = attempts.pick(now)                             # Pick | NoEndpoint(reason)
+        if isinstance(choice, NoEndpoint): 503, meshlet-proxy-error: choice.reason
+        ... send to choice.endpoint, under attempts.deadline ...
+        decision = attempts.finished(choice, now, status=status, grpc_status=grpc)
+        if isinstance(decision, GiveUp): relay the last response; break
 
-See docs/balancing.md for where the proxy calls each of these.
+The parts (``Balancer``, ``RetryPolicy``, ``RouteTable``) are usable alone. See
+docs/balancing.md for where the proxy calls each of these.
 """
 
 from __future__ import annotations
 
 from .balancer import Balancer, EndpointLike, EndpointStats, Key, NoEndpoint, Pick, key_of
 from .budget import BudgetSettings, BudgetSettingsError, RetryBudget
+from .destination import Attempts, Destination, EndpointSetLike, ProfileStateLike
 from .outcome import Outcome
 from .reasons import REASONS, describe
 from .retry import GiveUp, Retry, RetryPolicy
@@ -32,12 +31,15 @@ from .settings import BalanceSettings, BalanceSettingsError
 __all__ = [
     "DEFAULT_ROUTE",
     "REASONS",
+    "Attempts",
     "BalanceSettings",
     "BalanceSettingsError",
     "Balancer",
     "BudgetSettings",
     "BudgetSettingsError",
+    "Destination",
     "EndpointLike",
+    "EndpointSetLike",
     "EndpointStats",
     "GiveUp",
     "Key",
@@ -45,6 +47,7 @@ __all__ = [
     "Outcome",
     "Pick",
     "ProfileError",
+    "ProfileStateLike",
     "ResponseClass",
     "Retry",
     "RetryBudget",
