@@ -106,6 +106,10 @@ class _State(Generic[E]):
         return self.ewma.load(self.pending, now) * _DEFAULT_WEIGHT / weight
 
 
+def _ready(state: _State[E], now: float) -> bool:
+    return state.endpoint.weight > 0 and state.accrual.available(now)
+
+
 class Balancer(Generic[E]):
     """The per-destination picker. Not thread-safe; one per destination, on one Trio thread."""
 
@@ -116,6 +120,7 @@ class Balancer(Generic[E]):
         self._rng = rng
         self._active: dict[Key, _State[E]] = {}
         self._draining: dict[Key, _State[E]] = {}
+        self._states: list[_State[E]] | None = None  # the active ones as a list, for sampling
 
     # -- discovery --------------------------------------------------------------------------------
 
@@ -134,6 +139,7 @@ class Balancer(Generic[E]):
                 state = _State(endpoint, self._settings, self._rng, now)
             state.endpoint = endpoint
             self._active[key] = state
+            self._states = None
 
     def remove(self, keys: Iterable[Key]) -> None:
         """Endpoints discovery removed (a ``remove`` line): drain them."""
@@ -142,6 +148,7 @@ class Balancer(Generic[E]):
 
     def _drain(self, key: Key) -> None:
         state = self._active.pop(key, None)
+        self._states = None
         if state is not None and state.pending > 0:
             self._draining[key] = state
 
@@ -156,11 +163,16 @@ class Balancer(Generic[E]):
         """
         if not self._active:
             return NoEndpoint(NO_ENDPOINTS)
-        ready = [
-            state
-            for state in self._active.values()
-            if state.endpoint.weight > 0 and state.accrual.available(now)
-        ]
+        if self._states is None:
+            self._states = list(self._active.values())
+        if not avoid and len(self._states) > 1:
+            # Fast path: two distinct endpoints drawn from all active ones are, when both are
+            # ready, a uniform pair of ready ones; otherwise draw again among the ready ones
+            # below. The mixture is exactly p2c over the ready set, without an O(n) scan.
+            first, second = self._rng.sample(self._states, 2)
+            if _ready(first, now) and _ready(second, now):
+                return self._sent(first if first.cost(now) <= second.cost(now) else second, now)
+        ready = [state for state in self._states if _ready(state, now)]
         if not ready:
             if any(state.endpoint.weight > 0 for state in self._active.values()):
                 return NoEndpoint(ALL_ENDPOINTS_EJECTED)
@@ -172,6 +184,9 @@ class Balancer(Generic[E]):
         else:
             first, second = self._rng.sample(ready, 2)
             chosen = first if first.cost(now) <= second.cost(now) else second
+        return self._sent(chosen, now)
+
+    def _sent(self, chosen: _State[E], now: float) -> Pick[E]:
         chosen.pending += 1
         chosen.requests += 1
         return Pick(chosen.endpoint, now, chosen.accrual.sent())

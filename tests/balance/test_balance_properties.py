@@ -17,7 +17,11 @@ ADDRESSES = [f"10.0.0.{i}" for i in range(1, 4)]
 
 # Picks and finishes outnumber discovery changes, and failures are likely, so that ejections,
 # probes and drains all happen within a few dozen steps.
-_pick = st.tuples(st.just("pick"), st.sampled_from([0.0, 0.1, 0.7, 2.5]))
+_pick = st.tuples(
+    st.just("pick"),
+    st.sampled_from([0.0, 0.1, 0.7, 2.5]),
+    st.sampled_from([(), (), ("10.0.0.1",), ("10.0.0.1", "10.0.0.2")]),  # a retry's avoid set
+)
 _finish = st.tuples(
     st.just("finish"),
     st.sampled_from([Outcome.FAILURE, Outcome.FAILURE, Outcome.CONNECT_FAILED, *Outcome]),
@@ -36,14 +40,16 @@ actions = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
-@given(actions=actions, seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=400, deadline=None)
+@given(actions=actions, seed=st.integers(0, 2**32 - 1), threshold=st.integers(1, 2))
 def test_the_picker_never_returns_a_removed_or_ejected_endpoint(
-    actions: list[tuple[object, ...]], seed: int
+    actions: list[tuple[object, ...]], seed: int, threshold: int
 ) -> None:
     rng = random.Random(seed)
-    b: Balancer[Endpoint] = Balancer(BalanceSettings(failure_threshold=2), rng=rng)
-    listed: set[str] = set()
+    settings_ = BalanceSettings(failure_threshold=threshold, min_backoff=3.0)
+    b: Balancer[Endpoint] = Balancer(settings_, rng=rng)
+    b.add(map(endpoint, ADDRESSES), 0.0)
+    listed = set(ADDRESSES)
     in_flight: list[Pick[Endpoint]] = []
     now = 0.0
     for action in actions:
@@ -52,7 +58,8 @@ def test_the_picker_never_returns_a_removed_or_ejected_endpoint(
             now += float(action[1])  # type: ignore[arg-type]
             ejected_before = set(b.ejected())
             probe_at = {s.key: s.probe_at for s in b.stats() if s.probe_at is not None}
-            choice = b.pick(now)
+            avoid = {(address, 8080) for address in action[2]}  # type: ignore[attr-defined]
+            choice = b.pick(now, avoid=avoid)
             if isinstance(choice, NoEndpoint):
                 assert choice.reason in {"no_endpoints", "all_endpoints_ejected"}
                 assert choice.reason != "no_endpoints" or not listed
@@ -63,6 +70,9 @@ def test_the_picker_never_returns_a_removed_or_ejected_endpoint(
             assert key not in probe_at or now >= probe_at[key], "picked during its backoff"
             if key in ejected_before:  # only the single probe of an endpoint whose backoff ran out
                 assert choice.probe, "picked an ejected endpoint outside its single probe"
+            if choice.probe:
+                probing = [p for p in in_flight if p.probe and p.endpoint.address == address]
+                assert not probing, "a second probe while one is in flight"
             in_flight.append(choice)
         elif kind == "finish" and in_flight:
             now += float(action[2])  # type: ignore[arg-type]
