@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from .accrual import Accrual, Health
@@ -67,6 +67,9 @@ class Pick(Generic[E]):
     started: float
     probe: bool
     """The single request that decides whether an ejected endpoint comes back."""
+    token: object = field(default=None, repr=False, compare=False)
+    """Which incarnation of the endpoint was picked: a pick made before the endpoint was
+    forgotten and added anew must not count against the new one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +192,7 @@ class Balancer(Generic[E]):
     def _sent(self, chosen: _State[E], now: float) -> Pick[E]:
         chosen.pending += 1
         chosen.requests += 1
-        return Pick(chosen.endpoint, now, chosen.accrual.sent())
+        return Pick(chosen.endpoint, now, chosen.accrual.sent(), chosen)
 
     def finished(
         self, pick: Pick[E], now: float, outcome: Outcome, rtt: float | None = None
@@ -199,8 +202,8 @@ class Balancer(Generic[E]):
         state = self._active.get(key)
         if state is None:
             state = self._draining.get(key)
-        if state is None or state.pending == 0:
-            return  # a stale pick (the endpoint was forgotten): nothing to account
+        if state is None or state is not pick.token or state.pending == 0:
+            return  # a stale pick (that endpoint was forgotten since): nothing to account
         state.pending -= 1
         if outcome is not Outcome.CANCELLED:
             state.ewma.observe(now - pick.started if rtt is None else rtt, now)

@@ -189,3 +189,16 @@ def test_a_retry_avoids_the_endpoint_it_failed_on() -> None:
 def test_avoiding_every_ready_endpoint_still_picks_one() -> None:
     b = balancer("10.0.0.1")
     assert picked(b.pick(0.0, avoid={("10.0.0.1", 8080)})).endpoint.address == "10.0.0.1"
+
+
+def test_a_pick_from_before_the_endpoint_was_forgotten_does_not_count_on_its_return() -> None:
+    b = balancer("10.0.0.1")
+    old = picked(b.pick(0.0))
+    b.update({}, 0.1)
+    b.finished(old, 0.2, Outcome.SUCCESS)  # drained and forgotten
+    b.add([endpoint("10.0.0.1")], 0.3)
+    new = picked(b.pick(0.3))
+    b.finished(old, 0.4, Outcome.FAILURE)  # a duplicate, late report of the old request
+    assert b.stats()[0].pending == 1
+    b.finished(new, 0.5, Outcome.SUCCESS)
+    assert b.stats()[0].pending == 0
