@@ -183,3 +183,18 @@ def test_the_simulation_is_deterministic() -> None:
         sim.servers["c"].latency = 0.050
         sim.run_until(5.0)
     assert first.served == second.served
+
+
+def test_one_slow_then_one_failing_leaves_the_healthy_one_most_traffic() -> None:
+    sim = simulation(seed=11)
+    sim.run_until(3.0)
+    sim.servers["c"].latency = 0.250
+    sim.run_until(5.0)
+    sim.servers["b"].status = 500
+    sim.reset_counts()
+    sim.run_until(15.0)
+    assert sim.balancer.ejected() == [("b", 8080)]
+    assert sim.share("a") > 0.9
+    assert sim.client_failures == 0
+    assert sim.share("c") < 0.08  # slow: tried only as its 250 ms peak decays
+    assert sim.served["b"] <= 12  # failures that ejected it, then probes only
