@@ -5,7 +5,7 @@ Decision table, evaluated top to bottom; the first matching row answers::
     attempt ended with ...                         -> answer
     SUCCESS                                        -> GiveUp(response_succeeded)
     CANCELLED                                      -> GiveUp(request_cancelled)
-    a failure, body not replayable                 -> GiveUp(request_body_not_replayable)
+    FAILURE, body not replayable                   -> GiveUp(request_body_not_replayable)
     a failure, attempt > max_retries               -> GiveUp(max_retries_reached)
     a failure, route timeout elapsed since start   -> GiveUp(route_timeout)
     FAILURE on a route not isRetryable             -> GiveUp(route_not_retryable)
@@ -81,7 +81,7 @@ class RetryPolicy:
             return GiveUp(RESPONSE_SUCCEEDED)
         if outcome is Outcome.CANCELLED:
             return GiveUp(REQUEST_CANCELLED)
-        if not replayable:
+        if not replayable and outcome is Outcome.FAILURE:  # a failed connect consumed no body
             return GiveUp(BODY_NOT_REPLAYABLE)
         if attempt > self.max_retries:
             return GiveUp(MAX_RETRIES)

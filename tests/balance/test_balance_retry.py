@@ -45,6 +45,14 @@ def policy(reserve_per_second: int = 10) -> RetryPolicy:
         pytest.param(
             RETRYABLE,
             1,
+            Outcome.CONNECT_FAILED,
+            {"replayable": False},
+            Retry(2),
+            id="connect-failed-body-never-sent",
+        ),
+        pytest.param(
+            RETRYABLE,
+            1,
             Outcome.FAILURE,
             {"started": 9.0},
             GiveUp("route_timeout"),
