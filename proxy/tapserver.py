@@ -206,8 +206,14 @@ async def serve_tap(
 
 async def _serve_connection(stream: trio.SocketStream, hub: TapHub, settings: TapSettings) -> None:
     connection = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_REQUEST)
-    with trio.fail_after(settings.request_timeout):
-        request = await _read_request(stream, connection)
+    try:
+        with trio.fail_after(settings.request_timeout):
+            request = await _read_request(stream, connection)
+    except h11.RemoteProtocolError as exc:
+        await _refuse(
+            stream, connection, TapRefusal(exc.error_status_hint, "malformed HTTP/1.1 request")
+        )
+        return
     if request is None:
         return
     decision = decide(
