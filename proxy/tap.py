@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = [
     "DEFAULT_BUFFER_EVENTS",
@@ -77,8 +77,7 @@ class TapLimitError(Exception):
     """No more subscribers are accepted (``max_subscribers`` are tapping already)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TapRequest:
+class TapRequest(NamedTuple):
     id: str
     direction: str
     src: str
@@ -92,15 +91,13 @@ class TapRequest:
     scheme: str
 
 
-@dataclass(frozen=True, slots=True)
-class TapResponse:
+class TapResponse(NamedTuple):
     request: TapRequest
     status: int
     latency_us: int
 
 
-@dataclass(frozen=True, slots=True)
-class TapEnd:
+class TapEnd(NamedTuple):
     request: TapRequest
     duration_us: int
     response_bytes: int
@@ -110,6 +107,8 @@ class TapEnd:
 
 
 TapEvent = TapRequest | TapResponse | TapEnd
+"""Events are named tuples: built on the request path, where a frozen dataclass's
+``__init__`` costs ten times as much."""
 
 
 def _format_address(address: Address) -> str:
@@ -270,18 +269,19 @@ class TapHub:
         if not subscribers:
             return None
         now = self._clock()
-        chosen: list[Subscriber] = []
-        held: list[Subscriber] = []
+        chosen: list[Subscriber] | None = None  # lists only once something matches
+        held: list[Subscriber] | None = None
         for subscriber in subscribers:
             if not subscriber.filter.matches_request(direction, method, authority, path):
                 continue
             if subscriber.filter.status_class is not None:
-                held.append(subscriber)  # charged and told once the status is known
+                # Charged and told once the status is known.
+                held = [subscriber] if held is None else [*held, subscriber]
             elif subscriber.bucket.take(now):
-                chosen.append(subscriber)
+                chosen = [subscriber] if chosen is None else [*chosen, subscriber]
             else:
                 subscriber.rate_limited += 1
-        if not chosen and not held:
+        if chosen is None and held is None:
             return None
         request = TapRequest(
             id=f"{conn}:{stream}",
@@ -296,16 +296,18 @@ class TapHub:
             path=_text(path),
             scheme=_text(scheme),
         )
-        chosen = [subscriber for subscriber in chosen if subscriber._push(request)]
-        if not chosen and not held:
+        kept = [subscriber for subscriber in chosen or () if subscriber._push(request)]
+        if not kept and held is None:
             return None
-        return TapStream(self._clock, request, now, chosen, held)
+        return TapStream(self._clock, request, now, kept, held or [])
 
 
 class TapStream:
     """One tapped exchange; the shell reports its response head and its end here."""
 
-    __slots__ = ("_clock", "_held", "_started", "_subscribers", "request", "response_bytes")
+    __slots__ = (
+        "_clock", "_held", "_responded", "_started", "_subscribers", "request", "response_bytes"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -320,15 +322,19 @@ class TapStream:
         self._started = started
         self._subscribers = subscribers
         self._held = held
+        self._responded = False
         self.response_bytes = 0
         """Body bytes sent to the client so far; the shell may add to it as they pass."""
 
     def response_start(self, status: int) -> None:
-        """The response head (final status, not 1xx) went to the client."""
+        """The response head (final status, not 1xx) went to the client; once per stream."""
+        if self._responded:
+            return
+        self._responded = True
         now = self._clock()
         if self._held:
             for subscriber in self._held:
-                if not subscriber.filter.matches_status(status):
+                if subscriber.closed or not subscriber.filter.matches_status(status):
                     continue
                 if not subscriber.bucket.take(now):
                     subscriber.rate_limited += 1

@@ -258,3 +258,23 @@ def test_subscriber_limit_and_rate_bounds() -> None:
         hub.subscribe(TapFilter())
     with pytest.raises(ValueError, match="max_rps"):
         TapHub().subscribe(TapFilter(), max_rps=0)
+
+
+def test_one_response_per_stream() -> None:
+    hub = TapHub(clock=Clock())
+    sub = hub.subscribe(TapFilter())
+    tapped = start(hub)
+    assert tapped is not None
+    tapped.response_start(200)
+    tapped.response_start(500)  # a confused shell must not invent a second response
+    tapped.end(response_bytes=0)
+    tapped.end(response_bytes=0)
+    assert [type(e).__name__ for e in sub.take()] == ["TapRequest", "TapResponse", "TapEnd"]
+
+
+def test_nonmatching_subscriber_costs_no_stream() -> None:
+    hub = TapHub(clock=Clock())
+    sub = hub.subscribe(TapFilter(direction="outbound"))
+    assert start(hub) is None
+    assert len(sub) == 0
+    assert sub.rate_limited == 0
