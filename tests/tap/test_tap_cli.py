@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from meshlet.tap import format_event, parse_target
-from tests.tap.conftest import MESHLET, RunningTap, publish_request
+from tests.tap.conftest import MESHLET, Lines, RunningTap, publish_request
 
 
 @pytest.mark.trio
@@ -144,3 +144,17 @@ def test_format_ignores_unknown_records() -> None:
     assert end is not None
     assert end.startswith("end id=1:1 proxy=out ")
     assert " error=reset " in end
+
+
+@pytest.mark.trio
+async def test_losses_are_reported_on_stderr(tap_server: RunningTap, spawn: Any) -> None:
+    process, lines = await spawn([MESHLET, "tap", tap_server.address, "--max-rps", "10000"])
+    await tap_server.wait_subscribers()
+    for stream in range(100):  # the writer cannot run meanwhile: the 16-event buffer overflows
+        tap_server.exchange(stream)
+    assert (await lines.next()).startswith(b"req id=3:0 ")
+    errors = Lines(process.stderr)
+    assert await errors.next() == (
+        b"meshlet tap: 95 requests dropped (output slower than the traffic), "
+        b"0 skipped by --max-rps so far"
+    )
