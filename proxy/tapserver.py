@@ -227,10 +227,19 @@ async def _serve_connection(stream: trio.SocketStream, hub: TapHub, settings: Ta
     except TapLimitError as exc:
         await _refuse(stream, connection, TapRefusal(503, str(exc)))
         return
+    peer = stream.socket.getpeername()
+    log.info("tap session from %s:%s: %s", peer[0], peer[1], request.target.decode("ascii"))
     try:
         await _stream_events(stream, connection, subscriber, settings)
     finally:
         hub.unsubscribe(subscriber)
+        log.info(
+            "tap session from %s:%s ended (%d dropped, %d rate-limited)",
+            peer[0],
+            peer[1],
+            subscriber.dropped,
+            subscriber.rate_limited,
+        )
 
 
 async def _read_request(
