@@ -198,6 +198,9 @@ async def serve_tap(
             await _serve_connection(stream, hub, settings)
         except (trio.TooSlowError, trio.BrokenResourceError, OSError, h11.ProtocolError) as exc:
             log.debug("tap connection ended: %s", exc)
+        except Exception:
+            # A bug must cost one tap session, never the tap server (or the proxy around it).
+            log.exception("tap connection failed")
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -305,8 +308,19 @@ async def _stream_events(
                 reported = losses
                 lost = {"event": "lost", "dropped": losses[0], "rate_limited": losses[1]}
                 lines.append(json.dumps(lost, separators=(",", ":")).encode() + b"\n")
-            with trio.fail_after(settings.write_timeout):
-                await stream.send_all(connection.send(h11.Data(data=b"".join(lines))))
+            data = connection.send(h11.Data(data=b"".join(lines)))
+            # Errors end the session here: inside the nursery they would leave it as a group.
+            try:
+                with trio.fail_after(settings.write_timeout):
+                    await stream.send_all(data)
+            except trio.TooSlowError:
+                log.info("tap client stopped reading for %gs: closing", settings.write_timeout)
+                nursery.cancel_scope.cancel()
+                return
+            except (trio.BrokenResourceError, OSError) as exc:
+                log.debug("tap client gone: %s", exc)
+                nursery.cancel_scope.cancel()
+                return
 
 
 async def _cancel_on_client_close(stream: trio.SocketStream, scope: trio.CancelScope) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import pytest
 import trio
 
+from proxy.settings import Address
+from proxy.tap import TapHub
+from proxy.tapserver import TapSettings, serve_tap
 from tests.tap.conftest import Lines, RunningTap, publish_request
 
 
@@ -133,3 +137,29 @@ async def test_junk_gets_400(tap_server: RunningTap) -> None:
     assert rest.endswith(b"\r\n\r\nmalformed HTTP/1.1 request\n")
     await stream.aclose()
     assert not tap_server.hub.active
+
+
+@pytest.mark.trio
+async def test_client_that_stops_reading_is_cut_off(nursery: trio.Nursery) -> None:
+    hub = TapHub(buffer_events=64)
+    settings = TapSettings(listen=Address("127.0.0.1", 0), write_timeout=0.3)
+    _, port = await nursery.start(serve_tap, hub, settings)
+    tap = RunningTap(hub, port)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(b"GET /tap?max_rps=10000 HTTP/1.1\r\nhost: t\r\n\r\n")
+    await tap.wait_subscribers()
+    # Never read: the server's writes block, then time out; the session (only) ends.
+    with trio.fail_after(30):
+        n = 0
+        while hub.active:
+            for _ in range(20):
+                tap.exchange(n, path=b"/" + b"x" * 1000)
+                n += 1
+            await trio.sleep(0.001)
+    await stream.aclose()
+    # The server is still serving.
+    code, _ = await curl_status(f"http://{tap.address}/nope")
+    assert code == 404
