@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "identity": ("identity.cli", "create and inspect the mesh's trust anchor and issuer"),
     "install-files": ("meshlet.install", "write the certificates and keys the manifests need"),
     "inject": ("webhook.cli", "add meshlet to Kubernetes YAML (annotate, or --manual inline)"),
+    "tap": ("meshlet.tap", "stream a proxy's live requests and responses"),
 }
 
 _USAGE = "usage: meshlet [--version] [--help] <command> [<args>]"
