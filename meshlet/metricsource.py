@@ -44,6 +44,7 @@ INFO_METRIC: Final = "meshlet_proxy_info"
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 """A proxy's page is a few hundred kB even at the authority cap; Prometheus answers are smaller."""
 
+_PROMETHEUS_ERROR_STATUSES: Final = frozenset({400, 422, 503})
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 _NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$")
 
@@ -95,12 +96,15 @@ def parse_admin_target(text: str) -> AdminTarget:
     return AdminTarget(address=address, name=name, namespace=namespace)
 
 
-def _get(url: str, timeout: float, what: str) -> bytes:
+def _get(url: str, timeout: float, what: str, json_errors: bool = False) -> bytes:
+    """The body of a 200 answer (or, with ``json_errors``, of Prometheus' JSON error answers)."""
     request = urllib.request.Request(url, headers={"Accept": "text/plain, application/json"})  # noqa: S310 (http only, checked by callers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             body: bytes = response.read(MAX_BODY_BYTES + 1)
     except urllib.error.HTTPError as error:
+        if json_errors and error.code in _PROMETHEUS_ERROR_STATUSES:
+            return bytes(error.read(MAX_BODY_BYTES))
         detail = error.read(300).decode("utf-8", "replace").strip()
         raise SourceError(
             f"{what}: HTTP {error.code} {error.reason}: {detail}".rstrip(": ")
@@ -180,7 +184,7 @@ class PrometheusClient:
     def query(self, promql: str) -> Vector:
         url = f"{self._base}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
         what = f"prometheus {self._base}"
-        body = _get(url, self._timeout, what)
+        body = _get(url, self._timeout, what, json_errors=True)
         try:
             answer: Any = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
