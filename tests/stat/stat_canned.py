@@ -35,6 +35,8 @@ class Page:
     latencies: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     opened: dict[str, int] = field(default_factory=dict)
     open_now: dict[str, int] = field(default_factory=dict)
+    read: dict[str, int] = field(default_factory=dict)
+    written: dict[str, int] = field(default_factory=dict)
     closed: dict[tuple[str, str], int] = field(default_factory=dict)
     info: str = ""
 
@@ -78,7 +80,9 @@ class Page:
         for labels in self.opened:
             lines.append(f"tcp_open_connections{{{labels}}} {self.open_now.get(labels, 0)}")
         family(lines, "tcp_read_bytes_total", "counter", "Total count of bytes read from peers.")
+        lines.extend(f"tcp_read_bytes_total{{{k}}} {v}" for k, v in self.read.items())
         family(lines, "tcp_write_bytes_total", "counter", "Total count of bytes written to peers.")
+        lines.extend(f"tcp_write_bytes_total{{{k}}} {v}" for k, v in self.written.items())
         family(lines, "tcp_close_total", "counter", "Total count of closed connections.")
         for (labels, errno), value in self.closed.items():
             lines.append(f'tcp_close_total{{{labels},errno="{errno}"}} {value}')
