@@ -88,7 +88,9 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", default="5s", metavar="DURATION", help="per HTTP request (default 5s)"
     )
-    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "-o", "--output", choices=("table", "json"), default="table", help="table (default) or json"
+    )
 
 
 def _duration(option: str, text: str) -> float:
@@ -115,4 +117,8 @@ def resolve_source(args: argparse.Namespace) -> Source:
         client = PrometheusClient(args.prometheus, timeout)
         return Source((), client, window, timeout, args.namespace, args.kind)
     targets = [parse_admin_target(text) for text in args.admin]
+    addresses = [target.address for target in targets]
+    if len(set(addresses)) != len(addresses):
+        twice = sorted({a for a in addresses if addresses.count(a) > 1})
+        raise SourceError(f"--admin {', '.join(twice)} given twice: its pod would count double")
     return Source(targets, None, window, timeout, args.namespace, args.kind)

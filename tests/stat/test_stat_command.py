@@ -154,6 +154,9 @@ def test_unreachable_admin_address(command: str) -> None:
         pytest.param(["--admin", "=127.0.0.1:4191"], "name before '=' is empty", id="empty-name"),
         pytest.param(["--admin", "127.0.0.1:4191", "-t", "soon"], "invalid duration", id="window"),
         pytest.param(
+            ["--admin", "a=127.0.0.1:4191", "--admin", "127.0.0.1:4191"], "given twice", id="twice"
+        ),
+        pytest.param(
             ["--admin", "127.0.0.1:4191", "-t", "2h"], "must be between", id="long-window"
         ),
         pytest.param(["--prometheus", "ftp://x"], "expected an http://", id="prometheus-url"),
