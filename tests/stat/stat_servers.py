@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,8 +43,8 @@ def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
 
 
 @contextmanager
-def serve_pages(pages: list[str]) -> Iterator[str]:
-    """A fake admin port; yields its HOST:PORT."""
+def serve_pages(pages: list[str], delay: float = 0.0) -> Iterator[str]:
+    """A fake admin port (answering after ``delay`` seconds); yields its HOST:PORT."""
     remaining = list(pages)
     lock = threading.Lock()
 
@@ -52,6 +53,7 @@ def serve_pages(pages: list[str]) -> Iterator[str]:
             if self.path != "/metrics":
                 self.answer(404, b"not found\n", "text/plain")
                 return
+            time.sleep(delay)
             with lock:
                 page = remaining.pop(0) if len(remaining) > 1 else remaining[0]
             self.answer(200, page.encode(), "text/plain; version=0.0.4; charset=utf-8")

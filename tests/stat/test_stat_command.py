@@ -173,6 +173,19 @@ def test_admin_port_that_is_not_a_proxy() -> None:
     assert_one_line_error(done, f"proxy admin {address}: /metrics is not Prometheus text")
 
 
+def test_admin_port_too_slow() -> None:
+    with serve_pages([Page().text()], delay=2.0) as address:
+        done = meshlet("stat", "--admin", address, "-t", "100ms", "--timeout", "300ms")
+    assert_one_line_error(done, f"proxy admin {address}:", "0.3s")
+
+
+def test_admin_port_without_metrics() -> None:
+    with serve_prometheus(lambda promql: []) as (url, _):
+        address = url.removeprefix("http://")
+        done = meshlet("edges", "--admin", address, "-t", "100ms")
+    assert_one_line_error(done, f"meshlet edges: proxy admin {address}: HTTP 404")
+
+
 def prometheus_answers(promql: str) -> list[tuple[dict[str, str], float]]:  # noqa: PLR0911
     web = {"namespace": "default", "deployment": "web"}
     api = {"namespace": "default", "deployment": "api"}
