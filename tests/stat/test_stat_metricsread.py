@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshlet.metricsread import (
     MetricsFormatError,
@@ -116,3 +118,27 @@ def test_window_deltas_counters_resets_new_series_and_gauges() -> None:
     assert value("tcp_open_connections", conn) == 3  # a gauge keeps its latest value
     assert value("tcp_open_total", conn) == 0
     assert NO_TLS in old
+
+
+@given(
+    counts=st.lists(st.integers(min_value=0, max_value=1000), min_size=1, max_size=26),
+    q1=st.floats(min_value=0, max_value=1),
+    q2=st.floats(min_value=0, max_value=1),
+)
+def test_quantile_monotonic_and_bounded(counts: list[int], q1: float, q2: float) -> None:
+    bounds = [1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000]
+    bounds += [4000, 5000, 10000, 20000, 30000, 40000, 50000, 60000]
+    cumulative, buckets = 0, []
+    for bound, count in zip(bounds, counts, strict=False):
+        cumulative += count
+        buckets.append((float(bound), float(cumulative)))
+    buckets.append((INF, float(cumulative)))
+    low, high = sorted((q1, q2))
+    a, b = histogram_quantile(low, buckets), histogram_quantile(high, buckets)
+    if cumulative == 0 or len(buckets) < 2:
+        assert math.isnan(a)
+        return
+    if math.isnan(a) or math.isnan(b):
+        assert low == 0  # rank 0 over empty lower buckets, as Prometheus' 0/0
+        return
+    assert 0 <= a <= b <= buckets[-2][0]
