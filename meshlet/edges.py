@@ -25,6 +25,7 @@ from meshlet.statargs import KINDS, Source, add_source_arguments, resolve_source
 __all__ = [
     "Edge",
     "Flow",
+    "edge_line",
     "edge_queries",
     "edges_from_flows",
     "edges_json",
@@ -137,6 +138,11 @@ def _carries_edge(name: str, labels: dict[str, str]) -> bool:
     return name == "tcp_open_total" and bool(labels.get("dst_namespace") or labels.get("client_id"))
 
 
+def edge_line(line: str) -> bool:
+    """The sample lines ``flows_from_pods`` reads (not the latency buckets, most of a page)."""
+    return line.startswith(("response_total{", "tcp_open_total{"))
+
+
 def flows_from_pods(pods: Sequence[PodWindow]) -> list[Flow]:
     flows = []
     for pod in pods:
@@ -218,7 +224,7 @@ def _collect(source: Source) -> list[Edge]:
         queries = edge_queries(source.kind, window_text(source.window), source.namespace)
         answers = {key: source.prometheus.query(promql) for key, promql in queries.items()}
         return edges_from_flows(flows_from_prometheus(source.kind, answers), source.kind)
-    edges = edges_from_flows(flows_from_pods(source.scrape()), source.kind)
+    edges = edges_from_flows(flows_from_pods(source.scrape(keep=edge_line)), source.kind)
     wanted = source.namespace
     return [e for e in edges if not wanted or wanted in {e.src_ns, e.dst_ns}]
 

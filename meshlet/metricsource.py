@@ -44,9 +44,14 @@ INFO_METRIC: Final = "meshlet_proxy_info"
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 """A proxy's page is a few hundred kB even at the authority cap; Prometheus answers are smaller."""
 
+_PROXY_FAMILY: Final = "\n# TYPE response_total counter\n"
+"""Every proxy page declares its families, with or without samples yet."""
 _PROMETHEUS_ERROR_STATUSES: Final = frozenset({400, 422, 503})
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 _NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$")
+
+Keep = Callable[[str], bool] | None
+"""Which sample lines of a page to parse (None: all)."""
 
 Vector = list[tuple[dict[str, str], float]]
 """An instant vector: each series' labels and value."""
@@ -120,14 +125,18 @@ def _get(url: str, timeout: float, what: str, json_errors: bool = False) -> byte
     return body
 
 
-def fetch_metrics(address: str, timeout: float) -> Scrape:
+def fetch_metrics(address: str, timeout: float, keep: Keep = None) -> Scrape:
     """GET ``http://address/metrics`` and parse it."""
     what = f"proxy admin {address}"
     body = _get(f"http://{address}/metrics", timeout, what)
     try:
-        return parse_metrics(body.decode("utf-8"))
+        text = body.decode("utf-8")
+        scrape = parse_metrics(text, keep)
     except (UnicodeDecodeError, MetricsFormatError) as error:
         raise SourceError(f"{what}: /metrics is not Prometheus text: {error}") from None
+    if _PROXY_FAMILY not in text:
+        raise SourceError(f"{what}: /metrics has no response_total family: not a meshlet proxy")
+    return scrape
 
 
 def _all(function: Callable[[AdminTarget], _T], targets: Sequence[AdminTarget]) -> list[_T]:
@@ -148,13 +157,28 @@ def _identify(target: AdminTarget, scrape: Scrape) -> tuple[str, str, str]:
     return info.get("namespace", ""), info.get("workload") or info.get("pod") or target.address, pod
 
 
-def scrape_window(targets: Sequence[AdminTarget], window: float, timeout: float) -> list[PodWindow]:
-    """Scrape every target, wait ``window`` seconds, scrape again; raise on the first failure."""
-    first = _all(lambda target: (time.monotonic(), fetch_metrics(target.address, timeout)), targets)
+def scrape_window(
+    targets: Sequence[AdminTarget], window: float, timeout: float, keep: Keep = None
+) -> list[PodWindow]:
+    """Scrape every target, wait ``window`` seconds, scrape again; raise on the first failure.
+
+    ``keep`` selects the sample lines to parse (``parse_metrics``); ``meshlet_proxy_info`` is
+    always kept, it names the pod.
+    """
+    if keep is not None:
+        wanted = keep
+
+        def keep_info(line: str) -> bool:
+            return line.startswith(INFO_METRIC) or wanted(line)
+
+        keep = keep_info
+
+    def scrape(target: AdminTarget) -> tuple[float, Scrape]:
+        return time.monotonic(), fetch_metrics(target.address, timeout, keep)
+
+    first = _all(scrape, targets)
     time.sleep(window)
-    second = _all(
-        lambda target: (time.monotonic(), fetch_metrics(target.address, timeout)), targets
-    )
+    second = _all(scrape, targets)
     pods: list[PodWindow] = []
     for target, (started, before), (ended, after) in zip(targets, first, second, strict=True):
         namespace, workload, pod = _identify(target, after)

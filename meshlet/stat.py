@@ -30,11 +30,13 @@ __all__ = [
     "rows_from_pods",
     "rows_from_prometheus",
     "rows_json",
+    "stat_line",
     "stat_queries",
 ]
 
 QUANTILES: Final = (0.5, 0.95, 0.99)
 _INBOUND: Final = ("direction", "inbound")
+_STAT_FAMILIES: Final = ("response_total{", "response_latency_ms_bucket{", "tcp_open_connections{")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,14 @@ def rows_from_pods(pods: Sequence[PodWindow]) -> list[StatRow]:
                 totals.tcp += value
         totals.rps += requests / pod.seconds
     return [_row(ns, name, totals) for (ns, name), totals in sorted(by_workload.items())]
+
+
+def stat_line(line: str) -> bool:
+    """The sample lines ``rows_from_pods`` reads: inbound responses, buckets and connections.
+
+    A label value cannot fake ``direction="inbound"``: inside a value the quotes are escaped.
+    """
+    return line.startswith(_STAT_FAMILIES) and 'direction="inbound"' in line
 
 
 def stat_queries(kind: str, window: str, namespace: str = "") -> dict[str, str]:
@@ -230,7 +240,7 @@ def _collect(source: Source) -> list[StatRow]:
         queries = stat_queries(source.kind, window_text(source.window), source.namespace)
         answers = {key: source.prometheus.query(promql) for key, promql in queries.items()}
         return rows_from_prometheus(source.kind, source.window, answers)
-    rows = rows_from_pods(source.scrape())
+    rows = rows_from_pods(source.scrape(keep=stat_line))
     return [row for row in rows if not source.namespace or row.namespace == source.namespace]
 
 

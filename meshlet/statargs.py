@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -50,8 +50,8 @@ class Source:
     namespace: str
     kind: str
 
-    def scrape(self) -> list[PodWindow]:
-        return scrape_window(self.targets, self.window, self.timeout)
+    def scrape(self, keep: Callable[[str], bool] | None = None) -> list[PodWindow]:
+        return scrape_window(self.targets, self.window, self.timeout, keep)
 
 
 def window_text(seconds: float) -> str:

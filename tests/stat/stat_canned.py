@@ -18,8 +18,12 @@ WEB_ID = "web.default.serviceaccount.identity.meshlet.cluster.local"
 API_ID = "api.default.serviceaccount.identity.meshlet.cluster.local"
 
 
+def escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def http(direction: str, authority: str, tls: str = NO_TLS) -> str:
-    return f'direction="{direction}",authority="{authority}",{tls}'
+    return f'direction="{direction}",authority="{escape(authority)}",{tls}'
 
 
 def tcp(direction: str, peer: str, target: str, tls: str = NO_TLS) -> str:

@@ -170,6 +170,10 @@ def test_bad_options(args: list[str], expected: str) -> None:
 def test_admin_port_that_is_not_a_proxy() -> None:
     with serve_pages(["<html>hello</html>\n"]) as address:
         done = meshlet("stat", "--admin", address, "-t", "100ms")
+    assert_one_line_error(done, f"proxy admin {address}: /metrics has no response_total family")
+    broken = Page().text() + 'response_total{direction="inbound"} many\n'
+    with serve_pages([broken]) as address:
+        done = meshlet("stat", "--admin", address, "-t", "100ms")
     assert_one_line_error(done, f"proxy admin {address}: /metrics is not Prometheus text")
 
 

@@ -14,6 +14,7 @@ from meshlet.stat import (
     rows_from_pods,
     rows_from_prometheus,
     rows_json,
+    stat_line,
     stat_queries,
 )
 from tests.stat.stat_canned import Page, http, tcp
@@ -139,3 +140,17 @@ def test_rows_from_prometheus() -> None:
     assert row == StatRow(
         "shop", "web", 1, 2, pytest.approx(0.9), pytest.approx(1.0), (12.5, 95.0, None), 3
     )
+
+
+def test_parsing_only_stat_lines_gives_the_same_rows() -> None:
+    before, after = web_pages()
+    info = 'namespace="shop",pod="web-1",workload="web"'
+    before.info = after.info = info
+    # A client-chosen authority cannot make an outbound line look inbound (quotes are escaped).
+    after.serve(http("outbound", 'evil",direction="inbound'), 200, 1, times=3)
+    whole = rows_from_pods([pod("web", before, after)])
+    deltas = window_deltas(
+        parse_metrics(before.text(), stat_line), parse_metrics(after.text(), stat_line)
+    )
+    assert rows_from_pods([PodWindow("a", "", "web", "web-pod", 10.0, deltas)]) == whole
+    assert all(("direction", "inbound") in labels for _, labels in deltas)
