@@ -134,7 +134,7 @@ def fetch_metrics(address: str, timeout: float, keep: Keep = None) -> Scrape:
         scrape = parse_metrics(text, keep)
     except (UnicodeDecodeError, MetricsFormatError) as error:
         raise SourceError(f"{what}: /metrics is not Prometheus text: {error}") from None
-    if _PROXY_FAMILY not in text:
+    if _PROXY_FAMILY not in "\n" + text:
         raise SourceError(f"{what}: /metrics has no response_total family: not a meshlet proxy")
     return scrape
 

@@ -259,3 +259,15 @@ def test_prometheus_query_error_is_one_line() -> None:
 def test_prometheus_unreachable() -> None:
     done = meshlet("stat", "--prometheus", f"http://127.0.0.1:{free_port()}")
     assert_one_line_error(done, "meshlet stat: prometheus http://127.0.0.1:", "cannot connect")
+
+
+def test_minimal_proxy_page() -> None:
+    page = (
+        "# TYPE response_total counter\n# TYPE tcp_open_connections gauge\n"
+        'tcp_open_connections{direction="inbound",peer="src",target_addr="10.0.0.1:8080",'
+        'tls="no_identity",no_tls_reason="disabled"} 3\n'
+    )
+    with serve_pages([page]) as address:
+        done = meshlet("stat", "--admin", f"default/web={address}", "-t", "100ms")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1].split() == ["default", "web", "1/1", *["-"] * 5, "3"]
