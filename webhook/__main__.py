@@ -24,6 +24,7 @@ from meshlet.devcert import write_self_signed
 from meshlet.logs import configure_logging
 from meshlet.tlsserve import ReloadingServerTLS, TLSFilesError, serve_app
 from webhook.app import create_app
+from webhook.cabundle import CaBundleKeeper
 from webhook.kube import ClusterView, ClusterViewError, StaticClusterView
 from webhook.settings import ENV_PREFIX, SettingsError, WebhookSettings, load_settings
 
@@ -38,6 +39,10 @@ _FLAGS = {
     "--tls-key": ("TLS_KEY_FILE", "serving key (PEM)"),
     "--cluster": ("CLUSTER", "'kubernetes' (default) or a YAML file of Namespaces (local runs)"),
     "--kubeconfig": ("KUBECONFIG_FILE", "kubeconfig to use instead of the in-cluster account"),
+    "--ca-bundle-config": (
+        "CA_BUNDLE_CONFIG",
+        "MutatingWebhookConfiguration whose caBundle to keep in step with the served certificate",
+    ),
     "--control-plane-namespace": ("CONTROL_PLANE_NS", "the control plane's namespace (meshlet)"),
     "--trust-domain": ("TRUST_DOMAIN", "identity trust domain (cluster.local)"),
     "--trust-anchors": ("TRUST_ANCHORS_FILE", "the mesh's trust anchors (PEM) for the proxies"),
@@ -153,12 +158,31 @@ async def _serve(
     except ClusterViewError as error:
         print(f"meshlet-webhook: error: {error}", file=sys.stderr)
         return 2
+    keeper = _ca_bundle_keeper(settings, view)
+    keeping = asyncio.ensure_future(keeper.run()) if keeper is not None else None
     try:
         log.info("serving https://%s:%d (cluster: %s)", host, port, settings.cluster)
         await serve_app(create_app(settings, view), host=host, port=port, tls=tls, sockets=[sock])
     finally:
+        if keeping is not None:
+            keeping.cancel()
         await view.close()
     return 0
+
+
+def _ca_bundle_keeper(settings: WebhookSettings, view: ClusterView) -> CaBundleKeeper | None:
+    if not settings.ca_bundle_config or settings.tls_cert_file is None:
+        return None
+    api = getattr(view, "api", None)
+    if api is None:
+        log.warning("--ca-bundle-config needs --cluster kubernetes; the caBundle is not kept")
+        return None
+    return CaBundleKeeper(
+        api,
+        name=settings.ca_bundle_config,
+        certificate_file=settings.tls_cert_file,
+        interval=settings.ca_bundle_interval,
+    )
 
 
 if __name__ == "__main__":

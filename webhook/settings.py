@@ -64,6 +64,11 @@ class WebhookSettings:
     # set) or the path of a YAML file of Namespace/ReplicaSet/Job objects (no cluster needed).
     cluster: str = "kubernetes"
     kubeconfig_file: Path | None = None
+    # The MutatingWebhookConfiguration whose caBundle the webhook keeps equal to the CA of the
+    # certificate it serves (needs get/patch on it); empty: leave it to the manifests.
+    ca_bundle_config: str = ""
+    # Seconds between caBundle checks; a rotated Secret reaches the pod's volume in ~60 s.
+    ca_bundle_interval: float = 30.0
     # Largest AdmissionReview accepted, bytes. The API server caps objects at ~1.5 MiB (etcd), a
     # review carries at most two copies plus metadata; 10 MiB leaves room and bounds memory.
     max_body_bytes: int = 10 * 1024 * 1024
@@ -130,6 +135,7 @@ _TOP: dict[str, tuple[str, _Parser]] = {
     "TRUST_DOMAIN": ("trust_domain", str),
     "CLUSTER_DOMAIN": ("cluster_domain", str),
     "CLUSTER": ("cluster", str),
+    "CA_BUNDLE_CONFIG": ("ca_bundle_config", str),
     "LOG_LEVEL": ("log_level", parse_log_level),
     "MAX_BODY_BYTES": ("max_body_bytes", _byte_count),
 }

@@ -125,6 +125,8 @@ ALLOWED_RULES: dict[str, set[tuple[str, str, str]]] = {
             for group, resource in [("", "namespaces"), ("apps", "replicasets"), ("batch", "jobs")]
             for verb in ("get", "list", "watch")
         ),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"),
     },
     "meshlet-prometheus": {("", "pods", verb) for verb in ("get", "list", "watch")},
 }
@@ -145,6 +147,10 @@ def test_rbac_is_least_privilege(rendered: dict[str, list[Object]], overlay: str
         }
         assert granted <= ALLOWED_RULES[name], f"{name} grants {granted - ALLOWED_RULES[name]}"
         assert not any("*" in part for entry in granted for part in entry), name
+        for rule in role["rules"]:
+            # Writing a webhook configuration is limited to our own.
+            if "mutatingwebhookconfigurations" in rule["resources"]:
+                assert rule["resourceNames"] == ["meshlet-webhook"], name
 
 
 def _webhook(objects: list[Object]) -> Object:
@@ -233,6 +239,9 @@ def test_cert_manager_overlay(rendered: dict[str, list[Object]]) -> None:
     deployment = _find(objects, "Deployment", "meshlet-webhook")
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == certificate["spec"]["secretName"]
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    keeper = [e for e in env if e["name"] == "MESHLET_WEBHOOK_CA_BUNDLE_CONFIG"]
+    assert keeper == [{"name": "MESHLET_WEBHOOK_CA_BUNDLE_CONFIG", "value": ""}]
 
 
 def test_prometheus_overlay_scrapes_proxies_and_control_plane(

@@ -1,5 +1,6 @@
 """A tiny fake Kubernetes API server (aiohttp) covering exactly what KubernetesClusterView uses:
-list and watch namespaces, get a namespace, get a ReplicaSet or a Job.
+list and watch namespaces, get a namespace, get a ReplicaSet or a Job, and get and JSON-patch a
+MutatingWebhookConfiguration (the caBundle keeper).
 
 kmock 0.8 cannot serve the cluster-scoped ``namespaces`` resource itself (its path parser takes
 ``/api/v1/namespaces`` for a namespaced prefix and fails with a 500), hence this fake.
@@ -11,6 +12,8 @@ import asyncio
 import json
 from typing import Any
 
+import jsonpatch
+import jsonpointer
 from aiohttp import web
 
 __all__ = ["FakeApiServer"]
@@ -27,6 +30,8 @@ class FakeApiServer:
         self.gone_watches = 0  # answer this many watches with a 410 Gone ERROR event
         self.fail_reads = 0  # answer this many object reads with 500
         self.silent_watches = 0  # this many watches hang, sending nothing, ignoring timeouts
+        self.webhook_configurations: dict[str, dict[str, Any]] = {}
+        self.fail_patches = 0  # answer this many patches with 500
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self.url = ""
@@ -37,6 +42,11 @@ class FakeApiServer:
         app.router.add_get("/api/v1/namespaces/{name}", self._namespace)
         app.router.add_get("/apis/apps/v1/namespaces/{ns}/replicasets/{name}", self._object)
         app.router.add_get("/apis/batch/v1/namespaces/{ns}/jobs/{name}", self._object)
+        configurations = (
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}"
+        )
+        app.router.add_get(configurations, self._get_configuration)
+        app.router.add_patch(configurations, self._patch_configuration)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -174,3 +184,42 @@ class FakeApiServer:
         if key not in self.objects:
             return web.json_response({"kind": "Status", "code": 404}, status=404)
         return web.json_response(self.objects[key])
+
+    def set_webhook_configuration(self, name: str, ca_bundles: list[str | None]) -> None:
+        webhooks = []
+        for index, bundle in enumerate(ca_bundles):
+            client_config: dict[str, Any] = {"service": {"name": "meshlet-webhook"}}
+            if bundle is not None:
+                client_config["caBundle"] = bundle
+            webhooks.append({"name": f"hook{index}.meshlet.io", "clientConfig": client_config})
+        self.webhook_configurations[name] = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": name, "resourceVersion": self._bump()},
+            "webhooks": webhooks,
+        }
+
+    async def _get_configuration(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.requests.append(f"get mwc {name}")
+        if name not in self.webhook_configurations:
+            return web.json_response({"kind": "Status", "code": 404}, status=404)
+        return web.json_response(self.webhook_configurations[name])
+
+    async def _patch_configuration(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.requests.append(f"patch mwc {name} {request.content_type}")
+        if self.fail_patches:
+            self.fail_patches -= 1
+            return web.json_response({"kind": "Status", "code": 500}, status=500)
+        if name not in self.webhook_configurations:
+            return web.json_response({"kind": "Status", "code": 404}, status=404)
+        if request.content_type != "application/json-patch+json":
+            return web.json_response({"kind": "Status", "code": 415}, status=415)
+        try:
+            patched = jsonpatch.apply_patch(self.webhook_configurations[name], await request.json())
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException):
+            return web.json_response({"kind": "Status", "code": 422}, status=422)
+        patched["metadata"]["resourceVersion"] = self._bump()
+        self.webhook_configurations[name] = patched
+        return web.json_response(patched)

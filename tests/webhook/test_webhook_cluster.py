@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -201,6 +202,7 @@ def fake_in_thread() -> Iterator[tuple[FakeApiServer, asyncio.AbstractEventLoop]
     server.set_namespace("shop", {"meshlet.io/inject": "enabled"})
     server.set_namespace("legacy")
     server.set_object("replicasets", "shop", "web-7c9d8f6b5", ("Deployment", "storefront"))
+    server.set_webhook_configuration("meshlet-webhook", ["c3RhbGU="])
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
     try:
         yield server, loop
@@ -235,6 +237,8 @@ def test_webhook_process_uses_the_api_through_a_kubeconfig(
             str(tmp_path / "tls"),
             "--kubeconfig",
             str(kubeconfig),
+            "--ca-bundle-config",
+            "meshlet-webhook",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -276,6 +280,14 @@ def test_webhook_process_uses_the_api_through_a_kubeconfig(
             )
             document: dict[str, Any] = yaml.safe_load(result.stdout)
             return document
+
+        # The stale caBundle was replaced with the certificate the webhook serves.
+        deadline = time.monotonic() + 10
+        webhooks = fake.webhook_configurations["meshlet-webhook"]["webhooks"]
+        while base64.b64decode(webhooks[0]["clientConfig"]["caBundle"]) != cacert.read_bytes():
+            assert time.monotonic() < deadline, (tmp_path / "webhook.log").read_text()
+            time.sleep(0.1)
+            webhooks = fake.webhook_configurations["meshlet-webhook"]["webhooks"]
 
         shop = explain("shop")
         assert shop["inject"] is True
