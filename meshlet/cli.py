@@ -25,9 +25,11 @@ class _CommandModule(Protocol):
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("meshlet.check", "check that the cluster and meshlet's install are healthy"),
     "demo": ("meshlet.demo", "run meshlet's main job locally and show what it does"),
+    "edges": ("meshlet.edges", "show who talks to whom, and the mTLS identities of each edge"),
     "identity": ("identity.cli", "create and inspect the mesh's trust anchor and issuer"),
     "install-files": ("meshlet.install", "write the certificates and keys the manifests need"),
     "inject": ("webhook.cli", "add meshlet to Kubernetes YAML (annotate, or --manual inline)"),
+    "stat": ("meshlet.stat", "show golden metrics per workload (success, RPS, latency, TCP)"),
     "tap": ("meshlet.tap", "stream a proxy's live requests and responses"),
 }
 
