@@ -4,6 +4,11 @@
 every ``OSError``/``trio.BrokenResourceError`` into ``ClientClosed`` or ``UpstreamClosed``
 (whose fault depends on which side the socket faces). ``connect`` opens an upstream connection
 within a timeout and names why it failed (refused → 502, timeout → 504).
+
+``TlsConn`` is the same interface over a terminated or originated mutual-TLS session
+(``proxy/tlsglue.py``), so the protocol shells and ``splice`` never know which one they hold.
+Every connection carries its TLS metric label text (``tls_labels``) and, when the peer proved
+an identity over mTLS, ``peer_id``.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import errno
 import os
 import select
 import socket
+import ssl
 import struct
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -26,9 +32,9 @@ from proxy.errors import (
     UpstreamConnectTimeout,
     UpstreamUnreachable,
 )
-from proxy.metrics import Metrics, TcpConnection
+from proxy.metrics import TLS_DISABLED, Metrics, TcpConnection
 
-__all__ = ["RECEIVE_SIZE", "Conn", "connect", "format_address"]
+__all__ = ["RECEIVE_SIZE", "Conn", "TlsConn", "connect", "format_address"]
 
 # Big enough that a busy connection needs few reads, small enough to bound per-connection memory.
 RECEIVE_SIZE: Final = 65536
@@ -44,7 +50,7 @@ def format_address(address: tuple[str, int]) -> str:
 class Conn:
     """One TCP connection, counted, with errors translated to the side it faces."""
 
-    __slots__ = ("_error", "_fd", "_metrics", "_streak", "stats", "stream")
+    __slots__ = ("_error", "_fd", "_metrics", "_streak", "peer_id", "stats", "stream", "tls_labels")
 
     def __init__(
         self,
@@ -53,8 +59,14 @@ class Conn:
         stats: TcpConnection,
         *,
         upstream: bool,
+        tls_labels: str = TLS_DISABLED,
+        peer_id: str | None = None,
     ) -> None:
         self.stream = stream
+        self.tls_labels = tls_labels
+        """The TLS part of this connection's metric labels (``proxy.mtls.TlsLabels`` text)."""
+        self.peer_id = peer_id
+        """The identity the peer proved over mutual TLS; ``None`` for plaintext."""
         self._fd = stream.socket.fileno()
         self._streak = 0  # reads in a row that found bytes without waiting
         self.stats = stats
@@ -138,6 +150,68 @@ class Conn:
         self._metrics.tcp_close(self.stats, error)
 
 
+class TlsConn(Conn):
+    """A ``Conn`` whose bytes go through a TLS session over its socket.
+
+    ``stream`` stays the TCP socket (for ``abort``/``close``, which need no TLS goodbye: a
+    reset or a FIN is what the peer's proxy reads as the end anyway). End-of-stream without
+    ``close_notify`` reads as end-of-stream, as on plaintext TCP: ``send_eof`` is a TCP
+    half-close, so the peer learns a direction ended; after it the peer can no longer answer
+    over this session (TLS in OpenSSL has no half-close), which ends both directions.
+    """
+
+    __slots__ = ("tls",)
+
+    def __init__(
+        self,
+        tls: trio.SSLStream[Any],
+        transport: trio.SocketStream,
+        metrics: Metrics,
+        stats: TcpConnection,
+        *,
+        upstream: bool,
+        tls_labels: str,
+        peer_id: str | None,
+    ) -> None:
+        super().__init__(
+            transport, metrics, stats, upstream=upstream, tls_labels=tls_labels, peer_id=peer_id
+        )
+        self.tls = tls
+
+    async def receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
+        try:
+            data = bytes(await self.tls.receive_some(max_bytes))
+        except trio.BrokenResourceError as exc:
+            if not isinstance(exc.__cause__, (ssl.SSLEOFError, ssl.SSLSyscallError)):
+                raise self._error(f"receive failed: {_describe(exc)}") from exc
+            data = b""  # the peer closed its side without close_notify: end of stream
+        except (OSError, trio.ClosedResourceError) as exc:
+            raise self._error(f"receive failed: {_describe(exc)}") from exc
+        self.stats.read += len(data)
+        return data
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self.tls.send_all(data)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise self._error(f"send failed: {_describe(exc)}") from exc
+        self.stats.written += len(data)
+
+    async def send_eof(self) -> None:
+        try:
+            self.stream.socket.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise self._error(f"shutdown failed: {_describe(exc)}") from exc
+        await trio.lowlevel.checkpoint()
+
+    def readable_now(self) -> bool:
+        # Decrypted bytes waiting count too; so do raw ones (no session tickets are sent: see
+        # ``proxy/tlsglue.py``), which on an idle connection are the peer's close.
+        if self.tls.pending():
+            return True
+        return super().readable_now()
+
+
 def _describe(exc: BaseException) -> str:
     cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
     if isinstance(cause, OSError) and cause.errno is not None:
@@ -151,8 +225,10 @@ async def connect(
     timeout: float,
     metrics: Metrics,
     direction: str,
+    tls_labels: str = TLS_DISABLED,
 ) -> Conn:
-    """Connect to ``address`` (an IP literal and port) within ``timeout`` seconds."""
+    """Connect to ``address`` (an IP literal and port) within ``timeout`` seconds (plaintext;
+    ``tls_labels`` says why, for the metrics)."""
     host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
@@ -173,5 +249,5 @@ async def connect(
     except BaseException:
         sock.close()
         raise
-    stats = metrics.tcp_open(direction, "dst", format_address(address))
-    return Conn(trio.SocketStream(sock), metrics, stats, upstream=True)
+    stats = metrics.tcp_open(direction, "dst", format_address(address), tls=tls_labels)
+    return Conn(trio.SocketStream(sock), metrics, stats, upstream=True, tls_labels=tls_labels)
