@@ -11,6 +11,12 @@ loopback (``127.0.0.1:<original port>``: loopback is exempt from the iptables re
 outbound ones to where the ``EndpointPicker`` says (today: the original destination; discovery
 and load balancing implement the same interface in the mesh issue). The protocol shells only see
 a ``Route``.
+
+Inbound mutual TLS (``proxy/tlsglue.py``): when identity is on, a connection whose first bytes
+are a ClientHello naming this proxy's identity is terminated (client certificate required) and
+its plaintext is detected afresh (HTTP/1, HTTP/2, opaque) and forwarded to the same loopback
+port; TLS for any other name passes through untouched. A connection's metric record opens once
+its TLS state is known, so its ``tls``/``client_id``/``no_tls_reason`` labels are the final ones.
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ from proxy.detect import Protocol, detect
 from proxy.errors import NoOriginalDestination, ProxyError
 from proxy.http1 import serve_http1
 from proxy.http2 import serve_http2
-from proxy.metrics import Metrics
+from proxy.metrics import TLS_DISABLED, Metrics, TcpConnection
 from proxy.net import Conn, format_address
 from proxy.origdst import OriginalDestinationError, original_destination
 from proxy.settings import Address
 from proxy.tcp import splice
+from proxy.tlsglue import MeshTls
 
 __all__ = [
     "INBOUND",
@@ -90,9 +97,15 @@ async def serve_proxy(
     *,
     resolver: Resolver = default_resolver,
     picker: EndpointPicker = ORIGINAL_DESTINATION,
+    mesh: MeshTls | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve one proxy listener (``INBOUND`` or ``OUTBOUND``) until draining and drained."""
+    """Serve one proxy listener (``INBOUND`` or ``OUTBOUND``) until draining and drained.
+
+    ``mesh`` (inbound): this proxy's mutual TLS; without it (or with identity off) TLS is
+    passed through as opaque bytes and every connection is labelled ``no_tls_reason="disabled"``.
+    """
+    mesh = mesh or MeshTls()
     settings = context.settings
     listen = settings.inbound_listen if direction == INBOUND else settings.outbound_listen
     listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
@@ -107,7 +120,14 @@ async def serve_proxy(
 
     async def handle(stream: trio.SocketStream) -> None:
         await _handle(
-            stream, direction, bound_listen, timeout, context, resolver=resolver, picker=picker
+            stream,
+            direction,
+            bound_listen,
+            timeout,
+            context,
+            resolver=resolver,
+            picker=picker,
+            mesh=mesh,
         )
 
     try:
@@ -154,6 +174,7 @@ async def _handle(
     *,
     resolver: Resolver,
     picker: EndpointPicker,
+    mesh: MeshTls,
 ) -> None:
     try:
         original = resolver(stream.socket)
@@ -165,31 +186,71 @@ async def _handle(
         stream.socket.close()
         return
     metrics = context.metrics
-    client = Conn(
-        stream,
-        metrics,
-        metrics.tcp_open(direction, "src", format_address(original)),
-        upstream=False,
-    )
+    # The connection's metric record opens once its TLS state is known (after any handshake);
+    # until then the bytes read are counted on a scratch record.
+    client = Conn(stream, metrics, TcpConnection(""), upstream=False)
     route = Route(direction, target, connect_timeout)
+    if direction == INBOUND:
+        client.tls_labels = mesh.inbound_plaintext_labels()
     try:
         if original[1] in context.settings.opaque_ports:
             protocol, prefix = Protocol.OPAQUE, b""
         else:
             protocol, prefix = await _detect(client, context.settings.detect_timeout)
-        if protocol is Protocol.HTTP1:
-            await serve_http1(client, prefix, route, context)
-        elif protocol is Protocol.HTTP2:
-            await serve_http2(client, prefix, route, context)
-        else:
-            await _forward_opaque(client, prefix, route, metrics)
+        if direction == INBOUND and protocol is Protocol.TLS and mesh.enabled:
+            client, protocol, prefix = await _terminate_tls(client, prefix, mesh, context, original)
+        if not client.stats.labels:
+            _open_record(client, metrics, direction, original)
+        await _dispatch(protocol, client, prefix, route, context)
     except ProxyError as exc:
         log.debug("%s connection from %s ended: %s", direction, format_address(original), exc)
     except Exception:
         # A bug must cost one connection, never the listener and its other connections.
         log.exception("%s connection from %s failed", direction, format_address(original))
     finally:
+        if not client.stats.labels:
+            _open_record(client, metrics, direction, original)
         client.close()
+
+
+async def _dispatch(
+    protocol: Protocol, client: Conn, prefix: bytes, route: Route, context: ProxyContext
+) -> None:
+    if protocol is Protocol.HTTP1:
+        await serve_http1(client, prefix, route, context)
+    elif protocol is Protocol.HTTP2:
+        await serve_http2(client, prefix, route, context)
+    else:
+        await _forward_opaque(client, prefix, route, context.metrics)
+
+
+async def _terminate_tls(
+    client: Conn,
+    prefix: bytes,
+    mesh: MeshTls,
+    context: ProxyContext,
+    original: tuple[str, int],
+) -> tuple[Conn, Protocol, bytes]:
+    """Inbound TLS: terminated when addressed to our identity (then the plaintext is detected
+    afresh), otherwise passed through as opaque bytes (TLS for the application)."""
+    meshed, prefix = await mesh.accept_inbound(
+        client, prefix, metrics=context.metrics, direction=INBOUND, source=format_address(original)
+    )
+    if meshed is None:
+        return client, Protocol.OPAQUE, prefix
+    _open_record(meshed, context.metrics, INBOUND, original)
+    protocol, prefix = await _detect(meshed, context.settings.detect_timeout)
+    return meshed, protocol, prefix
+
+
+def _open_record(client: Conn, metrics: Metrics, direction: str, original: tuple[str, int]) -> None:
+    """Open the connection's metric record with its TLS labels, moving the bytes counted so far."""
+    scratch = client.stats
+    client.stats = metrics.tcp_open(
+        direction, "src", format_address(original), tls=client.tls_labels or TLS_DISABLED
+    )
+    client.stats.read += scratch.read
+    client.stats.written += scratch.written
 
 
 async def _detect(client: Conn, timeout: float) -> tuple[Protocol, bytes]:
