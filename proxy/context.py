@@ -6,19 +6,24 @@ depend on these small types only, not on ``proxy/server.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 from proxy.metrics import Metrics
 from proxy.net import Conn, connect
 from proxy.settings import ProxySettings
+from proxy.tap import TapHub
+
+if TYPE_CHECKING:
+    from proxy.outbound import Outbound
 
 __all__ = [
     "INBOUND",
     "ORIGINAL_DESTINATION",
     "OUTBOUND",
+    "EndpointConnector",
     "EndpointPicker",
     "Lifecycle",
     "OriginalDestinationPicker",
@@ -50,13 +55,40 @@ class Lifecycle:
             scope.cancel()
 
 
+class EndpointConnector(Protocol):
+    """The TLS side's hook: open a connection to an endpoint discovery named.
+
+    ``identity`` is the endpoint's TLS identity from discovery (``None``: not meshed, connect in
+    plaintext). The returned ``Conn``'s ``stats.labels`` carry the TLS metric labels of the
+    connection (``tls="true",server_id=...`` or ``tls="no_identity",no_tls_reason=...``); a
+    refused handshake raises an ``UpstreamError`` (answered 502 with its slug).
+    """
+
+    async def __call__(
+        self,
+        address: tuple[str, int],
+        identity: str | None,
+        *,
+        timeout: float,
+        metrics: Metrics,
+        direction: str,
+    ) -> Conn: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyContext:
-    """What every connection shares: settings, metrics and the process lifecycle."""
+    """What every connection shares: settings, metrics and the process lifecycle.
+
+    ``tap`` is the live-request hub (``proxy/tap.py``); ``outbound`` the mesh client (discovery,
+    balancing, routes; ``proxy/outbound.py``), ``None`` without discovery: outbound connections
+    then go to their original destination exactly as before.
+    """
 
     settings: ProxySettings
     metrics: Metrics
     lifecycle: Lifecycle
+    tap: TapHub = field(default_factory=TapHub)
+    outbound: Outbound | None = None
 
 
 @dataclass(frozen=True, slots=True)

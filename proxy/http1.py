@@ -19,12 +19,13 @@ after it, the client connection is reset, since the response can no longer be re
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Final
 
 import h11
 import trio
 
-from proxy.context import ProxyContext, Route
+from proxy.context import INBOUND, OUTBOUND, ProxyContext, Route
 from proxy.errors import (
     ERROR_HEADER,
     ClientClosed,
@@ -36,8 +37,11 @@ from proxy.errors import (
     unwrap_groups,
 )
 from proxy.headers import forward_headers
+from proxy.http1mesh import proxy_mesh
 from proxy.metrics import classify
+from proxy.mtls import inbound_request_headers
 from proxy.net import RECEIVE_SIZE, Conn, format_address
+from proxy.outbound import Target, mesh_authority
 from proxy.tcp import splice
 
 __all__ = ["serve_http1"]
@@ -154,14 +158,34 @@ class _Session:
 
     # -- one exchange -----------------------------------------------------------------------------
 
+    async def _mesh_target(self, authority: bytes) -> Target | None:
+        """The discovered destination of an outbound request: the Service its ``Host`` names,
+        else the connection's original destination; ``None`` when discovery knows neither."""
+        outbound = self.context.outbound
+        if outbound is None or self.route.direction != OUTBOUND:
+            return None
+        service = mesh_authority(authority) if authority else None
+        if service is not None:
+            target = await outbound.resolve(service, http=True)
+            if target is not None:
+                return target
+        return await outbound.resolve(format_address(self.route.target), http=True)
+
     async def _proxy(self, request: h11.Request) -> bool:
         """Forward one request and its response; ``True`` if the connection became a tunnel."""
+        authority = _authority(request)
+        if self.context.outbound is not None:
+            target = await self._mesh_target(authority)
+            if target is not None:
+                self._drop_upstream(abort=False)
+                return await proxy_mesh(self, request, authority, target)
         metrics = self.context.metrics
         started = trio.current_time()
-        authority = _authority(request)
-        labels = metrics.http_labels(self.route.direction, authority)
+        labels = metrics.http_labels(self.route.direction, authority, self.client.tls_labels)
         metrics.request(labels)
         forwarded = forward_headers(request.headers)
+        if self.route.direction == INBOUND:  # meshlet-client-id: only ever the proven one
+            forwarded.headers[:] = inbound_request_headers(forwarded.headers, self.client.peer_id)
         if not authority:  # HTTP/1.0 without Host: HTTP/1.1 upstream requests need one
             forwarded.headers.append((b"host", format_address(self.route.target).encode()))
         # ``_parsed=True``: h11 already validated these fields when it parsed them (and the few
@@ -252,8 +276,13 @@ class _Session:
         labels: str,
         started: float,
         upgrade: bool,
+        *,
+        on_head: Callable[[int], None] | None = None,
     ) -> tuple[int, bool]:
-        """Relay 1xx, the response head and body; returns (status, switched to a tunnel)."""
+        """Relay 1xx, the response head and body; returns (status, switched to a tunnel).
+
+        ``on_head(status)`` sees the final response head before anything of it is relayed (the
+        mesh path reports the attempt there, and raises to discard it for a retry)."""
         while True:
             event = await _upstream_event(upstream, upstream_h11)
             if isinstance(event, h11.InformationalResponse):
@@ -270,6 +299,8 @@ class _Session:
             assert isinstance(event, h11.Response)
             break
         status = event.status_code
+        if on_head is not None:
+            on_head(status)
         self.context.metrics.response_headers(
             labels, status, (trio.current_time() - started) * 1000
         )
