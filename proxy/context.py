@@ -6,6 +6,7 @@ depend on these small types only, not on ``proxy/server.py``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -93,13 +94,20 @@ class ProxyContext:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where one accepted connection is forwarded."""
+    """Where one accepted connection is forwarded.
+
+    ``connector``, when set, replaces the plain connect to ``target``: the outbound mesh client
+    picks a discovered endpoint for the whole connection there (``proxy.outbound.Lease``).
+    """
 
     direction: str
     target: tuple[str, int]
     connect_timeout: float
+    connector: Callable[[Metrics], Awaitable[Conn]] | None = None
 
     async def connect(self, metrics: Metrics) -> Conn:
+        if self.connector is not None:
+            return await self.connector(metrics)
         return await connect(
             self.target, timeout=self.connect_timeout, metrics=metrics, direction=self.direction
         )

@@ -42,12 +42,13 @@ from proxy.context import OUTBOUND, EndpointConnector
 from proxy.discovery import Endpoint, EndpointView, ProfileView
 from proxy.errors import UpstreamError
 from proxy.metrics import Metrics, dst_labels
-from proxy.net import Conn, connect
+from proxy.net import Conn, connect, format_address
 from proxy.settings import ProxySettings
 
 __all__ = [
     "AllEndpointsEjected",
     "DiscoveryLike",
+    "Lease",
     "NoEndpoints",
     "Outbound",
     "RouteTimeout",
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 
 _SERVICE_SUFFIX: Final = ".svc.cluster.local"
 _DEFAULT_HTTP_PORT: Final = 80
+_CONNECT_TRIES: Final = 3  # endpoints one connection tries before its connect fails
 
 
 class NoEndpoints(UpstreamError):
@@ -179,15 +181,6 @@ class Target:
             with trio.move_on_at(deadline):
                 await self.endpoints.wait_changed(self.endpoints.current().version)
 
-    async def pick_connection(self) -> Pick[Endpoint] | NoEndpoint:
-        """One pick for a whole connection (opaque TCP, HTTP/2)."""
-        balancer = self.destination.balancer
-        return await self.pick(balancer.pick)
-
-    def connection_finished(self, pick: Pick[Endpoint], *, connected: bool, rtt: float) -> None:
-        outcome = Outcome.SUCCESS if connected else Outcome.CONNECT_FAILED
-        self.destination.balancer.finished(pick, trio.current_time(), outcome, rtt)
-
     def dst_labels(self, endpoint: Endpoint) -> str:
         """The endpoint's ``dst_*`` metric label text (computed once per endpoint version)."""
         key = key_of(endpoint)
@@ -237,6 +230,51 @@ class Target:
         return {key: len(pool) for key, pool in self._pools.items() if pool}
 
 
+class Lease:
+    """One pick held for a whole connection (opaque TCP, HTTP/2): ``connect`` picks (waiting up
+    to the failfast timeout), connects (another endpoint when a connect fails, up to
+    ``_CONNECT_TRIES``), and ``finish`` reports the pick once when the connection ends: pending
+    is then the number of open connections, the right load for long-lived streams."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.pick: Pick[Endpoint] | None = None
+        self.rtt = 0.0
+        target.users += 1
+
+    async def connect(self, metrics: Metrics) -> Conn:
+        target = self.target
+        balancer = target.destination.balancer
+        tried: set[Key] = set()
+        while True:
+            choice = await target.pick(lambda now: balancer.pick(now, avoid=tried))
+            if not isinstance(choice, Pick):
+                raise no_endpoint_error(choice, target.authority)
+            tried.add(key_of(choice.endpoint))
+            started = trio.current_time()
+            try:
+                conn = await target.connect(choice.endpoint, metrics)
+            except UpstreamError as exc:
+                balancer.finished(choice, trio.current_time(), Outcome.CONNECT_FAILED)
+                if len(tried) >= _CONNECT_TRIES or len(tried) >= len(balancer):
+                    raise
+                log.info(
+                    "outbound connect to %s failed (%s); trying another", target.authority, exc
+                )
+                continue
+            self.pick, self.rtt = choice, trio.current_time() - started
+            return conn
+
+    def finish(self) -> None:
+        if self.pick is not None:
+            pick, self.pick = self.pick, None
+            self.target.destination.balancer.finished(
+                pick, trio.current_time(), Outcome.SUCCESS, self.rtt
+            )
+        self.target.users -= 1
+        self.target.last_used = trio.current_time()
+
+
 class Outbound:
     """The process's outbound mesh client (see the module docstring)."""
 
@@ -275,6 +313,11 @@ class Outbound:
         if http:
             await target.ensure_profile()
         return target
+
+    async def lease(self, original: tuple[str, int]) -> Lease | None:
+        """A per-connection ``Lease`` when discovery knows ``original`` (an ``ip:port``)."""
+        target = await self.resolve(format_address(original))
+        return None if target is None else Lease(target)
 
     async def connect(self, endpoint: Endpoint, metrics: Metrics) -> Conn:
         address = (endpoint.address, endpoint.port)

@@ -21,6 +21,7 @@ its TLS state is known, so its ``tls``/``client_id``/``no_tls_reason`` labels ar
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import socket
@@ -217,11 +218,24 @@ async def _dispatch(
     protocol: Protocol, client: Conn, prefix: bytes, route: Route, context: ProxyContext
 ) -> None:
     if protocol is Protocol.HTTP1:
-        await serve_http1(client, prefix, route, context)
-    elif protocol is Protocol.HTTP2:
-        await serve_http2(client, prefix, route, context)
-    else:
-        await _forward_opaque(client, prefix, route, context.metrics)
+        await serve_http1(client, prefix, route, context)  # picks per request (mesh) itself
+        return
+    lease = None
+    if context.outbound is not None and route.direction == OUTBOUND:
+        # HTTP/2 and opaque TCP: one endpoint per connection (the HTTP/2 relay pairs frames of
+        # one client connection with one upstream connection; per-request HTTP/2 balancing
+        # needs a per-stream relay).
+        lease = await context.outbound.lease(route.target)
+        if lease is not None:
+            route = dataclasses.replace(route, connector=lease.connect)
+    try:
+        if protocol is Protocol.HTTP2:
+            await serve_http2(client, prefix, route, context)
+        else:
+            await _forward_opaque(client, prefix, route, context.metrics)
+    finally:
+        if lease is not None:
+            lease.finish()
 
 
 async def _terminate_tls(
