@@ -16,6 +16,8 @@ as without a mesh.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import functools
 import logging
@@ -36,13 +38,21 @@ from proxy.context import (
     Lifecycle,
     ProxyContext,
 )
+from proxy.discovery import DiscoveryClient, DiscoverySettings, DiscoverySettingsError
 from proxy.metrics import Metrics
+from proxy.outbound import Outbound
 from proxy.server import Resolver, default_resolver, serve_proxy
-from proxy.settings import ProxySettings, SettingsError, load_settings, unknown_variables
+from proxy.settings import (
+    PREFIX,
+    ProxySettings,
+    SettingsError,
+    load_settings,
+    unknown_variables,
+)
 from proxy.tapserver import TapSettings, load_tap_settings, serve_tap
 from proxy.tlsglue import MeshTls, load_mesh_tls
 
-__all__ = ["ProxyAddresses", "main", "run_proxy", "set_up_logging"]
+__all__ = ["ProxyAddresses", "load_discovery", "main", "run_proxy", "set_up_logging"]
 
 log = logging.getLogger("proxy")
 _LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
@@ -66,6 +76,7 @@ async def run_proxy(
     context: ProxyContext | None = None,
     mesh: MeshTls | None = None,
     tap: TapSettings | None = None,
+    discovery: DiscoverySettings | None = None,
     task_status: trio.TaskStatus[ProxyAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the whole proxy until drained (SIGTERM, ``/shutdown``) or cancelled.
@@ -74,10 +85,29 @@ async def run_proxy(
     tests on loopback pass a fixed one. ``picker`` chooses outbound endpoints (the original
     destination until discovery arrives). ``mesh`` is the process's mutual TLS
     (``load_mesh_tls``; identity off when ``None``), ``tap`` the tap server's settings (not
-    started when ``None``).
+    started when ``None``). With ``discovery`` the process runs one ``DiscoveryClient`` and the
+    outbound mesh client over it (``context.outbound``, connecting through ``mesh``); a context
+    that already has an ``outbound`` (tests) gets it run the same way.
     """
     context = context or ProxyContext(settings, Metrics(), Lifecycle())
     mesh = mesh or MeshTls()
+    async with contextlib.AsyncExitStack() as stack:
+        if discovery is not None and context.outbound is None:
+            client = await stack.enter_async_context(DiscoveryClient(discovery))
+            outbound = Outbound(settings, client, connector=mesh.connect_endpoint)
+            context = dataclasses.replace(context, outbound=outbound)
+        await _run(settings, context, mesh, tap, resolver, picker, task_status)
+
+
+async def _run(  # noqa: PLR0917 (run_proxy's arguments, passed on)
+    settings: ProxySettings,
+    context: ProxyContext,
+    mesh: MeshTls,
+    tap: TapSettings | None,
+    resolver: Resolver,
+    picker: EndpointPicker,
+    task_status: trio.TaskStatus[ProxyAddresses],
+) -> None:
     lifecycle = context.lifecycle
     async with trio.open_nursery() as process:
         admin = await process.start(functools.partial(serve_admin, context, mesh=mesh))
@@ -86,6 +116,8 @@ async def run_proxy(
         if mesh.identity is not None:
             log.info("identity %s: waiting for the first certificate", mesh.local_name)
             process.start_soon(mesh.identity.run)
+        if context.outbound is not None:
+            await process.start(context.outbound.run)
         with trio.CancelScope() as data_plane_scope:
             async with trio.open_nursery() as data_plane:
                 inbound = await data_plane.start(
@@ -144,6 +176,7 @@ def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver
         settings = load_settings(os.environ)
         tap = load_tap_settings(settings)
         mesh = load_mesh_tls(settings)
+        discovery = load_discovery(settings)
     except SettingsError as exc:
         print(f"meshlet-proxy: {exc}", file=sys.stderr)
         return 2
@@ -151,7 +184,11 @@ def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver
     for name in unknown_variables(settings):
         log.warning("ignoring unknown variable %s", name)
     try:
-        trio.run(functools.partial(run_proxy, settings, resolver=resolver, mesh=mesh, tap=tap))
+        trio.run(
+            functools.partial(
+                run_proxy, settings, resolver=resolver, mesh=mesh, tap=tap, discovery=discovery
+            )
+        )
     except (OSError, BaseExceptionGroup) as exc:
         bind_error = _listen_error(exc)
         if bind_error is None:
@@ -159,6 +196,19 @@ def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver
         log.error("cannot listen: %s", bind_error)
         return 1
     return 0
+
+
+def load_discovery(settings: ProxySettings) -> DiscoverySettings | None:
+    """The discovery client's settings when ``MESHLET_PROXY_DESTINATION_*`` is configured (it
+    also needs ``..._IDENTITY_TRUST_ANCHORS``); ``None`` without: no discovery, outbound
+    connections go to their original destination. ``SettingsError`` names a bad variable."""
+    if not any(suffix.startswith("DESTINATION_") for suffix in settings.extra):
+        return None
+    environ = {PREFIX + suffix: value for suffix, value in settings.extra.items()}
+    try:
+        return DiscoverySettings.from_environ(environ)
+    except DiscoverySettingsError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _listen_error(exc: BaseException) -> OSError | None:
