@@ -1,0 +1,221 @@
+"""Two real proxies on loopback, certified by a real ``meshlet-identity``: mTLS between them.
+
+The client proxy's discovery names the server proxy's inbound listener with the identity ``db``;
+curl (a real HTTP/1.1 and HTTP/2 client) talks to the client proxy's outbound listener, the app
+behind the server proxy echoes the request headers it received (``GET /headers``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import ssl
+from pathlib import Path
+
+import pytest
+import trio
+
+from proxy.identity import IdentityClient, IdentityClientSettings
+from proxy.mtls import MESH_ALPN
+from tests.identity.conftest import PKI, start_identity, stop
+from tests.mtls.conftest import foreign_identity
+from tests.proxy.conftest import curl
+
+from .conftest import ADMIN, DB, WEB, IdentityService, MeshProxy, StartMeshProxy, free_port
+
+pytestmark = pytest.mark.trio
+
+ECHO_BYTES = 65536
+
+
+def _headers(body: bytes) -> list[str]:
+    return [line for line in body.decode().splitlines() if line]
+
+
+def _client_ids(body: bytes) -> list[str]:
+    return [
+        line.split(":", 1)[1].strip()
+        for line in _headers(body)
+        if line.lower().startswith("meshlet-client-id:")
+    ]
+
+
+async def _meshed_pair(
+    identity_service: IdentityService,
+    start_mesh_proxy: StartMeshProxy,
+    app: tuple[str, int],
+    *,
+    promised: str = DB,
+) -> tuple[MeshProxy, MeshProxy]:
+    server = await start_mesh_proxy(app, identity_service.variables(DB))
+    client = await start_mesh_proxy(
+        server.inbound, identity_service.variables(WEB), endpoints={server.inbound: promised}
+    )
+    await server.wait_ready()
+    await client.wait_ready()
+    return client, server
+
+
+async def test_meshed_http1_request_carries_the_client_identity(
+    identity_service: IdentityService, start_mesh_proxy: StartMeshProxy, app_port: int
+) -> None:
+    client, server = await _meshed_pair(identity_service, start_mesh_proxy, ("127.0.0.1", app_port))
+    result = await curl(
+        "-H", "meshlet-client-id: spoofed.by.the.app", f"{client.outbound_url}/headers"
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert _client_ids(result.stdout) == [WEB]
+    server_metrics = await server.metrics()
+    assert re.search(
+        r'request_total\{direction="inbound",authority="[^"]+",tls="true",'
+        rf'client_id="{re.escape(WEB)}"\}} 1',
+        server_metrics,
+    ), server_metrics
+    assert re.search(
+        r'tcp_open_total\{direction="inbound",peer="src",target_addr="[^"]+",tls="true",'
+        rf'client_id="{re.escape(WEB)}"\}} 1',
+        server_metrics,
+    ), server_metrics
+    client_metrics = await client.metrics()
+    assert re.search(
+        r'tcp_open_total\{direction="outbound",peer="dst",target_addr="[^"]+",tls="true",'
+        rf'server_id="{re.escape(DB)}"',
+        client_metrics,
+    ), client_metrics
+    assert f'server_id="{DB}"' in client_metrics
+
+
+async def test_plaintext_client_cannot_spoof_the_client_identity(
+    identity_service: IdentityService, start_mesh_proxy: StartMeshProxy, app_port: int
+) -> None:
+    server = await start_mesh_proxy(("127.0.0.1", app_port), identity_service.variables(DB))
+    await server.wait_ready()
+    for extra in ([],):
+        result = await curl(
+            *extra, "-H", f"MeshLet-Client-Id: {WEB}", f"{server.inbound_url}/headers"
+        )
+        assert result.returncode == 0, result.stderr
+        assert _client_ids(result.stdout) == [], result.stdout
+    metrics = await server.metrics()
+    assert 'direction="inbound",peer="src"' in metrics
+    assert 'tls="no_identity",no_tls_reason="no_tls_from_remote"' in metrics
+    assert 'tls="true"' not in metrics
+
+
+async def test_peer_that_is_not_the_promised_identity_is_refused(
+    identity_service: IdentityService,
+    start_mesh_proxy: StartMeshProxy,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    # An impostor that terminates TLS for any name with a valid certificate for ADMIN.
+    variables = identity_service.variables(ADMIN)
+    impostor = IdentityClient(
+        IdentityClientSettings.from_env({f"MESHLET_PROXY_{k}": v for k, v in variables.items()}),
+        alpn_protocols=MESH_ALPN,
+    )
+    nursery.start_soon(impostor.run)
+    with trio.fail_after(20):
+        await impostor.ready.wait()
+    reached: list[bytes] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        tls = trio.SSLStream(stream, impostor.server_context, server_side=True)
+        try:
+            await tls.do_handshake()
+            reached.append(await tls.receive_some(65536))
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await trio.aclose_forcefully(tls)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+    address = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+    client = await start_mesh_proxy(
+        address, identity_service.variables(WEB), endpoints={address: DB}
+    )
+    await client.wait_ready()
+    result = await curl("-i", f"{client.outbound_url}/headers")
+    head = result.stdout.decode(errors="replace").lower()
+    assert head.startswith("http/1.1 502"), head
+    assert "meshlet-proxy-error: identity_mismatch" in head
+    assert reached == []  # the request never went to the impostor
+
+
+async def test_client_with_a_foreign_certificate_is_refused(
+    identity_service: IdentityService,
+    start_mesh_proxy: StartMeshProxy,
+    app_port: int,
+    tmp_path: Path,
+) -> None:
+    server = await start_mesh_proxy(("127.0.0.1", app_port), identity_service.variables(DB))
+    await server.wait_ready()
+    foreign = foreign_identity(tmp_path / "evil", WEB)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cadata=identity_service.pki.anchors_file.read_text())
+    context.load_cert_chain(foreign.cert_file, foreign.key_file)
+    tcp = await trio.open_tcp_stream(*server.inbound)
+    tls = trio.SSLStream(tcp, context, server_hostname=DB)
+    answer = b""
+    try:
+        await tls.do_handshake()
+        await tls.send_all(b"GET /headers HTTP/1.1\r\nhost: db\r\n\r\n")
+        with trio.fail_after(10):
+            answer = await tls.receive_some(65536)
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        await trio.aclose_forcefully(tls)
+    assert answer == b""
+    assert 'client_id="' not in await server.metrics()
+
+
+async def test_ready_only_after_the_first_certificate(
+    start_mesh_proxy: StartMeshProxy, pki: PKI, tmp_path: Path
+) -> None:
+    port = free_port()
+    service = IdentityService(port, pki, tmp_path / "proxies")
+    proxy = await start_mesh_proxy(("127.0.0.1", 9), service.variables(WEB))
+    assert (await proxy.admin("/ready")).status_code == 503
+    assert (await proxy.admin("/live")).status_code == 200
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("tok-web shop/web\n")
+    _, process = await trio.to_thread.run_sync(
+        functools.partial(start_identity, pki, tokens, tmp_path / "identity.log", port=port)
+    )
+    try:
+        await proxy.wait_ready(timeout=30)
+        assert (await proxy.admin("/live")).status_code == 200
+    finally:
+        stop(process)
+
+
+async def test_opaque_tcp_between_meshed_proxies_is_mtls(
+    identity_service: IdentityService, start_mesh_proxy: StartMeshProxy, nursery: trio.Nursery
+) -> None:
+    async def echo(stream: trio.SocketStream) -> None:
+        async with stream:
+            async for data in stream:
+                await stream.send_all(data)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+    app = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+    client, server = await _meshed_pair(identity_service, start_mesh_proxy, app)
+    payload = b"opaque bytes, not HTTP\n" + bytes(range(256)) * (ECHO_BYTES // 256)
+    stream = await trio.open_tcp_stream("127.0.0.1", client.addresses.outbound[1])
+    async with stream:
+        await stream.send_all(payload)
+        received = b""
+        with trio.fail_after(20):
+            while len(received) < len(payload):
+                data = await stream.receive_some(65536)
+                assert data, "the connection ended early"
+                received += data
+    assert received == payload
+    server_metrics = await server.metrics()
+    assert re.search(
+        rf'tcp_read_bytes_total\{{direction="inbound",peer="src",target_addr="[^"]+",'
+        rf'tls="true",client_id="{re.escape(WEB)}"\}} \d+',
+        server_metrics,
+    ), server_metrics
+    assert f'tls="true",server_id="{DB}"' in await client.metrics()
