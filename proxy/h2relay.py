@@ -18,12 +18,19 @@ What the relay adds is observation and a few frames of its own, always at frame 
 - an injected response uses only "literal without indexing" HPACK representations, which leave
   the receiver's dynamic table untouched, so the two HPACK contexts stay in step.
 
+An inbound relay passes ``rewrite`` to the client side's scanner (``meshlet-client-id``: any
+copy the client sent is removed, the identity it proved over mTLS added). Request header blocks
+are then re-encoded rather than forwarded: every block of that direction, so the upstream's HPACK
+decoder follows one encoder only (ours, with a zero-size dynamic table, which any peer accepts),
+and re-framed as HEADERS + CONTINUATION without padding or priority.
+
 DATA frames are forwarded as their bytes arrive; any other frame is forwarded once complete
 (they are small: at most the peer's SETTINGS_MAX_FRAME_SIZE, capped here at ``MAX_FRAME``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -35,6 +42,7 @@ __all__ = [
     "Event",
     "FrameScanner",
     "GoAway",
+    "HeaderRewrite",
     "RelayError",
     "RequestStarted",
     "ResponseEnded",
@@ -54,6 +62,11 @@ _DATA, _HEADERS, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x3, 0x4
 _PUSH_PROMISE, _PING, _GOAWAY, _CONTINUATION = 0x5, 0x6, 0x7, 0x9
 _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 _HEADER_TABLE_SIZE: Final = 0x1
+
+
+HeaderRewrite = Callable[[list[tuple[bytes, bytes]], bool], list[tuple[bytes, bytes]]]
+"""``(headers, starts_request) -> headers`` to forward instead (request blocks and trailers)."""
+_MIN_MAX_FRAME: Final = 16384  # every peer accepts frames this large (RFC 9113 section 4.2)
 
 
 class RelayError(Exception):
@@ -103,9 +116,14 @@ Event = RequestStarted | ResponseStarted | ResponseEnded | StreamReset | GoAway 
 class FrameScanner:
     """One direction of a relayed connection: bytes in, (bytes to forward, events) out."""
 
-    def __init__(self, *, from_client: bool) -> None:
+    def __init__(self, *, from_client: bool, rewrite: HeaderRewrite | None = None) -> None:
         self.from_client = from_client
         self.decoder = hpack.Decoder()
+        self.rewrite = rewrite if from_client else None
+        self.encoder: hpack.Encoder | None = None
+        if self.rewrite is not None:
+            self.encoder = hpack.Encoder()
+            self.encoder.header_table_size = 0  # literals only: nothing for the peer to track
         self._preface_left = len(PREFACE) if from_client else 0
         self._buffer = bytearray()  # an incomplete frame header or non-DATA frame
         self._data_left = 0  # payload bytes of the DATA frame being forwarded
@@ -213,6 +231,7 @@ class FrameScanner:
             self._block += _fragment(payload, flags, kind)
             if flags & _END_HEADERS:
                 self._end_block(events)
+            return self.rewrite is None
         elif kind == _CONTINUATION:
             if not self._in_block or stream_id != self._block_stream:
                 raise RelayError("CONTINUATION without a header block")
@@ -221,6 +240,7 @@ class FrameScanner:
                 raise RelayError("header block too large")
             if flags & _END_HEADERS:
                 self._end_block(events)
+            return self.rewrite is None
         elif self._in_block:
             raise RelayError("a frame interrupted a header block")
         elif kind == _RST_STREAM:
@@ -246,6 +266,10 @@ class FrameScanner:
         if kind == _PUSH_PROMISE:
             return  # decoded for the compression state only
         end_stream = bool(flags & _END_STREAM)
+        if self.rewrite is not None and self.encoder is not None:
+            rewritten = self.rewrite(headers, stream_id not in self._started)
+            block = self.encoder.encode(rewritten, huffman=True)
+            self.injected.append(_header_frames(stream_id, end_stream, block))
         if self.from_client:
             if stream_id not in self._started:
                 self._started.add(stream_id)
@@ -262,6 +286,21 @@ class FrameScanner:
 
     def forget(self, stream_id: int) -> None:
         self._started.discard(stream_id)
+
+
+def _header_frames(stream_id: int, end_stream: bool, block: bytes) -> bytes:
+    """``block`` as HEADERS (+ CONTINUATION) frames no larger than every peer accepts."""
+    chunks = [block[i : i + _MIN_MAX_FRAME] for i in range(0, len(block), _MIN_MAX_FRAME)]
+    chunks = chunks or [b""]
+    out = bytearray()
+    for index, chunk in enumerate(chunks):
+        kind = _HEADERS if index == 0 else _CONTINUATION
+        flags = _END_STREAM if index == 0 and end_stream else 0
+        if index == len(chunks) - 1:
+            flags |= _END_HEADERS
+        out += len(chunk).to_bytes(3, "big") + bytes((kind, flags))
+        out += stream_id.to_bytes(4, "big") + chunk
+    return bytes(out)
 
 
 def _fragment(payload: memoryview, flags: int, kind: int) -> memoryview:

@@ -32,7 +32,7 @@ from typing import Final, TypeVar
 
 import trio
 
-from proxy.context import ProxyContext, Route
+from proxy.context import INBOUND, ProxyContext, Route
 from proxy.errors import ProxyError, UpstreamClosed, unwrap_groups
 from proxy.h2fail import serve_h2_errors
 from proxy.h2relay import (
@@ -51,6 +51,7 @@ from proxy.h2relay import (
     rst_stream,
 )
 from proxy.metrics import classify
+from proxy.mtls import inbound_request_headers
 from proxy.net import Conn
 
 __all__ = ["serve_http2"]
@@ -104,13 +105,24 @@ async def serve_http2(client: Conn, prefix: bytes, route: Route, context: ProxyC
         upstream.close()
 
 
+def _client_id_rewrite(
+    client_id: str | None,
+) -> Callable[[list[tuple[bytes, bytes]], bool], list[tuple[bytes, bytes]]]:
+    def rewrite(headers: list[tuple[bytes, bytes]], starts: bool) -> list[tuple[bytes, bytes]]:
+        return inbound_request_headers(headers, client_id if starts else None)
+
+    return rewrite
+
+
 class _Relay:
     def __init__(self, down: _Side, up: _Side, route: Route, context: ProxyContext) -> None:
         self.down, self.up = down, up
         self.direction = route.direction
         self.metrics = context.metrics
         self.context = context
-        self.requests = FrameScanner(from_client=True)  # client → upstream
+        # client → upstream; inbound, meshlet-client-id is only ever the identity proven by mTLS
+        rewrite = _client_id_rewrite(down.io.peer_id) if self.direction == INBOUND else None
+        self.requests = FrameScanner(from_client=True, rewrite=rewrite)
         self.responses = FrameScanner(from_client=False)  # upstream → client
         self.streams: dict[int, _Stream] = {}
         self.highest = 0  # highest client stream seen
@@ -205,7 +217,8 @@ class _Relay:
 
     def _observe(self, event: Event, from_client: bool) -> None:
         if isinstance(event, RequestStarted):
-            labels = self.metrics.http_labels(self.direction, event.authority)
+            tls = (self.down if self.direction == INBOUND else self.up).io.tls_labels
+            labels = self.metrics.http_labels(self.direction, event.authority, tls)
             self.metrics.request(labels)
             self.streams[event.stream_id] = _Stream(labels, trio.current_time())
             self.highest = max(self.highest, event.stream_id)

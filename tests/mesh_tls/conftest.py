@@ -17,6 +17,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, cast
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 import trio
@@ -226,3 +229,40 @@ __all__ = [
     "StaticDiscovery",
     "free_port",
 ]
+
+
+async def _serve_h2_headers(stream: trio.SocketStream) -> None:
+    """One HTTP/2 (prior knowledge) connection: every request is answered 200 with its
+    headers, one ``name: value`` a line (as ``backend_http1.py``'s ``GET /headers``)."""
+    connection = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=False, header_encoding=None)
+    )
+    connection.initiate_connection()
+    async with stream:
+        await stream.send_all(connection.data_to_send())
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            for event in connection.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    body = b"".join(
+                        bytes(name) + b": " + bytes(value) + b"\n"
+                        for name, value in event.headers or []
+                        if not bytes(name).startswith(b":")
+                    )
+                    connection.send_headers(
+                        event.stream_id,
+                        [(b":status", b"200"), (b"content-length", str(len(body)).encode())],
+                    )
+                    connection.send_data(event.stream_id, body, end_stream=True)
+            await stream.send_all(connection.data_to_send())
+
+
+@pytest.fixture
+async def h2_app(nursery: trio.Nursery) -> tuple[str, int]:
+    """An HTTP/2 app on loopback answering every request with its headers."""
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, _serve_h2_headers, 0, host="127.0.0.1")
+    )
+    return ("127.0.0.1", listeners[0].socket.getsockname()[1])

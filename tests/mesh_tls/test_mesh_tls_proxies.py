@@ -85,17 +85,40 @@ async def test_meshed_http1_request_carries_the_client_identity(
     assert f'server_id="{DB}"' in client_metrics
 
 
+async def test_meshed_http2_request_carries_the_client_identity(
+    identity_service: IdentityService, start_mesh_proxy: StartMeshProxy, h2_app: tuple[str, int]
+) -> None:
+    client, server = await _meshed_pair(identity_service, start_mesh_proxy, h2_app)
+    result = await curl(
+        "--http2-prior-knowledge",
+        "-H", "meshlet-client-id: spoofed.by.the.app",
+        f"{client.outbound_url}/headers",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert _client_ids(result.stdout) == [WEB]
+    server_metrics = await server.metrics()
+    assert f'tls="true",client_id="{WEB}"' in server_metrics
+    assert f'tls="true",server_id="{DB}"' in await client.metrics()
+
+
 async def test_plaintext_client_cannot_spoof_the_client_identity(
-    identity_service: IdentityService, start_mesh_proxy: StartMeshProxy, app_port: int
+    identity_service: IdentityService,
+    start_mesh_proxy: StartMeshProxy,
+    app_port: int,
+    h2_app: tuple[str, int],
 ) -> None:
     server = await start_mesh_proxy(("127.0.0.1", app_port), identity_service.variables(DB))
+    server2 = await start_mesh_proxy(h2_app, identity_service.variables(DB))
     await server.wait_ready()
-    for extra in ([],):
-        result = await curl(
-            *extra, "-H", f"MeshLet-Client-Id: {WEB}", f"{server.inbound_url}/headers"
-        )
+    await server2.wait_ready()
+    for url, extra in (
+        (server.inbound_url, "--http1.1"),
+        (server2.inbound_url, "--http2-prior-knowledge"),
+    ):
+        result = await curl(extra, "-H", f"MeshLet-Client-Id: {WEB}", f"{url}/headers")
         assert result.returncode == 0, result.stderr
         assert _client_ids(result.stdout) == [], result.stdout
+        assert "user-agent: curl" in result.stdout.decode().lower()
     metrics = await server.metrics()
     assert 'direction="inbound",peer="src"' in metrics
     assert 'tls="no_identity",no_tls_reason="no_tls_from_remote"' in metrics
