@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,10 +122,8 @@ async def _start(nursery: trio.Nursery, identity: Identity, tmp_path: Path, app:
 
 
 @pytest.fixture
-async def pods(
-    nursery: trio.Nursery, identity: Identity, tmp_path: Path, app_port: int
-) -> AsyncIterator[Pods]:
-    yield await _start(nursery, identity, tmp_path, app_port)
+async def pods(nursery: trio.Nursery, identity: Identity, tmp_path: Path, app_port: int) -> Pods:
+    return await _start(nursery, identity, tmp_path, app_port)
 
 
 @pytest.mark.trio
