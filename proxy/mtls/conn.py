@@ -99,6 +99,8 @@ class TlsConn(Conn):
 
 def _describe(exc: BaseException) -> str:
     cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+    if cause is None:
+        return type(exc).__name__
     if isinstance(cause, ssl.SSLError):
         return str(cause.reason or cause)
-    return str(cause) or type(cause).__name__ if cause is not None else type(exc).__name__
+    return str(cause) or type(cause).__name__
