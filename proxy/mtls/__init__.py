@@ -14,6 +14,7 @@ and inbound, after ``proxy.detect`` said ``TLS``::
 
 from __future__ import annotations
 
+from proxy.mtls.conn import TlsConn
 from proxy.mtls.errors import (
     ClientTlsError,
     ClientTlsHandshakeFailed,
@@ -41,6 +42,7 @@ from proxy.mtls.labels import (
     inbound_request_headers,
     strip_client_id,
 )
+from proxy.mtls.serve import MeshedRoute, serve_inbound_tls
 from proxy.mtls.settings import MtlsSettings
 from proxy.mtls.streams import (
     MESH_ALPN,
@@ -51,6 +53,13 @@ from proxy.mtls.streams import (
     inbound_failure,
     outbound_failure,
     read_client_hello,
+)
+from proxy.mtls.transport import (
+    MeshedOpaqueRoute,
+    TransportHeaderError,
+    encode_transport_header,
+    parse_transport_header,
+    serve_inbound_transport,
 )
 
 __all__ = [
@@ -63,6 +72,8 @@ __all__ = [
     "InboundTlsAction",
     "InboundTlsDecision",
     "MalformedClientHello",
+    "MeshedOpaqueRoute",
+    "MeshedRoute",
     "MtlsSettings",
     "NoClientCertificate",
     "NoLocalIdentity",
@@ -70,18 +81,24 @@ __all__ = [
     "PeerIdentityMismatch",
     "PeerTlsError",
     "PrefixedStream",
+    "TlsConn",
     "TlsHandshakeFailed",
     "TlsLabels",
+    "TransportHeaderError",
     "UntrustedClient",
     "UntrustedPeer",
     "accept_meshed",
     "connect_meshed",
     "decide_inbound_tls",
     "describe",
+    "encode_transport_header",
     "inbound_failure",
     "inbound_request_headers",
     "outbound_failure",
     "parse_client_hello",
+    "parse_transport_header",
     "read_client_hello",
+    "serve_inbound_tls",
+    "serve_inbound_transport",
     "strip_client_id",
 ]

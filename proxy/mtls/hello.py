@@ -206,6 +206,6 @@ def decide_inbound_tls(hello: ClientHello | None, local_identity: str) -> Inboun
         return InboundTlsDecision(InboundTlsAction.PASSTHROUGH, "client_hello_malformed")
     if hello.server_name is None:
         return InboundTlsDecision(InboundTlsAction.PASSTHROUGH, "no_sni")
-    if hello.server_name == local_identity.lower():
+    if hello.server_name.lower().rstrip(".") == local_identity.lower():
         return InboundTlsDecision(InboundTlsAction.TERMINATE, "sni_is_local_identity")
     return InboundTlsDecision(InboundTlsAction.PASSTHROUGH, "sni_not_local_identity")

@@ -41,6 +41,7 @@ from proxy.mtls.errors import (
 )
 from proxy.mtls.hello import ClientHello, MalformedClientHello, parse_client_hello
 from proxy.mtls.settings import MtlsSettings
+from proxy.net import format_address
 
 __all__ = [
     "MESH_ALPN",
@@ -58,11 +59,6 @@ MESH_ALPN: Final = ("h2", "http/1.1")
 
 _HOSTNAME_MISMATCH: Final = 62  # X509_V_ERR_HOSTNAME_MISMATCH
 _NO_PEER_CERTIFICATE: Final = "PEER_DID_NOT_RETURN_A_CERTIFICATE"
-
-
-def _where(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _cause(error: BaseException) -> BaseException | None:
@@ -96,7 +92,10 @@ def inbound_failure(error: BaseException, where: str) -> ClientTlsError:
 
 
 async def _open_tcp(address: tuple[str, int], timeout: float) -> trio.SocketStream:
+    """TCP to ``address`` with ``proxy.net.connect``'s error naming (no metrics record: the
+    caller opens one once the peer is authenticated)."""
     host, port = address
+    where = format_address(address)
     sock = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         with trio.fail_after(timeout):
@@ -104,13 +103,13 @@ async def _open_tcp(address: tuple[str, int], timeout: float) -> trio.SocketStre
     except trio.TooSlowError:
         sock.close()
         raise UpstreamConnectTimeout(
-            f"connecting to {_where(address)} took longer than {timeout:g}s"
+            f"connecting to {where} took longer than {timeout:g}s"
         ) from None
     except OSError as exc:
         sock.close()
         if exc.errno == errno.ECONNREFUSED:
-            raise UpstreamConnectRefused(f"{_where(address)} refused the connection") from exc
-        raise UpstreamUnreachable(f"connecting to {_where(address)} failed: {exc}") from exc
+            raise UpstreamConnectRefused(f"{where} refused the connection") from exc
+        raise UpstreamUnreachable(f"connecting to {where} failed: {exc}") from exc
     except BaseException:
         sock.close()
         raise
@@ -145,7 +144,7 @@ async def connect_meshed(
     context = identity.client_context  # fresh per connection: renewals apply to new ones
     tcp = await _open_tcp(address, settings.connect_timeout)
     tls = trio.SSLStream(tcp, context, server_hostname=expected_identity)
-    where = _where(address)
+    where = format_address(address)
     try:
         with trio.fail_after(settings.handshake_timeout):
             await tls.do_handshake()
