@@ -42,6 +42,7 @@ from proxy.metrics import classify
 from proxy.mtls import inbound_request_headers
 from proxy.net import RECEIVE_SIZE, Conn, format_address
 from proxy.outbound import Target, mesh_authority
+from proxy.tap import TapStream, next_connection_id
 from proxy.tcp import splice
 
 __all__ = ["serve_http1"]
@@ -75,6 +76,10 @@ class _Session:
         self.upstream: Conn | None = None
         self.upstream_h11: h11.Connection | None = None
         self.scope = trio.CancelScope()
+        self.tap_conn = next_connection_id()
+        self.tap_requests = 0
+        self.tapped: TapStream | None = None
+        """The tap record of the exchange in progress (``None`` when nobody taps)."""
 
     async def run(self) -> None:
         lifecycle = self.context.lifecycle
@@ -171,14 +176,55 @@ class _Session:
                 return target
         return await outbound.resolve(format_address(self.route.target), http=True)
 
+    def tap_start(
+        self, request: h11.Request, authority: bytes, dst: tuple[str, int], upstream: Conn | None
+    ) -> None:
+        """Publish the request to the tap (when someone taps); ``upstream`` gives the outbound
+        side's server identity, the client connection the inbound side's client identity."""
+        tap = self.context.tap
+        if not tap.active or self.tapped is not None:
+            return
+        peer = self.client.peer_id if upstream is None else upstream.peer_id
+        inbound = self.route.direction != OUTBOUND
+        self.tapped = tap.request_start(
+            conn=self.tap_conn,
+            stream=self.tap_requests,
+            direction=self.route.direction,
+            method=request.method,
+            authority=authority,
+            path=request.target,
+            src=self.client.stream.socket.getpeername()[:2],
+            dst=dst,
+            tls="true" if peer else "no_identity",
+            client_id=(peer or "") if inbound else "",
+            server_id="" if inbound else (peer or ""),
+        )
+
+    def tap_end(self, status: int | None = None, error: str = "") -> None:
+        if self.tapped is not None:
+            if status is not None:
+                self.tapped.response_start(status)
+            self.tapped.end(error=error)
+
     async def _proxy(self, request: h11.Request) -> bool:
         """Forward one request and its response; ``True`` if the connection became a tunnel."""
+        self.tap_requests += 1
         authority = _authority(request)
-        if self.context.outbound is not None:
-            target = await self._mesh_target(authority)
-            if target is not None:
-                self._drop_upstream(abort=False)
-                return await proxy_mesh(self, request, authority, target)
+        try:
+            if self.context.outbound is not None:
+                target = await self._mesh_target(authority)
+                if target is not None:
+                    self._drop_upstream(abort=False)
+                    return await proxy_mesh(self, request, authority, target)
+            return await self._proxy_plain(request, authority)
+        finally:
+            if self.tapped is not None:
+                self.tapped.end(error="aborted")  # no-op after a clean end
+                self.tapped = None
+
+    async def _proxy_plain(self, request: h11.Request, authority: bytes) -> bool:
+        """The request to the route's target (inbound; outbound without the mesh)."""
+        self.tap_start(request, authority, self.route.target, None)
         metrics = self.context.metrics
         started = trio.current_time()
         labels = metrics.http_labels(self.route.direction, authority, self.client.tls_labels)
@@ -218,18 +264,22 @@ class _Session:
             log.info("%s %s %s: %s", self.route.direction, request.method.decode(), authority, exc)
             metrics.response_headers(labels, exc.status, (trio.current_time() - started) * 1000)
             metrics.response_end(labels, exc.status, "failure")
+            self.tap_end(exc.status, exc.slug)
             self._drop_upstream(abort=True)
             await self._send_error(exc, status=exc.status)
             return False
         except ClientProtocolError as exc:
+            self.tap_end(error=exc.slug)
             self._drop_upstream(abort=True)
             await self._send_error(exc, status=exc.status_hint)
             return False
         if switched:
             metrics.response_end(labels, status, "success")
+            self.tap_end()
             await self._tunnel(upstream, upstream_h11)
             return True
         metrics.response_end(labels, status, classify(status, None))
+        self.tap_end()
         if upstream_h11.our_state is h11.DONE and upstream_h11.their_state is h11.DONE:
             upstream_h11.start_next_cycle()
         else:
@@ -283,27 +333,18 @@ class _Session:
 
         ``on_head(status)`` sees the final response head before anything of it is relayed (the
         mesh path reports the attempt there, and raises to discard it for a retry)."""
-        while True:
-            event = await _upstream_event(upstream, upstream_h11)
-            if isinstance(event, h11.InformationalResponse):
-                if event.status_code == _SWITCHING_PROTOCOLS and upgrade:
-                    latency_ms = (trio.current_time() - started) * 1000
-                    self.context.metrics.response_headers(labels, 101, latency_ms)
-                    forwarded = forward_headers(event.headers)
-                    await self._send_client(
-                        h11.InformationalResponse(status_code=101, headers=forwarded.headers)
-                    )
-                    return 101, True
-                await self._send_client(event)
-                continue
-            assert isinstance(event, h11.Response)
-            break
+        event = await self._response_head(upstream, upstream_h11, labels, started, upgrade)
+        if event is None:
+            return 101, True
         status = event.status_code
         if on_head is not None:
             on_head(status)
         self.context.metrics.response_headers(
             labels, status, (trio.current_time() - started) * 1000
         )
+        tapped = self.tapped
+        if tapped is not None:
+            tapped.response_start(status)
         headers = forward_headers(event.headers, allow_upgrade=False).headers
         if self.context.lifecycle.draining.is_set():
             headers.append(_CONNECTION_CLOSE)
@@ -329,6 +370,8 @@ class _Session:
                     await self.client.send(out)
                     return status, False
                 assert isinstance(polled, h11.Data)
+                if tapped is not None:
+                    tapped.response_bytes += len(polled.data)
                 out = (out or b"") + (self.server.send(polled) or b"")
                 if len(out) >= RECEIVE_SIZE:
                     await self.client.send(out)
@@ -337,8 +380,36 @@ class _Session:
             # The head is out: the only honest signal left is to reset the client connection.
             log.info("%s response body from %s failed: %s", self.route.direction, labels, exc)
             self.context.metrics.response_end(labels, status, "failure")
+            self.tap_end(error="reset")
             self.client.abort()
             raise ClientClosed("response aborted") from exc
+
+    async def _response_head(
+        self,
+        upstream: Conn,
+        upstream_h11: h11.Connection,
+        labels: str,
+        started: float,
+        upgrade: bool,
+    ) -> h11.Response | None:
+        """The final response head, relaying 1xx; ``None`` after relaying a ``101`` (tunnel)."""
+        while True:
+            event = await _upstream_event(upstream, upstream_h11)
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == _SWITCHING_PROTOCOLS and upgrade:
+                    latency_ms = (trio.current_time() - started) * 1000
+                    self.context.metrics.response_headers(labels, 101, latency_ms)
+                    if self.tapped is not None:
+                        self.tapped.response_start(101)
+                    forwarded = forward_headers(event.headers)
+                    await self._send_client(
+                        h11.InformationalResponse(status_code=101, headers=forwarded.headers)
+                    )
+                    return None
+                await self._send_client(event)
+                continue
+            assert isinstance(event, h11.Response)
+            return event
 
     async def _tunnel(self, upstream: Conn, upstream_h11: h11.Connection) -> None:
         """After ``101``: bytes either side already buffered, then a plain byte tunnel."""

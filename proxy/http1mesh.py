@@ -80,7 +80,9 @@ async def proxy_mesh(
         method=request.method, target=request.target, headers=forwarded.headers, _parsed=True
     )
     upgrade = forwarded.upgrade is not None
-    exchange = _Exchange(session, target, attempts, head, authority, upgrade=upgrade)
+    exchange = _Exchange(
+        session, target, attempts, request, head, authority=authority, upgrade=upgrade
+    )
     target.users += 1
     try:
         try:
@@ -90,7 +92,7 @@ async def proxy_mesh(
             with trio.move_on_at(attempts.deadline or float("inf")) as timeout:
                 status, switched = await exchange.run()
         except UpstreamError as exc:
-            exchange.record_error(exc.status, started)
+            exchange.record_error(exc.status, started, exc.slug)
             log.info("outbound %s %s: %s", request.method.decode(), target.authority, exc)
             _route_response(session, route_labels, exc.status, started)
             await session._send_error(exc, status=exc.status)
@@ -100,7 +102,7 @@ async def proxy_mesh(
             return False
         if timeout.cancelled_caught:
             error = RouteTimeout(f"the route {route_name!r} of {target.authority} timed out")
-            exchange.record_error(error.status, started)
+            exchange.record_error(error.status, started, error.slug)
             _route_response(session, route_labels, error.status, started)
             await session._send_error(error, status=error.status)
             return False
@@ -129,14 +131,16 @@ class _Exchange:
         session: _Session,
         target: Target,
         attempts: Attempts[Endpoint],
+        request: h11.Request,
         head: h11.Request,
-        authority: bytes,
         *,
+        authority: bytes,
         upgrade: bool,
     ) -> None:
         self.session = session
         self.target = target
         self.attempts = attempts
+        self.request = request
         self.head = head
         self.authority = authority
         self.upgrade = upgrade
@@ -162,9 +166,12 @@ class _Exchange:
             if size > limit:
                 return
 
-    def record_error(self, status: int, started: float) -> None:
-        """Metrics for a request the proxy answers itself (or resets)."""
-        metrics = self.session.context.metrics
+    def record_error(self, status: int, started: float, slug: str) -> None:
+        """Metrics (and tap) for a request the proxy answers itself (or resets)."""
+        session = self.session
+        session.tap_start(self.request, self.authority, session.route.target, None)
+        session.tap_end(status, slug)
+        metrics = session.context.metrics
         if not self.labels:
             self.labels = metrics.http_labels(OUTBOUND, self.authority)
             metrics.request(self.labels)
@@ -209,6 +216,7 @@ class _Exchange:
             OUTBOUND, self.authority, conn.tls_labels, target.dst_labels(endpoint)
         )
         metrics.request(self.labels)
+        session.tap_start(self.request, self.authority, (endpoint.address, endpoint.port), conn)
         started = trio.current_time()
         ending = "abort"
         try:
@@ -217,9 +225,11 @@ class _Exchange:
                 self._report(status=status)
             if switched:
                 ending = "tunnel"
+                session.tap_end()
                 await session._tunnel(conn, conn_h11)
             else:
                 metrics.response_end(self.labels, status, classify(status, None))
+                session.tap_end()
                 if conn_h11.our_state is h11.DONE and conn_h11.their_state is h11.DONE:
                     ending = "keep"
         except _FailedHead as failed:
