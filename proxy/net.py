@@ -5,10 +5,9 @@ every ``OSError``/``trio.BrokenResourceError`` into ``ClientClosed`` or ``Upstre
 (whose fault depends on which side the socket faces). ``connect`` opens an upstream connection
 within a timeout and names why it failed (refused → 502, timeout → 504).
 
-``TlsConn`` is the same interface over a terminated or originated mutual-TLS session
-(``proxy/tlsglue.py``), so the protocol shells and ``splice`` never know which one they hold.
-Every connection carries its TLS metric label text (``tls_labels``) and, when the peer proved
-an identity over mTLS, ``peer_id``.
+``proxy.mtls.conn.TlsConn`` is the same interface over a mutual-TLS session, so the protocol
+shells and ``splice`` never know which one they hold. Every connection carries its TLS metric
+label text (``tls_labels``) and, when the peer proved an identity over mTLS, ``peer_id``.
 """
 
 from __future__ import annotations
@@ -18,9 +17,8 @@ import errno
 import os
 import select
 import socket
-import ssl
 import struct
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -34,7 +32,7 @@ from proxy.errors import (
 )
 from proxy.metrics import TLS_DISABLED, Metrics, TcpConnection
 
-__all__ = ["RECEIVE_SIZE", "Conn", "TlsConn", "connect", "format_address"]
+__all__ = ["RECEIVE_SIZE", "Conn", "connect", "format_address"]
 
 # Big enough that a busy connection needs few reads, small enough to bound per-connection memory.
 RECEIVE_SIZE: Final = 65536
@@ -148,68 +146,6 @@ class Conn:
         self._fd = -1
         self.stream.socket.close()
         self._metrics.tcp_close(self.stats, error)
-
-
-class TlsConn(Conn):
-    """A ``Conn`` whose bytes go through a TLS session over its socket.
-
-    ``stream`` stays the TCP socket (for ``abort``/``close``, which need no TLS goodbye: a
-    reset or a FIN is what the peer's proxy reads as the end anyway). End-of-stream without
-    ``close_notify`` reads as end-of-stream, as on plaintext TCP: ``send_eof`` is a TCP
-    half-close, so the peer learns a direction ended; after it the peer can no longer answer
-    over this session (TLS in OpenSSL has no half-close), which ends both directions.
-    """
-
-    __slots__ = ("tls",)
-
-    def __init__(
-        self,
-        tls: trio.SSLStream[Any],
-        transport: trio.SocketStream,
-        metrics: Metrics,
-        stats: TcpConnection,
-        *,
-        upstream: bool,
-        tls_labels: str,
-        peer_id: str | None,
-    ) -> None:
-        super().__init__(
-            transport, metrics, stats, upstream=upstream, tls_labels=tls_labels, peer_id=peer_id
-        )
-        self.tls = tls
-
-    async def receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
-        try:
-            data = bytes(await self.tls.receive_some(max_bytes))
-        except trio.BrokenResourceError as exc:
-            if not isinstance(exc.__cause__, (ssl.SSLEOFError, ssl.SSLSyscallError)):
-                raise self._error(f"receive failed: {_describe(exc)}") from exc
-            data = b""  # the peer closed its side without close_notify: end of stream
-        except (OSError, trio.ClosedResourceError) as exc:
-            raise self._error(f"receive failed: {_describe(exc)}") from exc
-        self.stats.read += len(data)
-        return data
-
-    async def send(self, data: bytes) -> None:
-        try:
-            await self.tls.send_all(data)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise self._error(f"send failed: {_describe(exc)}") from exc
-        self.stats.written += len(data)
-
-    async def send_eof(self) -> None:
-        try:
-            self.stream.socket.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            raise self._error(f"shutdown failed: {_describe(exc)}") from exc
-        await trio.lowlevel.checkpoint()
-
-    def readable_now(self) -> bool:
-        # Decrypted bytes waiting count too; so do raw ones (no session tickets are sent: see
-        # ``proxy/tlsglue.py``), which on an idle connection are the peer's close.
-        if self.tls.pending():
-            return True
-        return super().readable_now()
 
 
 def _describe(exc: BaseException) -> str:

@@ -41,7 +41,8 @@ from proxy.mtls import (
     decide_inbound_tls,
     read_client_hello,
 )
-from proxy.net import Conn, TlsConn, connect, format_address
+from proxy.mtls.conn import TlsConn
+from proxy.net import Conn, connect, format_address
 from proxy.settings import PREFIX, ProxySettings, SettingsError
 
 __all__ = [
@@ -115,14 +116,8 @@ class MeshTls:
         tls = await connect_meshed(address, identity, self.identity, settings=settings)
         labels = TlsLabels.outbound_meshed(identity).text
         stats = metrics.tcp_open(direction, "dst", format_address(address), tls=labels)
-        return TlsConn(
-            tls,
-            tls.transport_stream,
-            metrics,
-            stats,
-            upstream=True,
-            tls_labels=labels,
-            peer_id=identity,
+        return _labelled(
+            TlsConn(tls, tls.transport_stream, metrics, stats, upstream=True), labels, identity
         )
 
     async def accept_inbound(
@@ -149,18 +144,14 @@ class MeshTls:
             client.stream, prefix, self.identity, settings=self.settings, peer=source
         )
         labels = TlsLabels.inbound_meshed(meshed.client_id).text
-        return (
-            TlsConn(
-                meshed.stream,
-                client.stream,
-                metrics,
-                client.stats,
-                upstream=False,
-                tls_labels=labels,
-                peer_id=meshed.client_id,
-            ),
-            b"",
-        )
+        conn = TlsConn(meshed.stream, client.stream, metrics, client.stats, upstream=False)
+        return _labelled(conn, labels, meshed.client_id), b""
+
+
+def _labelled(conn: TlsConn, labels: str, peer_id: str) -> TlsConn:
+    conn.tls_labels = labels
+    conn.peer_id = peer_id
+    return conn
 
 
 def load_mesh_tls(settings: ProxySettings) -> MeshTls:

@@ -36,7 +36,7 @@ __all__ = ["MeshedRoute", "detect_plaintext", "serve_inbound_tls"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)  # Route has defaulted fields
 class MeshedRoute(Route):
     """A route to an endpoint discovery says is meshed as ``server_id``."""
 

@@ -77,7 +77,7 @@ def parse_transport_header(data: bytes) -> tuple[int, bytes] | None:
     return port, data[TRANSPORT_HEADER_SIZE:]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)  # Route has defaulted fields
 class MeshedOpaqueRoute(Route):
     """``target`` is the endpoint (pod IP, application port); the connection goes to the peer's
     proxy port ``proxy_port`` with mTLS, and the header names ``target``'s port."""
