@@ -31,7 +31,7 @@ DATA frames are forwarded as their bytes arrive; any other frame is forwarded on
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, cast
 
 import hpack
@@ -78,6 +78,10 @@ class RequestStarted:
     stream_id: int
     authority: bytes
     end_stream: bool
+    # For the tap (docs/tap.md); decoded with the block anyway, so they cost nothing extra.
+    method: bytes = field(default=b"", compare=False)
+    path: bytes = field(default=b"", compare=False)
+    scheme: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +277,16 @@ class FrameScanner:
         if self.from_client:
             if stream_id not in self._started:
                 self._started.add(stream_id)
-                events.append(RequestStarted(stream_id, _find(headers, b":authority"), end_stream))
+                events.append(
+                    RequestStarted(
+                        stream_id,
+                        _find(headers, b":authority"),
+                        end_stream,
+                        _find(headers, b":method"),
+                        _find(headers, b":path"),
+                        _find(headers, b":scheme"),
+                    )
+                )
             return
         status_text = _find(headers, b":status")
         grpc = _grpc_status(headers)
