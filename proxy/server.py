@@ -15,8 +15,11 @@ a ``Route``.
 Inbound mutual TLS (``proxy/tlsglue.py``): when identity is on, a connection whose first bytes
 are a ClientHello naming this proxy's identity is terminated (client certificate required) and
 its plaintext is detected afresh (HTTP/1, HTTP/2, opaque) and forwarded to the same loopback
-port; TLS for any other name passes through untouched. A connection's metric record opens once
-its TLS state is known, so its ``tls``/``client_id``/``no_tls_reason`` labels are the final ones.
+port; TLS for any other name passes through untouched. A connection addressed to the inbound
+listener's own port (a meshed peer reaching an opaque port) must be mTLS to our identity
+followed by the transport header of ``proxy/mtls/transport.py``; it is spliced to the port the
+header names. A connection's metric record opens once its TLS state is known, so its
+``tls``/``client_id``/``no_tls_reason`` labels are the final ones.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from proxy.errors import NoOriginalDestination, ProxyError
 from proxy.http1 import serve_http1
 from proxy.http2 import serve_http2
 from proxy.metrics import TLS_DISABLED, Metrics, TcpConnection
+from proxy.mtls.transport import TransportHeaderError, parse_transport_header
 from proxy.net import Conn, format_address
 from proxy.origdst import OriginalDestinationError, original_destination
 from proxy.settings import Address
@@ -179,7 +183,9 @@ async def _handle(
 ) -> None:
     try:
         original = resolver(stream.socket)
-        target = choose_upstream(direction, original, listen)
+        # Meshed opaque ports: the peer's proxy addressed our own port (mTLS + transport header).
+        transport = direction == INBOUND and mesh.enabled and original[1] == listen.port
+        target = original if transport else choose_upstream(direction, original, listen)
         if direction == OUTBOUND:
             target = await picker.pick(target)
     except (OriginalDestinationError, NoOriginalDestination, OSError) as exc:
@@ -198,7 +204,12 @@ async def _handle(
             protocol, prefix = Protocol.OPAQUE, b""
         else:
             protocol, prefix = await _detect(client, context.settings.detect_timeout)
-        if direction == INBOUND and protocol is Protocol.TLS and mesh.enabled:
+        if transport:
+            client, prefix, route = await _accept_transport(
+                client, protocol, prefix, mesh, context, original
+            )
+            protocol = Protocol.OPAQUE
+        elif direction == INBOUND and protocol is Protocol.TLS and mesh.enabled:
             client, protocol, prefix = await _terminate_tls(client, prefix, mesh, context, original)
         if not client.stats.labels:
             _open_record(client, metrics, direction, original)
@@ -255,6 +266,44 @@ async def _terminate_tls(
     _open_record(meshed, context.metrics, INBOUND, original)
     protocol, prefix = await _detect(meshed, context.settings.detect_timeout)
     return meshed, protocol, prefix
+
+
+async def _accept_transport(  # noqa: PLR0917 (the connection's state, passed on)
+    client: Conn,
+    protocol: Protocol,
+    prefix: bytes,
+    mesh: MeshTls,
+    context: ProxyContext,
+    original: tuple[str, int],
+) -> tuple[Conn, bytes, Route]:
+    """A connection to our own port: only mTLS to our identity followed by the transport header
+    (``proxy/mtls/transport.py``) is accepted; the route is the application port it names."""
+    meshed = None
+    if protocol is Protocol.TLS:
+        meshed, prefix = await mesh.accept_inbound(
+            client,
+            prefix,
+            metrics=context.metrics,
+            direction=INBOUND,
+            source=format_address(original),
+        )
+    if meshed is None:
+        raise TransportHeaderError("a connection to the proxy port that is not mTLS to this proxy")
+    _open_record(meshed, context.metrics, INBOUND, original)
+    data = b""
+    with trio.move_on_after(context.settings.detect_timeout):
+        while (parsed := parse_transport_header(data)) is None:
+            chunk = await meshed.receive()
+            if not chunk:
+                break
+            data += chunk
+    if parsed is None:
+        raise TransportHeaderError(f"no transport header from {meshed.peer_id}")
+    port, rest = parsed
+    if port == original[1]:
+        raise TransportHeaderError(f"the transport header names the proxy's own port {port}")
+    route = Route(INBOUND, ("127.0.0.1", port), context.settings.inbound_connect_timeout)
+    return meshed, rest, route
 
 
 def _open_record(client: Conn, metrics: Metrics, direction: str, original: tuple[str, int]) -> None:

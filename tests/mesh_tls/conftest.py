@@ -195,9 +195,10 @@ async def start_mesh_proxy(nursery: trio.Nursery) -> StartMeshProxy:
         variables: Mapping[str, str],
         *,
         endpoints: Mapping[tuple[str, int], str | None] | None = None,
+        inbound_port: int = 0,
     ) -> MeshProxy:
         settings = ProxySettings(
-            inbound_listen=Address("127.0.0.1", 0),
+            inbound_listen=Address("127.0.0.1", inbound_port),
             outbound_listen=Address("127.0.0.1", 0),
             admin_listen=Address("127.0.0.1", 0),
             extra=dict(variables),

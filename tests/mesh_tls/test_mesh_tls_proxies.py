@@ -17,6 +17,7 @@ import trio
 
 from proxy.identity import IdentityClient, IdentityClientSettings
 from proxy.mtls import MESH_ALPN
+from proxy.mtls.transport import MeshedOpaqueRoute
 from tests.identity.conftest import PKI, start_identity, stop
 from tests.mtls.conftest import foreign_identity
 from tests.proxy.conftest import curl
@@ -242,3 +243,58 @@ async def test_opaque_tcp_between_meshed_proxies_is_mtls(
         server_metrics,
     ), server_metrics
     assert f'tls="true",server_id="{DB}"' in await client.metrics()
+
+
+async def test_opaque_port_over_mtls_with_the_transport_header(
+    identity_service: IdentityService, start_mesh_proxy: StartMeshProxy, nursery: trio.Nursery
+) -> None:
+    """A server-speaks-first app behind the server proxy, reached the way an outbound proxy
+    reaches an opaque port: mTLS to the peer proxy's own port plus the transport header."""
+
+    async def banner_then_echo(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b"220 ready\n")
+            async for data in stream:
+                await stream.send_all(data)
+
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, banner_then_echo, 0, host="127.0.0.1")
+    )
+    app_port = listeners[0].socket.getsockname()[1]
+    proxy_port = free_port()
+    server = await start_mesh_proxy(
+        ("127.0.0.1", proxy_port), identity_service.variables(DB), inbound_port=proxy_port
+    )
+    client = await start_mesh_proxy(("127.0.0.1", 9), identity_service.variables(WEB))
+    await server.wait_ready()
+    await client.wait_ready()
+    assert client.mesh.identity is not None
+    route = MeshedOpaqueRoute(
+        "outbound",
+        ("127.0.0.1", app_port),
+        5.0,
+        server_id=DB,
+        identity=client.mesh.identity,
+        mtls=client.mesh.settings,
+        proxy_port=proxy_port,
+    )
+    conn = await route.connect(client.context.metrics)
+    try:
+        with trio.fail_after(10):
+            assert await conn.receive() == b"220 ready\n"  # no detection wait for the banner
+            await conn.send(b"HELO\n")
+            assert await conn.receive() == b"HELO\n"
+    finally:
+        conn.close()
+    metrics = await server.metrics()
+    assert re.search(
+        rf'tcp_open_total\{{direction="inbound",peer="src",target_addr="127.0.0.1:{proxy_port}",'
+        rf'tls="true",client_id="{re.escape(WEB)}"\}} 1',
+        metrics,
+    ), metrics
+    # Plaintext to the proxy port itself is refused (never forwarded anywhere).
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy_port)
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        with trio.fail_after(10):
+            assert await stream.receive_some(100) == b""
