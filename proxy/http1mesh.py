@@ -30,6 +30,7 @@ from proxy.discovery import Endpoint
 from proxy.errors import (
     ClientClosed,
     ClientProtocolError,
+    ProxyConfigError,
     UpstreamError,
     UpstreamProtocolError,
     unwrap_groups,
@@ -91,7 +92,7 @@ async def proxy_mesh(
             attempts.replayable = exchange.complete
             with trio.move_on_at(attempts.deadline or float("inf")) as timeout:
                 status, switched = await exchange.run()
-        except UpstreamError as exc:
+        except (UpstreamError, ProxyConfigError) as exc:
             exchange.record_error(exc.status, started, exc.slug)
             log.info("outbound %s %s: %s", request.method.decode(), target.authority, exc)
             _route_response(session, route_labels, exc.status, started)

@@ -262,6 +262,9 @@ class Lease:
                     "outbound connect to %s failed (%s); trying another", target.authority, exc
                 )
                 continue
+            except BaseException:  # not the endpoint's fault (no local identity, cancellation)
+                balancer.finished(choice, trio.current_time(), Outcome.CANCELLED)
+                raise
             self.pick, self.rtt = choice, trio.current_time() - started
             return conn
 

@@ -50,9 +50,10 @@ profiles:
 """
 
 
-def render_yaml(backends: list[Backend]) -> str:
+def render_yaml(backends: list[Backend], *, meshed: bool = False) -> str:
+    flag = str(meshed).lower()
     listed = "".join(
-        f"\n      - {{address: {b.host}, port: {b.port}, pod: {b.name}, meshed: false}}"
+        f"\n      - {{address: {b.host}, port: {b.port}, pod: {b.name}, meshed: {flag}}}"
         for b in backends
     )
     endpoints = (listed or " []") + "\n"
@@ -82,8 +83,8 @@ class Mesh:
     def port(self) -> int:
         return self.addresses.outbound[1]
 
-    def set_endpoints(self, backends: list[Backend]) -> None:
-        write_yaml(self.destination.yaml_file, render_yaml(backends))
+    def set_endpoints(self, backends: list[Backend], *, meshed: bool = False) -> None:
+        write_yaml(self.destination.yaml_file, render_yaml(backends, meshed=meshed))
 
     def by_name(self) -> dict[str, Backend]:
         return {b.name: b for b in self.backends}

@@ -158,3 +158,14 @@ async def test_opaque_connections_pick_an_endpoint_each(mesh: Mesh) -> None:
     with trio.fail_after(5):
         while any(s.pending for s in balancer.stats()):  # every connection's pick was finished
             await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize("mesh", [{"outbound_discovery_idle_timeout": 0.2}], indirect=True)
+async def test_idle_authorities_are_released(mesh: Mesh) -> None:
+    await request(mesh.port)
+    assert SERVICE_AUTHORITY in mesh.outbound.targets
+    with trio.fail_after(5):
+        while mesh.outbound.targets:
+            await trio.sleep(0.05)
+    assert mesh.outbound.discovery.subscriptions == 0  # type: ignore[attr-defined]
+    assert (await request(mesh.port)).status == 200  # subscribes again
