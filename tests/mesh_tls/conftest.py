@@ -9,6 +9,7 @@ inbound listener and the identity discovery would promise for it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -28,7 +29,9 @@ from meshlet.names import workload_identity
 from proxy.__main__ import ProxyAddresses, run_proxy
 from proxy.context import Lifecycle, ProxyContext
 from proxy.discovery import Endpoint, EndpointSet, EndpointView, ProfileState, ProfileView
+from proxy.identity import IdentityClient
 from proxy.metrics import Metrics
+from proxy.mtls import MESH_ALPN
 from proxy.outbound import Outbound
 from proxy.settings import Address, ProxySettings
 from proxy.tlsglue import MeshTls, load_mesh_tls
@@ -83,14 +86,29 @@ def pki(tmp_path: Path) -> PKI:
     return _pki(tmp_path / "pki")
 
 
-@pytest.fixture
-def identity_service(tmp_path: Path, pki: PKI) -> Iterator[IdentityService]:
-    """A real ``meshlet-identity`` in local mode (static token file) on loopback."""
-    port, process = start_identity(pki, _token_file(tmp_path), tmp_path / "identity.log")
+def _identity_service(
+    tmp_path: Path, pki: PKI, extra_env: dict[str, str]
+) -> Iterator[IdentityService]:
+    port, process = start_identity(
+        pki, _token_file(tmp_path), tmp_path / "identity.log", extra_env=extra_env
+    )
     try:
         yield IdentityService(port, pki, tmp_path / "proxies")
     finally:
         stop(process)
+
+
+@pytest.fixture
+def identity_service(tmp_path: Path, pki: PKI) -> Iterator[IdentityService]:
+    """A real ``meshlet-identity`` in local mode (static token file) on loopback."""
+    yield from _identity_service(tmp_path, pki, {})
+
+
+@pytest.fixture
+def short_lived_identity_service(tmp_path: Path, pki: PKI) -> Iterator[IdentityService]:
+    """The same, issuing certificates that live 2 s (no clock-skew padding)."""
+    env = {"MESHLET_IDENTITY_LEAF_LIFETIME": "2s", "MESHLET_IDENTITY_CLOCK_SKEW": "0s"}
+    yield from _identity_service(tmp_path, pki, env)
 
 
 @pytest.fixture(scope="session")
@@ -196,6 +214,7 @@ async def start_mesh_proxy(nursery: trio.Nursery) -> StartMeshProxy:
         *,
         endpoints: Mapping[tuple[str, int], str | None] | None = None,
         inbound_port: int = 0,
+        min_refresh: float | None = None,
     ) -> MeshProxy:
         settings = ProxySettings(
             inbound_listen=Address("127.0.0.1", inbound_port),
@@ -204,6 +223,10 @@ async def start_mesh_proxy(nursery: trio.Nursery) -> StartMeshProxy:
             extra=dict(variables),
         )
         mesh = load_mesh_tls(settings)
+        if min_refresh is not None and mesh.identity is not None:
+            # The one tunable the environment does not set: renew within a 2 s lifetime.
+            quick = dataclasses.replace(mesh.identity.settings, min_refresh=min_refresh)
+            mesh = MeshTls(IdentityClient(quick, alpn_protocols=MESH_ALPN), mesh.settings)
         outbound = None
         if endpoints is not None:
             outbound = Outbound(

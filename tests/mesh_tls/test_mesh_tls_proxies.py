@@ -298,3 +298,59 @@ async def test_opaque_port_over_mtls_with_the_transport_header(
         await stream.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         with trio.fail_after(10):
             assert await stream.receive_some(100) == b""
+
+
+async def _echo_once(stream: trio.SocketStream, payload: bytes) -> None:
+    await stream.send_all(payload)
+    received = b""
+    with trio.fail_after(10):
+        while len(received) < len(payload):
+            data = await stream.receive_some(65536)
+            assert data, "the connection ended early"
+            received += data
+    assert received == payload
+
+
+async def test_rotation_keeps_connections_and_new_ones_use_the_new_certificate(
+    short_lived_identity_service: IdentityService,
+    start_mesh_proxy: StartMeshProxy,
+    nursery: trio.Nursery,
+) -> None:
+    async def echo(stream: trio.SocketStream) -> None:
+        async with stream:
+            async for data in stream:
+                await stream.send_all(data)
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+    app = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+    service = short_lived_identity_service
+    server = await start_mesh_proxy(app, service.variables(DB), min_refresh=0.2)
+    client = await start_mesh_proxy(
+        server.inbound, service.variables(WEB), endpoints={server.inbound: DB}, min_refresh=0.2
+    )
+    await server.wait_ready()
+    await client.wait_ready()
+    assert server.mesh.identity is not None
+    assert client.mesh.identity is not None
+    outbound = ("127.0.0.1", client.addresses.outbound[1])
+    long_lived = await trio.open_tcp_stream(*outbound)
+    async with long_lived:
+        await _echo_once(long_lived, b"before the renewals\n")
+        start = (server.mesh.identity.renewals, client.mesh.identity.renewals)
+        with trio.fail_after(30):
+            while (
+                server.mesh.identity.renewals < start[0] + 2
+                or client.mesh.identity.renewals < start[1] + 2
+            ):
+                await trio.sleep(0.1)
+        await trio.sleep(2.5)  # past the expiry of the certificates the connection began with
+        await _echo_once(long_lived, b"after the renewals, same connection\n")
+        fresh = await trio.open_tcp_stream(*outbound)
+        async with fresh:
+            await _echo_once(fresh, b"a new connection\n")
+    metrics = await server.metrics()
+    assert re.search(
+        rf'tcp_open_total\{{direction="inbound",peer="src",target_addr="[^"]+",'
+        rf'tls="true",client_id="{re.escape(WEB)}"\}} 2',
+        metrics,
+    ), metrics
