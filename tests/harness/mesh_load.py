@@ -24,6 +24,7 @@ class Outcome:
     started: float
     status: int | None  # None: no HTTP answer at all
     pod: str | None  # which pod answered (mesh_app.py names itself)
+    client_id: str | None  # the identity the server's proxy vouched for (None: plaintext)
     error: str | None
     seconds: float
 
@@ -46,15 +47,16 @@ def request(
         answer_head, _, answer = data.partition(b"\r\n\r\n")
         status = int(answer_head.split(b" ", 2)[1])
     except (OSError, ValueError, IndexError) as exc:
-        return Outcome(started, None, None, repr(exc), time.monotonic() - started)
-    served_by = None
+        return Outcome(started, None, None, None, repr(exc), time.monotonic() - started)
+    served_by = client_id = None
     if status == 200:
         try:
-            served_by = json.loads(answer)["pod"]
+            decoded = json.loads(answer)
+            served_by, client_id = decoded["pod"], decoded["client_id"]
         except (ValueError, KeyError, TypeError):
             served_by = None
     error = None if status == 200 else f"{status}: {answer[:200]!r}"
-    return Outcome(started, status, served_by, error, time.monotonic() - started)
+    return Outcome(started, status, served_by, client_id, error, time.monotonic() - started)
 
 
 @dataclass
