@@ -41,7 +41,7 @@ from proxy.http1mesh import proxy_mesh
 from proxy.metrics import classify
 from proxy.mtls import inbound_request_headers
 from proxy.net import RECEIVE_SIZE, Conn, format_address
-from proxy.outbound import Target, mesh_authority
+from proxy.outbound import Target
 from proxy.tap import TapStream, next_connection_id
 from proxy.tcp import splice
 
@@ -169,7 +169,7 @@ class _Session:
         outbound = self.context.outbound
         if outbound is None or self.route.direction != OUTBOUND:
             return None
-        service = mesh_authority(authority) if authority else None
+        service = outbound.service_authority(authority) if authority else None
         if service is not None:
             target = await outbound.resolve(service, http=True)
             if target is not None:

@@ -158,8 +158,9 @@ class _Exchange:
             event = await self.session._client_body_event()
             self.buffered.append(event)
             if isinstance(event, h11.EndOfMessage):
-                trailers = forward_headers(event.headers, allow_upgrade=False).headers
-                self.buffered[-1] = h11.EndOfMessage(headers=trailers)
+                if event.headers:  # trailers (rare): hop-by-hop fields removed
+                    trailers = forward_headers(event.headers, allow_upgrade=False).headers
+                    self.buffered[-1] = h11.EndOfMessage(headers=trailers)
                 self.complete = True
                 return
             assert isinstance(event, h11.Data)

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 _SERVICE_SUFFIX: Final = ".svc.cluster.local"
 _DEFAULT_HTTP_PORT: Final = 80
+_MAX_CACHED_HOSTS: Final = 1000
 _CONNECT_TRIES: Final = 3  # endpoints one connection tries before its connect fails
 
 
@@ -161,7 +162,10 @@ class Target:
 
     def begin(self, method: bytes, target: bytes, now: float) -> Attempts[Endpoint]:
         """A request arrives: its route (from the profile) and its attempts."""
-        self.sync(now)
+        if self.profile is not None:
+            message = self.destination.sync_profile(self.profile.current())
+            if message is not None:
+                log.warning("ignoring the profile of %s: %s", self.authority, message)
         path = target.split(b"?", 1)[0].decode("latin-1")
         return self.destination.begin(method.decode("latin-1"), path, now)
 
@@ -297,6 +301,17 @@ class Outbound:
         self.rng = rng or random.Random()  # noqa: S311 (load balancing, not cryptography)
         self.targets: dict[str, Target] = {}
         self.closed = False
+        self._hosts: dict[bytes, str | None] = {}
+
+    def service_authority(self, host: bytes) -> str | None:
+        """``mesh_authority(host)``, cached (bounded: clients choose the hosts)."""
+        try:
+            return self._hosts[host]
+        except KeyError:
+            authority = mesh_authority(host)
+            if len(self._hosts) < _MAX_CACHED_HOSTS:
+                self._hosts[host] = authority
+            return authority
 
     async def resolve(self, authority: str, *, http: bool = False) -> Target | None:
         """The ``Target`` of ``authority`` when discovery knows it, else ``None`` (forward to
