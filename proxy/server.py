@@ -52,7 +52,7 @@ from proxy.net import Conn, format_address
 from proxy.origdst import OriginalDestinationError, original_destination
 from proxy.settings import Address
 from proxy.tcp import splice
-from proxy.tlsglue import MeshTls
+from proxy.tlsglue import NOT_PROVIDED_BY_DISCOVERY, MeshTls
 
 __all__ = [
     "INBOUND",
@@ -196,9 +196,7 @@ async def _handle(
     # The connection's metric record opens once its TLS state is known (after any handshake);
     # until then the bytes read are counted on a scratch record.
     client = Conn(stream, metrics, TcpConnection(""), upstream=False)
-    route = Route(direction, target, connect_timeout)
-    if direction == INBOUND:
-        client.tls_labels = mesh.inbound_plaintext_labels()
+    route = _plaintext_route(client, direction, target, connect_timeout, mesh)
     try:
         if original[1] in context.settings.opaque_ports:
             protocol, prefix = Protocol.OPAQUE, b""
@@ -223,6 +221,19 @@ async def _handle(
         if not client.stats.labels:
             _open_record(client, metrics, direction, original)
         client.close()
+
+
+def _plaintext_route(
+    client: Conn, direction: str, target: tuple[str, int], connect_timeout: float, mesh: MeshTls
+) -> Route:
+    """The route before any mesh decision, and the client's TLS labels until one is made."""
+    route = Route(direction, target, connect_timeout)
+    if direction == INBOUND:
+        client.tls_labels = mesh.inbound_plaintext_labels()
+    elif mesh.enabled:  # undiscovered destinations: plaintext because discovery named no peer
+        client.tls_labels = NOT_PROVIDED_BY_DISCOVERY
+        route = dataclasses.replace(route, connector=mesh.plain_connector(target, connect_timeout))
+    return route
 
 
 async def _dispatch(

@@ -22,12 +22,13 @@ make an idle pooled client connection look closed (``Conn.readable_now``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 import trio
 
+from proxy.context import OUTBOUND
 from proxy.identity import IdentityClient, IdentityClientSettings, IdentitySettingsError
 from proxy.metrics import TLS_DISABLED, Metrics
 from proxy.mtls import (
@@ -119,6 +120,19 @@ class MeshTls:
         return _labelled(
             TlsConn(tls, tls.transport_stream, metrics, stats, upstream=True), labels, identity
         )
+
+    def plain_connector(
+        self, address: tuple[str, int], timeout: float
+    ) -> Callable[[Metrics], Awaitable[Conn]]:
+        """``Route.connector`` for an outbound destination discovery does not know, identity on:
+        plaintext, labelled ``not_provided_by_service_discovery``."""
+
+        async def connect_plain(metrics: Metrics) -> Conn:
+            return await self.connect_endpoint(
+                address, None, timeout=timeout, metrics=metrics, direction=OUTBOUND
+            )
+
+        return connect_plain
 
     async def accept_inbound(
         self, client: Conn, prefix: bytes, *, metrics: Metrics, direction: str, source: str

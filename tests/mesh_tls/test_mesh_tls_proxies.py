@@ -354,3 +354,25 @@ async def test_rotation_keeps_connections_and_new_ones_use_the_new_certificate(
         rf'tls="true",client_id="{re.escape(WEB)}"\}} 2',
         metrics,
     ), metrics
+
+
+async def test_meshed_client_reaches_unmeshed_servers_in_plaintext(
+    identity_service: IdentityService, start_mesh_proxy: StartMeshProxy, app_port: int
+) -> None:
+    app = ("127.0.0.1", app_port)
+    # Discovery does not know the destination: the original address, plaintext.
+    unknown = await start_mesh_proxy(app, identity_service.variables(WEB))
+    # Discovery knows it, without an identity (an unmeshed pod): plaintext to the endpoint.
+    unmeshed = await start_mesh_proxy(app, identity_service.variables(WEB), endpoints={app: None})
+    for proxy in (unknown, unmeshed):
+        await proxy.wait_ready()
+        result = await curl(f"{proxy.outbound_url}/headers")
+        assert result.returncode == 0, result.stderr
+        assert _client_ids(result.stdout) == []
+        metrics = await proxy.metrics()
+        assert re.search(
+            rf'tcp_open_total\{{direction="outbound",peer="dst",target_addr="127.0.0.1:{app_port}",'
+            r'tls="no_identity",no_tls_reason="not_provided_by_service_discovery"',
+            metrics,
+        ), metrics
+        assert 'tls="true"' not in metrics
