@@ -47,6 +47,7 @@ from proxy.errors import NoOriginalDestination, ProxyError
 from proxy.http1 import serve_http1
 from proxy.http2 import serve_http2
 from proxy.metrics import TLS_DISABLED, Metrics, TcpConnection
+from proxy.mtls import ClientTlsError, NoLocalIdentity
 from proxy.mtls.transport import TransportHeaderError, parse_transport_header
 from proxy.net import Conn, format_address
 from proxy.origdst import OriginalDestinationError, original_destination
@@ -212,6 +213,15 @@ async def _handle(
         if not client.stats.labels:
             _open_record(client, metrics, direction, original)
         await _dispatch(protocol, client, prefix, route, context)
+    except (ClientTlsError, NoLocalIdentity, TransportHeaderError) as exc:
+        # A refused meshed connection is news (a misconfigured or hostile peer): say why.
+        log.info(
+            "%s connection from %s refused (%s): %s",
+            direction,
+            format_address(original),
+            exc.slug,
+            exc,
+        )
     except ProxyError as exc:
         log.debug("%s connection from %s ended: %s", direction, format_address(original), exc)
     except Exception:

@@ -8,6 +8,7 @@ behind the server proxy echoes the request headers it received (``GET /headers``
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import ssl
 from pathlib import Path
@@ -171,7 +172,9 @@ async def test_client_with_a_foreign_certificate_is_refused(
     start_mesh_proxy: StartMeshProxy,
     app_port: int,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="proxy.server")
     server = await start_mesh_proxy(("127.0.0.1", app_port), identity_service.variables(DB))
     await server.wait_ready()
     foreign = foreign_identity(tmp_path / "evil", WEB)
@@ -192,6 +195,7 @@ async def test_client_with_a_foreign_certificate_is_refused(
         await trio.aclose_forcefully(tls)
     assert answer == b""
     assert 'client_id="' not in await server.metrics()
+    assert "refused (untrusted_peer)" in caplog.text
 
 
 async def test_ready_only_after_the_first_certificate(
