@@ -97,13 +97,16 @@ class Route:
     """Where one accepted connection is forwarded.
 
     ``connector``, when set, replaces the plain connect to ``target``: the outbound mesh client
-    picks a discovered endpoint for the whole connection there (``proxy.outbound.Lease``).
+    picks a discovered endpoint for the whole connection there (``proxy.outbound.Lease``), and
+    ``dst_labels`` then names that endpoint in the request metrics.
     """
 
     direction: str
     target: tuple[str, int]
     connect_timeout: float
     connector: Callable[[Metrics], Awaitable[Conn]] | None = None
+    dst_labels: Callable[[], str] | None = None
+    """The connected endpoint's ``dst_*`` metric labels (mesh), asked after ``connect``."""
 
     async def connect(self, metrics: Metrics) -> Conn:
         if self.connector is not None:

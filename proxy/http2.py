@@ -132,6 +132,7 @@ class _Relay:
         self.done = trio.Event()
         self.waits: set[trio.CancelScope] = set()
         self.tap_conn = next_connection_id()
+        self.dst = "" if route.dst_labels is None else route.dst_labels()
 
     async def run(self, prefix: bytes) -> None:
         await self._relay(self.down, prefix)
@@ -260,7 +261,7 @@ class _Relay:
 
     def _on_request(self, event: RequestStarted) -> None:
         tls = (self.down if self.direction == INBOUND else self.up).io.tls_labels
-        labels = self.metrics.http_labels(self.direction, event.authority, tls)
+        labels = self.metrics.http_labels(self.direction, event.authority, tls, self.dst)
         self.metrics.request(labels)
         stream = self.streams[event.stream_id] = _Stream(labels, trio.current_time())
         self.highest = max(self.highest, event.stream_id)

@@ -246,6 +246,10 @@ class Lease:
         self.rtt = 0.0
         target.users += 1
 
+    def dst_labels(self) -> str:
+        """The connected endpoint's ``dst_*`` label text (empty before ``connect``)."""
+        return "" if self.pick is None else self.target.dst_labels(self.pick.endpoint)
+
     async def connect(self, metrics: Metrics) -> Conn:
         target = self.target
         balancer = target.destination.balancer

@@ -259,7 +259,7 @@ async def _dispatch(
         # needs a per-stream relay).
         lease = await context.outbound.lease(route.target)
         if lease is not None:
-            route = dataclasses.replace(route, connector=lease.connect)
+            route = dataclasses.replace(route, connector=lease.connect, dst_labels=lease.dst_labels)
     try:
         if protocol is Protocol.HTTP2:
             await serve_http2(client, prefix, route, context)
