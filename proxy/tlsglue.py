@@ -43,6 +43,7 @@ from proxy.mtls import (
     read_client_hello,
 )
 from proxy.mtls.conn import TlsConn
+from proxy.mtls.transport import encode_transport_header
 from proxy.net import Conn, connect, format_address
 from proxy.settings import PREFIX, ProxySettings, SettingsError
 
@@ -97,8 +98,14 @@ class MeshTls:
         timeout: float,
         metrics: Metrics,
         direction: str,
+        opaque_transport_port: int | None = None,
     ) -> Conn:
         """A connection to ``address``: mTLS to ``identity`` when both sides are meshed.
+
+        ``opaque_transport_port`` (discovery's hint for an opaque application port): the mTLS
+        connection goes to that port of the peer (its proxy's inbound port) and first carries the
+        transport header naming ``address``'s port (``proxy/mtls/transport.py``), so the peer
+        forwards without protocol detection. Ignored for plaintext.
 
         Raises the connect errors of ``proxy.net.connect``, ``NoLocalIdentity`` (no certificate
         yet) or a ``PeerTlsError`` (``identity_mismatch``, ``untrusted_peer``,
@@ -114,12 +121,20 @@ class MeshTls:
             handshake_timeout=self.settings.handshake_timeout,
             identity_wait=self.settings.identity_wait,
         )
-        tls = await connect_meshed(address, identity, self.identity, settings=settings)
+        peer = address if opaque_transport_port is None else (address[0], opaque_transport_port)
+        tls = await connect_meshed(peer, identity, self.identity, settings=settings)
         labels = TlsLabels.outbound_meshed(identity).text
         stats = metrics.tcp_open(direction, "dst", format_address(address), tls=labels)
-        return _labelled(
+        conn = _labelled(
             TlsConn(tls, tls.transport_stream, metrics, stats, upstream=True), labels, identity
         )
+        if opaque_transport_port is not None:
+            try:
+                await conn.send(encode_transport_header(address[1]))
+            except BaseException:
+                conn.close()
+                raise
+        return conn
 
     def plain_connector(
         self, address: tuple[str, int], timeout: float

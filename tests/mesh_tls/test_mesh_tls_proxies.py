@@ -282,18 +282,28 @@ async def test_opaque_port_over_mtls_with_the_transport_header(
         mtls=client.mesh.settings,
         proxy_port=proxy_port,
     )
-    conn = await route.connect(client.context.metrics)
-    try:
-        with trio.fail_after(10):
-            assert await conn.receive() == b"220 ready\n"  # no detection wait for the banner
-            await conn.send(b"HELO\n")
-            assert await conn.receive() == b"HELO\n"
-    finally:
-        conn.close()
+    via_hook = functools.partial(
+        client.mesh.connect_endpoint,
+        ("127.0.0.1", app_port),
+        DB,
+        timeout=5.0,
+        metrics=client.context.metrics,
+        direction="outbound",
+        opaque_transport_port=proxy_port,
+    )
+    for connect in (functools.partial(route.connect, client.context.metrics), via_hook):
+        conn = await connect()
+        try:
+            with trio.fail_after(10):
+                assert await conn.receive() == b"220 ready\n"  # no detection wait for it
+                await conn.send(b"HELO\n")
+                assert await conn.receive() == b"HELO\n"
+        finally:
+            conn.close()
     metrics = await server.metrics()
     assert re.search(
         rf'tcp_open_total\{{direction="inbound",peer="src",target_addr="127.0.0.1:{proxy_port}",'
-        rf'tls="true",client_id="{re.escape(WEB)}"\}} 1',
+        rf'tls="true",client_id="{re.escape(WEB)}"\}} 2',
         metrics,
     ), metrics
     # Plaintext to the proxy port itself is refused (never forwarded anywhere).
