@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+import trio
 
-from tests.mesh_outbound.conftest import Mesh
+from tests.mesh_outbound.conftest import SERVICE_AUTHORITY, Mesh
 from tests.mesh_outbound.mo_client import request
 
 pytestmark = pytest.mark.trio
@@ -70,3 +71,24 @@ async def test_route_timeout_answers_504(mesh: Mesh) -> None:
     assert answer.headers[b"meshlet-proxy-error"] == b"route_timeout"
     metrics = mesh.context.metrics.render().decode()
     assert 'rt_route="GET /timeout",status_code="504",classification="failure"} 1' in metrics
+
+
+def _pending(mesh: Mesh) -> list[int]:
+    balancer = mesh.outbound.targets[SERVICE_AUTHORITY].destination.balancer
+    return [s.pending for s in balancer.stats()]
+
+
+async def test_every_pick_is_finished_once_whatever_ends_it(mesh: Mesh) -> None:
+    mesh.backends[0].fail_status = 503
+    for backend in mesh.backends:
+        backend.slow_seconds = 1.5
+    await request(mesh.port, "/retry")  # retried
+    await request(mesh.port, "/retry", method="POST")  # maybe a relayed failure
+    await request(mesh.port, "/timeout")  # route timeout
+    with trio.move_on_after(0.3):  # the client goes away mid-request
+        await request(mesh.port, "/slow")
+    with trio.fail_after(8):  # the abandoned request is reported once its answer arrives
+        while any(_pending(mesh)):
+            await trio.sleep(0.02)
+    assert _pending(mesh) == [0, 0, 0]
+    assert (await request(mesh.port)).status in {200, 503}
