@@ -63,6 +63,8 @@ class EndpointConnector(Protocol):
     plaintext). The returned ``Conn``'s ``stats.labels`` carry the TLS metric labels of the
     connection (``tls="true",server_id=...`` or ``tls="no_identity",no_tls_reason=...``); a
     refused handshake raises an ``UpstreamError`` (answered 502 with its slug).
+    ``opaque_transport_port`` is discovery's hint for an opaque port (mTLS to the peer's proxy
+    port with a transport header, ``proxy.tlsglue``).
     """
 
     async def __call__(
@@ -73,6 +75,7 @@ class EndpointConnector(Protocol):
         timeout: float,
         metrics: Metrics,
         direction: str,
+        opaque_transport_port: int | None = None,
     ) -> Conn: ...
 
 

@@ -345,6 +345,15 @@ class Outbound:
         address = (endpoint.address, endpoint.port)
         timeout = self.settings.outbound_connect_timeout
         if self.connector is not None:
+            if endpoint.opaque_transport_port is not None:  # an opaque port of a meshed pod
+                return await self.connector(
+                    address,
+                    endpoint.identity,
+                    timeout=timeout,
+                    metrics=metrics,
+                    direction=OUTBOUND,
+                    opaque_transport_port=endpoint.opaque_transport_port,
+                )
             return await self.connector(
                 address, endpoint.identity, timeout=timeout, metrics=metrics, direction=OUTBOUND
             )
