@@ -58,6 +58,7 @@ class Sample:
     p99_ms: float
     cores: tuple[float, ...]
     rss_mb: tuple[float, ...]
+    achieved: float  # requests/s actually sent (below 1,000 when the path cannot keep up)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -90,7 +91,8 @@ def _fixed_rate(
     latencies = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line)
     p50 = latencies[len(latencies) // 2] / 1000
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000
-    return Sample(p50, p99, cores, tuple(_rss_mb(pid) for pid in pids))
+    rss = tuple(_rss_mb(pid) for pid in pids)
+    return Sample(p50, p99, cores, rss, len(latencies) / elapsed)
 
 
 def _saturation(pod: Any, url: str, h1: bool, requests: int) -> float:
@@ -168,7 +170,7 @@ def _report(
     print("cores/RSS: client proxy / server proxy")
     print(
         f"{'protocol':8} {'path':7} {'p50 ms':>7} {'p99 ms':>7} {'cores':>13} "
-        f"{'RSS MB':>11} {'max req/s':>10}"
+        f"{'RSS MB':>11} {'sent req/s':>10} {'max req/s':>10}"
     )
     for h1 in (True, False):
         p99s = {}
@@ -191,7 +193,9 @@ def _report(
             print(
                 f"{'http/1.1' if h1 else 'h2c':8} {name:7} "
                 f"{statistics.median(s.p50_ms for s in samples):7.2f} {p99s[name]:7.2f} "
-                f"{cores or '-':>13} {rss or '-':>11} {statistics.median(rates):10.0f}",
+                f"{cores or '-':>13} {rss or '-':>11} "
+                f"{statistics.median(s.achieved for s in samples):10.0f} "
+                f"{statistics.median(rates):10.0f}",
                 flush=True,
             )
         print(f"  p99 added by the two proxies: {p99s['meshed'] - p99s['direct']:.2f} ms")

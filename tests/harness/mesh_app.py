@@ -7,6 +7,10 @@ HTTP/1.1 keep-alive on ``0.0.0.0:PORT``; prints ``ready`` once bound. Every ``GE
 a test sees which pod served each request and which identity the inbound proxy vouched for.
 ``POST`` reads the body and answers the same JSON with ``"bytes": <length>``.
 
+Each answer leaves in one write, head and body together, so a pod killed mid-request has either
+answered completely or not at all. (A response cut between its head and its body cannot be
+retried by any proxy once the head went on to the client: the client sees a truncated body.)
+
 ``SIGUSR1`` makes every later answer wait 200 ms first (a slow pod), ``SIGUSR2`` makes it fast
 again: the test signals the process by PID, so the control never crosses the mesh.
 """
@@ -34,6 +38,8 @@ def _fast(signum: int, frame: FrameType | None) -> None:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Buffered: head and body leave in one write when the request is done (see the docstring).
+    wbufsize = 65536
     pod = ""
 
     def log_message(self, format: str, *args: object) -> None:

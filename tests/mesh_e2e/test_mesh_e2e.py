@@ -192,17 +192,25 @@ def test_endpoint_removed_then_pod_killed_under_load(mesh: Mesh) -> None:
         node.start_app(member)
     service = node.add_service("churn", 80, churn, profile_routes=RETRY_GETS)
     node.wait_ready(churn)
-    with HttpLoad(mesh.client.pod, service.address, workers=4) as load:
+    posts = HttpLoad(mesh.client.pod, service.address, workers=2, method="POST", path="/post")
+    with HttpLoad(mesh.client.pod, service.address, workers=4) as load, posts:
         time.sleep(2)
         service.endpoints.remove(churn[0])
         node.publish()
         removed = time.monotonic()
         time.sleep(3)
+        killing = time.monotonic()
         node.kill_pod(churn[1])
         killed = time.monotonic()
         time.sleep(4)
         outcomes = load.stop()
+        post_outcomes = posts.stop()
     assert _failures(outcomes) == [], _failures(outcomes)[:5]
+    # POSTs are not retryable: they may fail only when in flight on the killed pod.
+    for failed in _failures(post_outcomes):
+        assert failed.started <= killed, failed
+        assert failed.started + failed.seconds >= killing, failed
+    assert len(post_outcomes) > 50
     assert len(outcomes) > 200
     served_before = Counter(o.pod for o in outcomes if o.started < removed)
     assert set(served_before) == {"churn-0", "churn-1", "churn-2"}, served_before
