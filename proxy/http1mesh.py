@@ -31,6 +31,7 @@ from proxy.errors import (
     ClientClosed,
     ClientProtocolError,
     ProxyConfigError,
+    UpstreamClosed,
     UpstreamError,
     UpstreamProtocolError,
     unwrap_groups,
@@ -48,6 +49,7 @@ __all__ = ["proxy_mesh"]
 log = logging.getLogger(__name__)
 
 _EXPECT: Final = b"expect"
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 class _RetryAttempt(Exception):
@@ -222,7 +224,9 @@ class _Exchange:
         started = trio.current_time()
         ending = "abort"
         try:
-            status, switched = await self._exchange(conn, conn_h11, started)
+            conn, conn_h11, status, switched = await self._exchange_fresh(
+                endpoint, conn, conn_h11, started
+            )
             if not self.reported:  # 101: no final head went through ``_on_head``
                 self._report(status=status)
             if switched:
@@ -254,6 +258,39 @@ class _Exchange:
             elif ending == "abort":
                 conn.abort()
         return status, switched
+
+    async def _exchange_fresh(
+        self, endpoint: Endpoint, conn: Conn, conn_h11: h11.Connection, started: float
+    ) -> tuple[Conn, h11.Connection, int, bool]:
+        """``_exchange``; when a pooled connection turns out closed as it is reused (the server
+        timed it out just then: the request never reached the application), once more on a new
+        connection. Returns the connection used."""
+        try:
+            return conn, conn_h11, *await self._exchange(conn, conn_h11, started)
+        except (UpstreamClosed, UpstreamProtocolError):
+            if not self._stale(conn_h11):
+                raise
+        conn.abort()
+        fresh = await self.target.connect(endpoint, self.session.context.metrics)
+        fresh_h11 = h11.Connection(h11.CLIENT)
+        try:
+            return fresh, fresh_h11, *await self._exchange(fresh, fresh_h11, started)
+        except BaseException:
+            fresh.abort()
+            raise
+
+    def _stale(self, conn_h11: h11.Connection) -> bool:
+        """Whether a closed connection may be retried at once on a new one: it was reused, no
+        byte of a response arrived, the request is buffered and idempotent."""
+        return (
+            conn_h11.their_http_version is not None  # a response came on it before: reused
+            # h11 calls an end of stream before the head a protocol error (state ERROR)
+            and conn_h11.their_state in {h11.SEND_RESPONSE, h11.ERROR}
+            and not conn_h11.trailing_data[0]  # not one byte of a response
+            and not self.reported
+            and self.complete
+            and self.request.method in _IDEMPOTENT
+        )
 
     async def _connect(self, endpoint: Endpoint) -> tuple[Conn, h11.Connection]:
         try:

@@ -22,6 +22,9 @@ class Backend:
     delay: float = 0.0
     fail_status: int | None = None
     slow_seconds: float = 1.0
+    drop_reused: bool = False
+    """Close a keep-alive connection when its second request arrives, unanswered (the race of
+    a server timing out an idle connection just as the client reuses it)."""
     hits: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
 
@@ -38,6 +41,7 @@ class Backend:
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         connection = h11.Connection(h11.SERVER)
+        served = 0
         try:
             async with stream:
                 while True:
@@ -49,6 +53,10 @@ class Backend:
                         connection.receive_data(data)
                         continue
                     if not isinstance(event, h11.Request):
+                        return
+                    served += 1
+                    if self.drop_reused and served > 1:
+                        self.hits["dropped"] += 1
                         return
                     body = b""
                     while True:

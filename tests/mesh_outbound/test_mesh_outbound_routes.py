@@ -92,3 +92,19 @@ async def test_every_pick_is_finished_once_whatever_ends_it(mesh: Mesh) -> None:
             await trio.sleep(0.02)
     assert _pending(mesh) == [0, 0, 0]
     assert (await request(mesh.port)).status in {200, 503}
+
+
+async def test_a_pooled_connection_closed_as_it_is_reused_is_replaced(mesh: Mesh) -> None:
+    only = mesh.backends[0]
+    only.drop_reused = True
+    mesh.set_endpoints([only])
+    await request(mesh.port)
+    with trio.fail_after(5):
+        while len(mesh.outbound.targets[SERVICE_AUTHORITY].destination.balancer) != 1:
+            await request(mesh.port)
+            await trio.sleep(0.02)
+    statuses = [(await request(mesh.port)).status for _ in range(5)]
+    assert statuses == [200] * 5  # GET on the default (not retryable) route, never a 502
+    assert only.hits["dropped"] >= 4
+    post = await request(mesh.port, method="POST", body=b"once")
+    assert post.status == 502  # not idempotent: the proxy cannot know it was not processed
