@@ -91,3 +91,51 @@ def test_incomplete_identity_configuration_exits_2(
     assert result.stderr.decode().strip() == (
         "meshlet-proxy: MESHLET_PROXY_IDENTITY_LOCAL_NAME is required"
     )
+
+
+def test_process_with_discovery_configured_still_reaches_unknown_destinations(
+    identity_service: IdentityService, app_port: int, tmp_path: Path
+) -> None:
+    """With ``MESHLET_PROXY_DESTINATION_*`` set the process runs the discovery client; while the
+    destination service does not answer, destinations go to their original address."""
+    ports = {name: free_port() for name in ("ADMIN", "INBOUND", "OUTBOUND")}
+    variables = identity_service.variables(WEB)
+    variables["DESTINATION_SVC_ADDR"] = f"127.0.0.1:{free_port()}"  # nothing listens there
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(FIXED_PROXY), str(app_port)],
+            env=_proxy_env(variables, ports),
+            stdout=out,
+            stderr=out,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            assert process.poll() is None, log.read_text()
+            try:
+                status = httpx.get(
+                    f"http://127.0.0.1:{ports['OUTBOUND']}/bytes/10", timeout=10
+                ).status_code
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert status == 200, log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_bad_destination_address_exits_2(identity_service: IdentityService) -> None:
+    variables = identity_service.variables(WEB)
+    variables["DESTINATION_SVC_ADDR"] = "no-port-here"
+    ports = {name: free_port() for name in ("ADMIN", "INBOUND", "OUTBOUND")}
+    result = subprocess.run(
+        [sys.executable, str(FIXED_PROXY), "9"],
+        env=_proxy_env(variables, ports),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith("meshlet-proxy: MESHLET_PROXY_DESTINATION_SVC_ADDR")
