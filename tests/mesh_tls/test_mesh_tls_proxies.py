@@ -7,6 +7,7 @@ behind the server proxy echoes the request headers it received (``GET /headers``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -390,3 +391,45 @@ async def test_meshed_client_reaches_unmeshed_servers_in_plaintext(
             metrics,
         ), metrics
         assert 'tls="true"' not in metrics
+
+
+async def test_tls_for_another_name_passes_through_to_the_application(
+    identity_service: IdentityService, start_mesh_proxy: StartMeshProxy, nursery: trio.Nursery
+) -> None:
+    received: list[bytes] = []
+    got_hello = trio.Event()
+
+    async def record(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            with trio.move_on_after(10):
+                while b"app.example" not in data:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            received.append(data)
+            got_hello.set()
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, record, 0, host="127.0.0.1"))
+    app = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+    server = await start_mesh_proxy(app, identity_service.variables(DB))
+    await server.wait_ready()
+    tcp = await trio.open_tcp_stream(*server.inbound)
+    tls = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname="app.example")
+    async with trio.open_nursery() as handshake:
+        handshake.start_soon(_handshake_ignoring_failure, tls)
+        with trio.fail_after(10):
+            await got_hello.wait()
+        handshake.cancel_scope.cancel()
+    await trio.aclose_forcefully(tls)
+    assert received[0].startswith(b"\x16\x03")  # the application got the ClientHello untouched
+    assert b"app.example" in received[0]
+    metrics = await server.metrics()
+    assert 'tls="no_identity",no_tls_reason="no_tls_from_remote"' in metrics
+    assert 'tls="true"' not in metrics
+
+
+async def _handshake_ignoring_failure(tls: trio.SSLStream[trio.SocketStream]) -> None:
+    with contextlib.suppress(trio.BrokenResourceError):
+        await tls.do_handshake()
