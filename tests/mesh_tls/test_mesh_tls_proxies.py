@@ -20,6 +20,7 @@ import trio
 from proxy.identity import IdentityClient, IdentityClientSettings
 from proxy.mtls import MESH_ALPN
 from proxy.mtls.transport import MeshedOpaqueRoute
+from proxy.tap import Subscriber, TapFilter, TapRequest
 from tests.identity.conftest import PKI, start_identity, stop
 from tests.mtls.conftest import foreign_identity
 from tests.proxy.conftest import curl
@@ -43,6 +44,21 @@ def _client_ids(body: bytes) -> list[str]:
     ]
 
 
+def _tap_both(client: MeshProxy, server: MeshProxy) -> tuple[Subscriber, Subscriber]:
+    return (
+        client.context.tap.subscribe(TapFilter(direction="outbound")),
+        server.context.tap.subscribe(TapFilter(direction="inbound")),
+    )
+
+
+def _assert_tapped_meshed(outbound: Subscriber, inbound: Subscriber) -> None:
+    """Each side's tap shows the request with the identity its peer proved."""
+    sent = [e for e in outbound.take() if isinstance(e, TapRequest)]
+    received = [e for e in inbound.take() if isinstance(e, TapRequest)]
+    assert [(e.tls, e.server_id) for e in sent] == [("true", DB)]
+    assert [(e.tls, e.client_id) for e in received] == [("true", WEB)]
+
+
 async def _meshed_pair(
     identity_service: IdentityService,
     start_mesh_proxy: StartMeshProxy,
@@ -63,11 +79,13 @@ async def test_meshed_http1_request_carries_the_client_identity(
     identity_service: IdentityService, start_mesh_proxy: StartMeshProxy, app_port: int
 ) -> None:
     client, server = await _meshed_pair(identity_service, start_mesh_proxy, ("127.0.0.1", app_port))
+    taps = _tap_both(client, server)
     result = await curl(
         "-H", "meshlet-client-id: spoofed.by.the.app", f"{client.outbound_url}/headers"
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert _client_ids(result.stdout) == [WEB]
+    _assert_tapped_meshed(*taps)
     server_metrics = await server.metrics()
     assert re.search(
         r'request_total\{direction="inbound",authority="[^"]+",tls="true",'
@@ -92,6 +110,7 @@ async def test_meshed_http2_request_carries_the_client_identity(
     identity_service: IdentityService, start_mesh_proxy: StartMeshProxy, h2_app: tuple[str, int]
 ) -> None:
     client, server = await _meshed_pair(identity_service, start_mesh_proxy, h2_app)
+    taps = _tap_both(client, server)
     result = await curl(
         "--http2-prior-knowledge",
         "-H", "meshlet-client-id: spoofed.by.the.app",
@@ -99,6 +118,7 @@ async def test_meshed_http2_request_carries_the_client_identity(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert _client_ids(result.stdout) == [WEB]
+    _assert_tapped_meshed(*taps)
     server_metrics = await server.metrics()
     assert f'tls="true",client_id="{WEB}"' in server_metrics
     assert f'tls="true",server_id="{DB}"' in await client.metrics()
