@@ -280,7 +280,7 @@ async def _terminate_tls(
     """Inbound TLS: terminated when addressed to our identity (then the plaintext is detected
     afresh), otherwise passed through as opaque bytes (TLS for the application)."""
     meshed, prefix = await mesh.accept_inbound(
-        client, prefix, metrics=context.metrics, direction=INBOUND, source=format_address(original)
+        client, prefix, metrics=context.metrics, source=format_address(original)
     )
     if meshed is None:
         return client, Protocol.OPAQUE, prefix
@@ -305,7 +305,6 @@ async def _accept_transport(  # noqa: PLR0917 (the connection's state, passed on
             client,
             prefix,
             metrics=context.metrics,
-            direction=INBOUND,
             source=format_address(original),
         )
     if meshed is None:

@@ -26,8 +26,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-import trio
-
 from proxy.context import OUTBOUND
 from proxy.identity import IdentityClient, IdentityClientSettings, IdentitySettingsError
 from proxy.metrics import TLS_DISABLED, Metrics
@@ -52,7 +50,6 @@ __all__ = [
     "NOT_PROVIDED_BY_DISCOVERY",
     "MeshTls",
     "load_mesh_tls",
-    "run_identity",
 ]
 
 log = logging.getLogger(__name__)
@@ -150,7 +147,7 @@ class MeshTls:
         return connect_plain
 
     async def accept_inbound(
-        self, client: Conn, prefix: bytes, *, metrics: Metrics, direction: str, source: str
+        self, client: Conn, prefix: bytes, *, metrics: Metrics, source: str
     ) -> tuple[Conn | None, bytes]:
         """For a connection whose first bytes (``prefix``) are a ClientHello: the terminated
         ``TlsConn`` when it is addressed to this proxy's identity, else ``(None, prefix)`` with
@@ -202,11 +199,3 @@ def load_mesh_tls(settings: ProxySettings) -> MeshTls:
     except IdentitySettingsError as exc:
         raise SettingsError(str(exc)) from None
     return MeshTls(IdentityClient(client_settings, alpn_protocols=MESH_ALPN), mtls)
-
-
-async def run_identity(mesh: MeshTls) -> None:
-    """Run the identity client (if configured) until cancelled."""
-    if mesh.identity is not None:
-        await mesh.identity.run()
-    else:
-        await trio.sleep_forever()
