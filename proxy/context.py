@@ -94,6 +94,10 @@ class ProxyContext:
     tap: TapHub = field(default_factory=TapHub)
     outbound: Outbound | None = None
 
+    def __post_init__(self) -> None:
+        if self.outbound is not None:
+            self.metrics.collect("outbound", self.outbound.render_metrics)
+
 
 @dataclass(frozen=True, slots=True)
 class Route:

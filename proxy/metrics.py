@@ -24,7 +24,7 @@ further ones are counted under ``authority="overflow"`` rather than growing memo
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "TLS_DISABLED",
     "Metrics",
     "dst_labels",
+    "escape_label",
     "TcpConnection",
     "classify",
 ]
@@ -49,6 +50,10 @@ _CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+escape_label = _escape
+"""A label value as the text format needs it (backslash, quote and newline escaped)."""
 
 
 def dst_labels(labels: Mapping[str, str]) -> str:
@@ -109,6 +114,12 @@ class Metrics:
         self._route_requests: dict[str, int] = {}
         self._route_responses: dict[tuple[str, int, str], int] = {}
         self._route_latency: dict[tuple[str, int], _Histogram] = {}
+        self._collectors: dict[str, Callable[[list[str]], None]] = {}
+
+    def collect(self, name: str, render: Callable[[list[str]], None]) -> None:
+        """Have ``render(lines)`` append its families at every scrape (once per ``name``):
+        state kept elsewhere (the balancers) is read only when someone scrapes."""
+        self._collectors[name] = render
 
     # -- HTTP -------------------------------------------------------------------------------------
 
@@ -201,6 +212,8 @@ class Metrics:
         self._render_tcp(lines)
         if self._route_labels:
             self._render_routes(lines)
+        for render in self._collectors.values():
+            render(lines)
         lines.append("")
         return "\n".join(lines).encode()
 

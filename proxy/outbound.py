@@ -41,7 +41,7 @@ from proxy.balance import (
 from proxy.context import OUTBOUND, EndpointConnector
 from proxy.discovery import Endpoint, EndpointView, ProfileView
 from proxy.errors import UpstreamError
-from proxy.metrics import Metrics, dst_labels
+from proxy.metrics import Metrics, dst_labels, escape_label
 from proxy.net import Conn, connect, format_address
 from proxy.settings import ProxySettings
 
@@ -358,6 +358,30 @@ class Outbound:
                 address, endpoint.identity, timeout=timeout, metrics=metrics, direction=OUTBOUND
             )
         return await connect(address, timeout=timeout, metrics=metrics, direction=OUTBOUND)
+
+    def render_metrics(self, lines: list[str]) -> None:
+        """Balancer gauges per endpoint of every discovered authority in use (at scrape time)."""
+        families = (
+            ("outbound_balancer_endpoint_pending", "Requests or connections in flight."),
+            ("outbound_balancer_endpoint_rtt_ms", "The endpoint's last peak-EWMA RTT estimate."),
+        )
+        rows: list[tuple[str, int, float]] = []
+        for authority, target in self.targets.items():
+            if not target.known:
+                continue
+            for stats in target.destination.balancer.stats():
+                state = "draining" if stats.draining else stats.health
+                labels = (
+                    f'dst="{escape_label(authority)}",endpoint="{format_address(stats.key)}",'
+                    f'state="{state}"'
+                )
+                rows.append((labels, stats.pending, stats.rtt_estimate * 1000))
+        for index, (name, text) in enumerate(families):
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} gauge")
+            for labels, pending, rtt_ms in rows:
+                value = pending if index == 0 else round(rtt_ms, 3)
+                lines.append(f"{name}{{{labels}}} {value}")
 
     def release_idle(self, now: float) -> list[str]:
         """Forget authorities unused for the idle timeout with nothing in flight."""

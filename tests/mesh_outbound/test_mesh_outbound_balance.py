@@ -40,6 +40,8 @@ async def test_requests_spread_over_every_endpoint(mesh: Mesh) -> None:
     assert 'dst_pod="web-1"' in metrics
     assert 'dst_service="web"' in metrics
     assert 'authority="web.shop.svc.cluster.local:8080"' in metrics
+    assert metrics.count("outbound_balancer_endpoint_rtt_ms{") == 3
+    assert metrics.count('state="healthy"} 0\n') == 3  # nothing pending between requests
 
 
 @SPREAD
@@ -115,6 +117,10 @@ async def test_failing_endpoint_is_ejected(mesh: Mesh) -> None:
     assert statuses[500] == failing.hits["/"]  # "/" is not retryable: failures reach the client
     stats = {s.key: s for s in _target(mesh).destination.balancer.stats()}
     assert stats[(failing.host, failing.port)].health != "healthy"
+    metrics = mesh.context.metrics.render().decode()
+    endpoint = f'endpoint="{failing.host}:{failing.port}"'
+    assert f'outbound_balancer_endpoint_pending{{dst="{SERVICE_AUTHORITY}",{endpoint},' in metrics
+    assert f'{endpoint},state="ejected"}} 0' in metrics or 'state="probing"' in metrics
 
 
 async def test_no_endpoints_answers_503_after_the_failfast_wait(mesh: Mesh) -> None:
