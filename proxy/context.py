@@ -126,9 +126,9 @@ class Route:
 class EndpointPicker(Protocol):
     """Chooses the endpoint an outbound connection to ``original`` is forwarded to.
 
-    Today every outbound connection goes to its original destination. Discovery and load
-    balancing (the mesh issue) implement this interface: resolve the authority, keep the
-    endpoint set fresh, pick one per connection, and the listeners stay as they are.
+    ``ORIGINAL_DESTINATION`` is the default. Discovery and balancing do not go through this
+    interface (they need a pick per HTTP/1 request, not per connection): see
+    ``ProxyContext.outbound`` and docs/mesh-outbound.md.
     """
 
     async def pick(self, original: tuple[str, int]) -> tuple[str, int]: ...

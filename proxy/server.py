@@ -8,9 +8,10 @@ process waits for them up to the grace period (``proxy/__main__.py``).
 Where a connection goes is decided by ``choose_upstream``, a pure function of the direction, the
 original destination and the listen address: inbound connections go to the application on
 loopback (``127.0.0.1:<original port>``: loopback is exempt from the iptables redirect),
-outbound ones to where the ``EndpointPicker`` says (today: the original destination; discovery
-and load balancing implement the same interface in the mesh issue). The protocol shells only see
-a ``Route``.
+outbound ones to their original destination, unless the outbound mesh client
+(``context.outbound``, ``proxy/outbound.py``) knows it: then HTTP/1 picks an endpoint per request
+(``proxy/http1mesh.py``) and HTTP/2 and opaque TCP one per connection (``_dispatch``: a ``Lease``
+becomes the ``Route``'s connector). The protocol shells only see a ``Route``.
 
 Inbound mutual TLS (``proxy/tlsglue.py``): when identity is on, a connection whose first bytes
 are a ClientHello naming this proxy's identity is terminated (client certificate required) and
