@@ -38,11 +38,10 @@ from proxy.errors import (
 )
 from proxy.headers import forward_headers
 from proxy.http1mesh import proxy_mesh
+from proxy.http1tap import ExchangeTap
 from proxy.metrics import classify
 from proxy.mtls import inbound_request_headers
 from proxy.net import RECEIVE_SIZE, Conn, format_address
-from proxy.outbound import Target
-from proxy.tap import TapStream, next_connection_id
 from proxy.tcp import splice
 
 __all__ = ["serve_http1"]
@@ -76,10 +75,8 @@ class _Session:
         self.upstream: Conn | None = None
         self.upstream_h11: h11.Connection | None = None
         self.scope = trio.CancelScope()
-        self.tap_conn = next_connection_id()
-        self.tap_requests = 0
-        self.tapped: TapStream | None = None
-        """The tap record of the exchange in progress (``None`` when nobody taps)."""
+        inbound = route.direction != OUTBOUND
+        self.tap = ExchangeTap(context.tap, client, route.direction, inbound=inbound)
 
     async def run(self) -> None:
         lifecycle = self.context.lifecycle
@@ -163,68 +160,23 @@ class _Session:
 
     # -- one exchange -----------------------------------------------------------------------------
 
-    async def _mesh_target(self, authority: bytes) -> Target | None:
-        """The discovered destination of an outbound request: the Service its ``Host`` names,
-        else the connection's original destination; ``None`` when discovery knows neither."""
-        outbound = self.context.outbound
-        if outbound is None or self.route.direction != OUTBOUND:
-            return None
-        service = outbound.service_authority(authority) if authority else None
-        if service is not None:
-            target = await outbound.resolve(service, http=True)
-            if target is not None:
-                return target
-        return await outbound.resolve(format_address(self.route.target), http=True)
-
-    def tap_start(
-        self, request: h11.Request, authority: bytes, dst: tuple[str, int], upstream: Conn | None
-    ) -> None:
-        """Publish the request to the tap (when someone taps); ``upstream`` gives the outbound
-        side's server identity, the client connection the inbound side's client identity."""
-        tap = self.context.tap
-        if not tap.active or self.tapped is not None:
-            return
-        peer = self.client.peer_id if upstream is None else upstream.peer_id
-        inbound = self.route.direction != OUTBOUND
-        self.tapped = tap.request_start(
-            conn=self.tap_conn,
-            stream=self.tap_requests,
-            direction=self.route.direction,
-            method=request.method,
-            authority=authority,
-            path=request.target,
-            src=self.client.stream.socket.getpeername()[:2],
-            dst=dst,
-            tls="true" if peer else "no_identity",
-            client_id=(peer or "") if inbound else "",
-            server_id="" if inbound else (peer or ""),
-        )
-
-    def tap_end(self, status: int | None = None, error: str = "") -> None:
-        if self.tapped is not None:
-            if status is not None:
-                self.tapped.response_start(status)
-            self.tapped.end(error=error)
-
     async def _proxy(self, request: h11.Request) -> bool:
         """Forward one request and its response; ``True`` if the connection became a tunnel."""
-        self.tap_requests += 1
         authority = _authority(request)
         try:
-            if self.context.outbound is not None:
-                target = await self._mesh_target(authority)
+            outbound = self.context.outbound
+            if outbound is not None and self.route.direction == OUTBOUND:
+                target = await outbound.resolve_request(authority, self.route.target)
                 if target is not None:
                     self._drop_upstream(abort=False)
                     return await proxy_mesh(self, request, authority, target)
             return await self._proxy_plain(request, authority)
         finally:
-            if self.tapped is not None:
-                self.tapped.end(error="aborted")  # no-op after a clean end
-                self.tapped = None
+            self.tap.finish()
 
     async def _proxy_plain(self, request: h11.Request, authority: bytes) -> bool:
         """The request to the route's target (inbound; outbound without the mesh)."""
-        self.tap_start(request, authority, self.route.target, None)
+        self.tap.start(request, authority, self.route.target, None)
         metrics = self.context.metrics
         started = trio.current_time()
         labels = metrics.http_labels(self.route.direction, authority, self.client.tls_labels)
@@ -264,22 +216,22 @@ class _Session:
             log.info("%s %s %s: %s", self.route.direction, request.method.decode(), authority, exc)
             metrics.response_headers(labels, exc.status, (trio.current_time() - started) * 1000)
             metrics.response_end(labels, exc.status, "failure")
-            self.tap_end(exc.status, exc.slug)
+            self.tap.end(exc.status, exc.slug)
             self._drop_upstream(abort=True)
             await self._send_error(exc, status=exc.status)
             return False
         except ClientProtocolError as exc:
-            self.tap_end(error=exc.slug)
+            self.tap.end(error=exc.slug)
             self._drop_upstream(abort=True)
             await self._send_error(exc, status=exc.status_hint)
             return False
         if switched:
             metrics.response_end(labels, status, "success")
-            self.tap_end()
+            self.tap.end()
             await self._tunnel(upstream, upstream_h11)
             return True
         metrics.response_end(labels, status, classify(status, None))
-        self.tap_end()
+        self.tap.end()
         if upstream_h11.our_state is h11.DONE and upstream_h11.their_state is h11.DONE:
             upstream_h11.start_next_cycle()
         else:
@@ -342,7 +294,7 @@ class _Session:
         self.context.metrics.response_headers(
             labels, status, (trio.current_time() - started) * 1000
         )
-        tapped = self.tapped
+        tapped = self.tap.current
         if tapped is not None:
             tapped.response_start(status)
         headers = forward_headers(event.headers, allow_upgrade=False).headers
@@ -380,7 +332,7 @@ class _Session:
             # The head is out: the only honest signal left is to reset the client connection.
             log.info("%s response body from %s failed: %s", self.route.direction, labels, exc)
             self.context.metrics.response_end(labels, status, "failure")
-            self.tap_end(error="reset")
+            self.tap.end(error="reset")
             self.client.abort()
             raise ClientClosed("response aborted") from exc
 
@@ -399,8 +351,8 @@ class _Session:
                 if event.status_code == _SWITCHING_PROTOCOLS and upgrade:
                     latency_ms = (trio.current_time() - started) * 1000
                     self.context.metrics.response_headers(labels, 101, latency_ms)
-                    if self.tapped is not None:
-                        self.tapped.response_start(101)
+                    if self.tap.current is not None:
+                        self.tap.current.response_start(101)
                     forwarded = forward_headers(event.headers)
                     await self._send_client(
                         h11.InformationalResponse(status_code=101, headers=forwarded.headers)

@@ -173,8 +173,8 @@ class _Exchange:
     def record_error(self, status: int, started: float, slug: str) -> None:
         """Metrics (and tap) for a request the proxy answers itself (or resets)."""
         session = self.session
-        session.tap_start(self.request, self.authority, session.route.target, None)
-        session.tap_end(status, slug)
+        session.tap.start(self.request, self.authority, session.route.target, None)
+        session.tap.end(status, slug)
         metrics = session.context.metrics
         if not self.labels:
             self.labels = metrics.http_labels(OUTBOUND, self.authority)
@@ -220,7 +220,7 @@ class _Exchange:
             OUTBOUND, self.authority, conn.tls_labels, target.dst_labels(endpoint)
         )
         metrics.request(self.labels)
-        session.tap_start(self.request, self.authority, (endpoint.address, endpoint.port), conn)
+        session.tap.start(self.request, self.authority, (endpoint.address, endpoint.port), conn)
         started = trio.current_time()
         ending = "abort"
         try:
@@ -231,11 +231,11 @@ class _Exchange:
                 self._report(status=status)
             if switched:
                 ending = "tunnel"
-                session.tap_end()
+                session.tap.end()
                 await session._tunnel(conn, conn_h11)
             else:
                 metrics.response_end(self.labels, status, classify(status, None))
-                session.tap_end()
+                session.tap.end()
                 if conn_h11.our_state is h11.DONE and conn_h11.their_state is h11.DONE:
                     ending = "keep"
         except _FailedHead as failed:

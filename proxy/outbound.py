@@ -341,6 +341,16 @@ class Outbound:
         target = await self.resolve(format_address(original))
         return None if target is None else Lease(target)
 
+    async def resolve_request(self, host: bytes, original: tuple[str, int]) -> Target | None:
+        """An HTTP request's ``Target``: the Service its ``Host`` names, else the connection's
+        original destination; ``None`` when discovery knows neither."""
+        service = self.service_authority(host) if host else None
+        if service is not None:
+            target = await self.resolve(service, http=True)
+            if target is not None:
+                return target
+        return await self.resolve(format_address(original), http=True)
+
     async def connect(self, endpoint: Endpoint, metrics: Metrics) -> Conn:
         address = (endpoint.address, endpoint.port)
         timeout = self.settings.outbound_connect_timeout
