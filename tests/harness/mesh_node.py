@@ -79,6 +79,7 @@ class MeshPod:
     proxy: Process | None
     env: dict[str, str]
     apps: list[Process] = field(default_factory=list)
+    opaque_ports: str | None = None  # the pod's config.meshlet.io/opaque-ports, for discovery
 
     @property
     def name(self) -> str:
@@ -280,16 +281,7 @@ class MeshNode:
                     "namespace": mesh_service.namespace,
                     "clusterIP": service.vip,
                     "ports": [{"port": service.port, "targetPort": service.target_port}],
-                    "endpoints": [
-                        {
-                            "address": member.pod.ip,
-                            "pod": member.name,
-                            "serviceAccount": member.serviceaccount,
-                            "meshed": member.proxy is not None,
-                            "owner": {"kind": "deployment", "name": service.name},
-                        }
-                        for member in mesh_service.endpoints
-                    ],
+                    "endpoints": [_endpoint(member, service) for member in mesh_service.endpoints],
                 }
             )
             if mesh_service.profile_routes:
@@ -415,6 +407,19 @@ class MeshNode:
     def close(self) -> None:
         """Remove the temporary directory (processes go with the node's namespaces)."""
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _endpoint(member: MeshPod, service: Service) -> dict[str, Any]:
+    endpoint: dict[str, Any] = {
+        "address": member.pod.ip,
+        "pod": member.name,
+        "serviceAccount": member.serviceaccount,
+        "meshed": member.proxy is not None,
+        "owner": {"kind": "deployment", "name": service.name},
+    }
+    if member.opaque_ports is not None:
+        endpoint["opaquePorts"] = member.opaque_ports
+    return endpoint
 
 
 def _wait_proxy_ready(pod: Netns, proxy: Process, deadline: float) -> None:

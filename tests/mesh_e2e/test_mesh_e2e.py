@@ -3,12 +3,16 @@
     node:      meshlet-identity (10.244.0.1:8080), meshlet-destination (10.244.0.1:8086),
                kube-proxy-style DNAT for every Service VIP
     client     meshed, ServiceAccount "client"
-    web-0..2   meshed, ServiceAccount "web", mesh_app.py on 8080
+    web-0..2   meshed, ServiceAccount "web", mesh_app.py on 8080; web-1 also runs an opaque TCP
+               echo on 3306, annotated config.meshlet.io/opaque-ports: "3306" (so discovery
+               hints "opaque")
     outside    not meshed, mesh_app.py on 8080
     impostor   meshed, discovery says ServiceAccount "web" but its token (and so its
                certificate) is ServiceAccount "other"
 
     Service web    VIP:80    -> web-0, web-1, web-2 :8080 (profile: GET retryable)
+    Service db-annotated VIP:3306 -> web-1 :3306 (opaque TCP, annotated)
+    Service empty  VIP:80    -> nothing (discovery knows it, with no endpoints)
     Service plain  VIP:80    -> outside :8080 (unmeshed endpoint)
     Service fake   VIP:80    -> impostor :8080
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +35,7 @@ import pytest
 
 from meshlet.names import workload_identity
 from tests.harness import Netns, Node
-from tests.harness.mesh import Samples, scrape
+from tests.harness.mesh import Samples, scrape, start_app
 from tests.harness.mesh_load import HttpLoad, Outcome, request
 from tests.harness.mesh_node import MeshNode, MeshPod
 
@@ -65,7 +70,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         impostor = mesh_node.add_pod("impostor", serviceaccount="web", token_for="other")
         for member in [*web, outside, impostor]:
             mesh_node.start_app(member)
+        start_app(web[1].pod, "echo", 3306)
+        web[1].opaque_ports = "3306"
         mesh_node.add_service("web", 80, web, profile_routes=RETRY_GETS)
+        mesh_node.add_service("db-annotated", 3306, [web[1]], target_port=3306)
+        mesh_node.add_service("empty", 80, [])
         mesh_node.add_service("plain", 80, [outside])
         mesh_node.add_service("fake", 80, [impostor])
         mesh_node.wait_ready([client, *web, impostor])
@@ -164,6 +173,39 @@ def test_peer_with_another_identity_is_refused(mesh: Mesh) -> None:
     status, body = _raw_get(mesh.impostor.pod, mesh.node.services["web"].address, "/")
     assert status == 200
     assert json.loads(body)["client_id"] == workload_identity("other", "default")
+
+
+def _opaque_echo(mesh: Mesh, service: str, server: MeshPod) -> None:
+    before = scrape(server.pod)
+    payload = os.urandom(200_000)
+    with mesh.client.pod.connect(mesh.node.services[service].address, timeout=10) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        echoed = b""
+        while chunk := sock.recv(65536):
+            echoed += chunk
+    assert echoed == payload
+    after = scrape(server.pod)
+    accepted = {"direction": "inbound", "peer": "src", "tls": "true", "client_id": CLIENT_ID}
+    assert _delta(before, after, "tcp_open_total", **accepted) == 1
+
+
+def test_opaque_tcp_on_an_annotated_opaque_port_is_mtls(mesh: Mesh) -> None:
+    """Discovery hints "opaque" (with the transport port): the client proxy uses it."""
+    _opaque_echo(mesh, "db-annotated", mesh.web[1])
+
+
+def test_service_without_endpoints_fails_fast_with_503(mesh: Mesh) -> None:
+    address = mesh.node.services["empty"].address
+    with mesh.client.pod.connect(address, timeout=15) as sock:
+        host = f"{address[0]}:{address[1]}"
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head = data.partition(b"\r\n\r\n")[0].decode().lower()
+    assert head.startswith("http/1.1 503"), head
+    assert "meshlet-proxy-error: " in head, head
 
 
 def test_traffic_shifts_away_from_a_slow_pod(mesh: Mesh) -> None:
