@@ -44,6 +44,7 @@ WEB = workload_identity("web", "shop")
 DB = workload_identity("db", "shop")
 ADMIN = workload_identity("admin", "kube-system")
 TOKENS = {WEB: "tok-web", DB: "tok-db", ADMIN: "tok-admin"}
+SHORT_LIFETIME = 4.0  # seconds: renewals within a test, and slack on a busy machine
 BACKEND = Path(__file__).parent.parent / "proxy" / "backend_http1.py"
 
 
@@ -106,8 +107,11 @@ def identity_service(tmp_path: Path, pki: PKI) -> Iterator[IdentityService]:
 
 @pytest.fixture
 def short_lived_identity_service(tmp_path: Path, pki: PKI) -> Iterator[IdentityService]:
-    """The same, issuing certificates that live 2 s (no clock-skew padding)."""
-    env = {"MESHLET_IDENTITY_LEAF_LIFETIME": "2s", "MESHLET_IDENTITY_CLOCK_SKEW": "0s"}
+    """The same, issuing certificates that live ``SHORT_LIFETIME`` (no clock-skew padding)."""
+    env = {
+        "MESHLET_IDENTITY_LEAF_LIFETIME": f"{SHORT_LIFETIME:g}s",
+        "MESHLET_IDENTITY_CLOCK_SKEW": "0s",
+    }
     yield from _identity_service(tmp_path, pki, env)
 
 
@@ -247,6 +251,7 @@ __all__ = [
     "ADMIN",
     "DB",
     "WEB",
+    "SHORT_LIFETIME",
     "IdentityService",
     "MeshProxy",
     "StartMeshProxy",

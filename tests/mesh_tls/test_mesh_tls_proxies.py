@@ -25,7 +25,16 @@ from tests.identity.conftest import PKI, start_identity, stop
 from tests.mtls.conftest import foreign_identity
 from tests.proxy.conftest import curl
 
-from .conftest import ADMIN, DB, WEB, IdentityService, MeshProxy, StartMeshProxy, free_port
+from .conftest import (
+    ADMIN,
+    DB,
+    SHORT_LIFETIME,
+    WEB,
+    IdentityService,
+    MeshProxy,
+    StartMeshProxy,
+    free_port,
+)
 
 pytestmark = pytest.mark.trio
 
@@ -365,21 +374,28 @@ async def test_rotation_keeps_connections_and_new_ones_use_the_new_certificate(
     )
     await server.wait_ready()
     await client.wait_ready()
-    assert server.mesh.identity is not None
-    assert client.mesh.identity is not None
+    server_identity, client_identity = server.mesh.identity, client.mesh.identity
+    assert server_identity is not None
+    assert client_identity is not None
+    first_certificates_expire = trio.current_time() + SHORT_LIFETIME
+
+    async def renewed(times: int) -> None:
+        start = (server_identity.renewals, client_identity.renewals)
+        with trio.fail_after(60):
+            while (
+                server_identity.renewals < start[0] + times
+                or client_identity.renewals < start[1] + times
+            ):
+                await trio.sleep(0.05)
+
     outbound = ("127.0.0.1", client.addresses.outbound[1])
     long_lived = await trio.open_tcp_stream(*outbound)
     async with long_lived:
         await _echo_once(long_lived, b"before the renewals\n")
-        start = (server.mesh.identity.renewals, client.mesh.identity.renewals)
-        with trio.fail_after(30):
-            while (
-                server.mesh.identity.renewals < start[0] + 2
-                or client.mesh.identity.renewals < start[1] + 2
-            ):
-                await trio.sleep(0.1)
-        await trio.sleep(2.5)  # past the expiry of the certificates the connection began with
+        await renewed(2)
+        await trio.sleep_until(first_certificates_expire + 0.5)
         await _echo_once(long_lived, b"after the renewals, same connection\n")
+        await renewed(1)  # both hold a fresh certificate (the first ones expired)
         fresh = await trio.open_tcp_stream(*outbound)
         async with fresh:
             await _echo_once(fresh, b"a new connection\n")
