@@ -99,7 +99,9 @@ async def mesh(
     for backend in [*backends, outside]:
         await nursery.start(backend.serve)
     overrides: dict[str, Any] = dict(getattr(request, "param", {}))
-    balance = BalanceSettings(decay=overrides.pop("decay", 10.0))
+    balance = BalanceSettings(
+        decay=overrides.pop("decay", 10.0), min_backoff=overrides.pop("min_backoff", 1.0)
+    )
     with destination(tmp_path, render_yaml(backends)) as server:
         settings = ProxySettings(
             inbound_listen=Address("127.0.0.1", 0),
