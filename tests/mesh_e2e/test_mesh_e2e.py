@@ -13,6 +13,7 @@
     Service web    VIP:80    -> web-0, web-1, web-2 :8080 (profile: GET retryable)
     Service db-annotated VIP:3306 -> web-1 :3306 (opaque TCP, annotated)
     Service empty  VIP:80    -> nothing (discovery knows it, with no endpoints)
+    Service web-h2 VIP:81    -> web-0, web-1, web-2 :8081 (nginx, h2c, names the pod)
     Service plain  VIP:80    -> outside :8080 (unmeshed endpoint)
     Service fake   VIP:80    -> impostor :8080
 
@@ -30,7 +31,11 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from meshlet.names import workload_identity
@@ -46,6 +51,40 @@ WEB_ID = workload_identity("web", "default")
 RETRY_GETS = [
     {"name": "GET /", "condition": {"method": "GET", "pathRegex": "/.*"}, "isRetryable": True}
 ]
+
+
+NGINX_H2 = """
+user root;
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 8081 http2;
+        location / {{
+            default_type application/json;
+            return 200 '{{"pod": "{pod}", "client_id": "$http_meshlet_client_id"}}';
+        }}
+    }}
+}}
+"""
+
+
+def _start_h2_nginx(member: MeshPod, directory: Path) -> None:
+    """nginx answering h2c (prior knowledge) on 8081 with the pod's name and client id."""
+    directory.mkdir()
+    conf = directory / "nginx.conf"
+    conf.write_text(NGINX_H2.format(dir=directory, pod=member.name))
+    member.pod.spawn(["nginx", "-c", str(conf)], capture=False, label=f"nginx in {member.name}")
+    member.pod.wait_for_port(("127.0.0.1", 8081))
 
 
 @dataclass
@@ -71,10 +110,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         for member in [*web, outside, impostor]:
             mesh_node.start_app(member)
         start_app(web[1].pod, "echo", 3306)
+        for member in web:
+            _start_h2_nginx(member, logs / f"nginx-{member.name}")
         web[1].opaque_ports = "3306"
         mesh_node.add_service("web", 80, web, profile_routes=RETRY_GETS)
         mesh_node.add_service("db-annotated", 3306, [web[1]], target_port=3306)
         mesh_node.add_service("empty", 80, [])
+        mesh_node.add_service("web-h2", 81, web, target_port=8081)
         mesh_node.add_service("plain", 80, [outside])
         mesh_node.add_service("fake", 80, [impostor])
         mesh_node.wait_ready([client, *web, impostor])
@@ -134,6 +176,44 @@ def _raw_get(
             data += chunk
     answer_head, _, body = data.partition(b"\r\n\r\n")
     return int(answer_head.split(b" ", 2)[1]), body
+
+
+def _h2_gets(pod: Netns, address: tuple[str, int], count: int) -> list[dict[str, object]]:
+    """``count`` sequential GETs on ONE h2c connection (prior knowledge); the decoded bodies."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    answers: list[dict[str, object]] = []
+    with pod.connect(address, timeout=10) as sock:
+        sock.sendall(conn.data_to_send())
+        for index in range(count):
+            stream = conn.get_next_available_stream_id()
+            headers = [(":method", "GET"), (":scheme", "http"), (":path", f"/h2/{index}"),
+                       (":authority", f"{address[0]}:{address[1]}")]  # fmt: skip
+            conn.send_headers(stream, headers, end_stream=True)
+            sock.sendall(conn.data_to_send())
+            body, status, done = b"", "", False
+            while not done:
+                data = sock.recv(65536)
+                assert data, "connection closed"
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = dict(event.headers)[b":status"].decode()
+                    elif isinstance(event, h2.events.DataReceived):
+                        body += event.data
+                        conn.acknowledge_received_data(len(event.data), event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
+                        done = True
+                sock.sendall(conn.data_to_send())
+            assert status == "200", (status, body)
+            answers.append(json.loads(body))
+    return answers
+
+
+def test_http2_client_reaches_meshed_servers_over_mtls(mesh: Mesh) -> None:
+    """An h2c app connection: every request answered, each over mTLS with the client's id."""
+    answers = _h2_gets(mesh.client.pod, mesh.node.services["web-h2"].address, 30)
+    assert {answer["client_id"] for answer in answers} == {CLIENT_ID}
+    assert {answer["pod"] for answer in answers} <= {"web-0", "web-1", "web-2"}
 
 
 def test_unmeshed_client_reaches_meshed_server_in_plaintext(mesh: Mesh) -> None:
