@@ -62,6 +62,8 @@ NOT_PROVIDED_BY_DISCOVERY: Final = TlsLabels.plaintext(
 """Outbound, identity on: discovery gave the endpoint no identity, so plaintext."""
 _IDENTITY_PREFIX: Final = "IDENTITY_"
 _NOT_IDENTITY_CLIENT: Final = frozenset({"IDENTITY_WAIT_TIMEOUT"})
+# Set for discovery too (it verifies the destination service against them): not a switch.
+_SHARED: Final = frozenset({"IDENTITY_TRUST_ANCHORS"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +185,9 @@ def _labelled(conn: TlsConn, labels: str, peer_id: str) -> TlsConn:
 def load_mesh_tls(settings: ProxySettings) -> MeshTls:
     """The process's ``MeshTls`` from ``settings.extra`` (``MESHLET_PROXY_IDENTITY_*``).
 
-    Without any identity-client variable identity is off and the proxy behaves as before it
-    existed. ``SettingsError`` names a bad variable.
+    Without any identity-client variable (the trust anchors alone, which discovery also reads,
+    do not count) identity is off and the proxy behaves as before it existed. ``SettingsError``
+    names a bad or missing variable.
     """
     mtls = MtlsSettings.from_proxy_settings(settings)
     environ: Mapping[str, str] = {
@@ -192,7 +195,7 @@ def load_mesh_tls(settings: ProxySettings) -> MeshTls:
         for suffix, value in settings.extra.items()
         if suffix.startswith(_IDENTITY_PREFIX) and suffix not in _NOT_IDENTITY_CLIENT
     }
-    if not environ:
+    if not environ.keys() - {PREFIX + name for name in _SHARED}:
         return MeshTls(settings=mtls)
     try:
         client_settings = IdentityClientSettings.from_env(environ)
