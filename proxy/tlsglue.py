@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from meshlet.names import PROXY_INBOUND_PORT
 from proxy.context import OUTBOUND
 from proxy.identity import IdentityClient, IdentityClientSettings, IdentitySettingsError
 from proxy.metrics import TLS_DISABLED, Metrics
@@ -72,6 +73,11 @@ class MeshTls:
 
     identity: IdentityClient | None = None
     settings: MtlsSettings = field(default_factory=MtlsSettings)
+    opaque_ports: frozenset[int] = frozenset()
+    """This proxy's opaque ports (``MESHLET_PROXY_OPAQUE_PORTS``); the mesh's defaults are the
+    same in every proxy, so a meshed peer skips detection on them too."""
+    peer_proxy_port: int = PROXY_INBOUND_PORT
+    """Where a meshed peer's proxy accepts the transport header (4143 in every meshed pod)."""
 
     @property
     def enabled(self) -> bool:
@@ -101,10 +107,11 @@ class MeshTls:
     ) -> Conn:
         """A connection to ``address``: mTLS to ``identity`` when both sides are meshed.
 
-        ``opaque_transport_port`` (discovery's hint for an opaque application port): the mTLS
-        connection goes to that port of the peer (its proxy's inbound port) and first carries the
-        transport header naming ``address``'s port (``proxy/mtls/transport.py``), so the peer
-        forwards without protocol detection. Ignored for plaintext.
+        ``opaque_transport_port`` (discovery's hint for an opaque application port; implied for
+        this proxy's own opaque ports): the mTLS connection goes to that port of the peer (its
+        proxy's inbound port) and first carries the transport header naming ``address``'s port
+        (``proxy/mtls/transport.py``), so the peer forwards without protocol detection. Ignored
+        for plaintext.
 
         Raises the connect errors of ``proxy.net.connect``, ``NoLocalIdentity`` (no certificate
         yet) or a ``PeerTlsError`` (``identity_mismatch``, ``untrusted_peer``,
@@ -120,6 +127,10 @@ class MeshTls:
             handshake_timeout=self.settings.handshake_timeout,
             identity_wait=self.settings.identity_wait,
         )
+        if opaque_transport_port is None and address[1] in self.opaque_ports:
+            # Discovery hints only annotated ports; the peer's proxy skips detection on the
+            # default opaque ports as well, so TLS sent there would reach its application.
+            opaque_transport_port = self.peer_proxy_port
         peer = address if opaque_transport_port is None else (address[0], opaque_transport_port)
         tls = await connect_meshed(peer, identity, self.identity, settings=settings)
         labels = TlsLabels.outbound_meshed(identity).text
@@ -201,4 +212,8 @@ def load_mesh_tls(settings: ProxySettings) -> MeshTls:
         client_settings = IdentityClientSettings.from_env(environ)
     except IdentitySettingsError as exc:
         raise SettingsError(str(exc)) from None
-    return MeshTls(IdentityClient(client_settings, alpn_protocols=MESH_ALPN), mtls)
+    return MeshTls(
+        IdentityClient(client_settings, alpn_protocols=MESH_ALPN),
+        mtls,
+        opaque_ports=settings.opaque_ports,
+    )

@@ -219,18 +219,25 @@ async def start_mesh_proxy(nursery: trio.Nursery) -> StartMeshProxy:
         endpoints: Mapping[tuple[str, int], str | None] | None = None,
         inbound_port: int = 0,
         min_refresh: float | None = None,
+        peer_proxy_port: int | None = None,
+        **overrides: Any,
     ) -> MeshProxy:
         settings = ProxySettings(
             inbound_listen=Address("127.0.0.1", inbound_port),
             outbound_listen=Address("127.0.0.1", 0),
             admin_listen=Address("127.0.0.1", 0),
             extra=dict(variables),
+            **overrides,
         )
         mesh = load_mesh_tls(settings)
+        if peer_proxy_port is not None:  # on loopback every proxy has its own port
+            mesh = dataclasses.replace(mesh, peer_proxy_port=peer_proxy_port)
         if min_refresh is not None and mesh.identity is not None:
             # The one tunable the environment does not set: renew within a 2 s lifetime.
             quick = dataclasses.replace(mesh.identity.settings, min_refresh=min_refresh)
-            mesh = MeshTls(IdentityClient(quick, alpn_protocols=MESH_ALPN), mesh.settings)
+            mesh = dataclasses.replace(
+                mesh, identity=IdentityClient(quick, alpn_protocols=MESH_ALPN)
+            )
         outbound = None
         if endpoints is not None:
             outbound = Outbound(

@@ -469,3 +469,51 @@ async def test_tls_for_another_name_passes_through_to_the_application(
 async def _handshake_ignoring_failure(tls: trio.SSLStream[trio.SocketStream]) -> None:
     with contextlib.suppress(trio.BrokenResourceError):
         await tls.do_handshake()
+
+
+async def test_default_opaque_port_between_meshed_proxies_uses_the_transport_header(
+    identity_service: IdentityService, start_mesh_proxy: StartMeshProxy, nursery: trio.Nursery
+) -> None:
+    """A port opaque by default in both proxies, without discovery's hint (no annotation): the
+    client proxy still sends mTLS to the peer's proxy port with the transport header, so a
+    server-speaks-first app behind the peer works (its banner comes first)."""
+
+    async def banner_then_echo(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b"220 ready\n")
+            async for data in stream:
+                await stream.send_all(data)
+
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, banner_then_echo, 0, host="127.0.0.1")
+    )
+    app = ("127.0.0.1", listeners[0].socket.getsockname()[1])
+    proxy_port = free_port()
+    opaque = frozenset({app[1]})
+    server = await start_mesh_proxy(
+        ("127.0.0.1", proxy_port),
+        identity_service.variables(DB),
+        inbound_port=proxy_port,
+        opaque_ports=opaque,
+    )
+    client = await start_mesh_proxy(
+        app,
+        identity_service.variables(WEB),
+        endpoints={app: DB},
+        peer_proxy_port=proxy_port,
+        opaque_ports=opaque,
+    )
+    await server.wait_ready()
+    await client.wait_ready()
+    stream = await trio.open_tcp_stream("127.0.0.1", client.addresses.outbound[1])
+    async with stream:
+        with trio.fail_after(10):
+            assert await stream.receive_some(100) == b"220 ready\n"
+        await _echo_once(stream, b"HELO\n")
+    metrics = await server.metrics()
+    assert re.search(
+        rf'tcp_open_total\{{direction="inbound",peer="src",target_addr="127.0.0.1:{proxy_port}",'
+        rf'tls="true",client_id="{re.escape(WEB)}"\}} 1',
+        metrics,
+    ), metrics
+    assert f'tls="true",server_id="{DB}"' in await client.metrics()
