@@ -3,14 +3,15 @@
     node:      meshlet-identity (10.244.0.1:8080), meshlet-destination (10.244.0.1:8086),
                kube-proxy-style DNAT for every Service VIP
     client     meshed, ServiceAccount "client"
-    web-0..2   meshed, ServiceAccount "web", mesh_app.py on 8080; web-1 also runs an opaque TCP
-               echo on 3306, annotated config.meshlet.io/opaque-ports: "3306" (so discovery
-               hints "opaque")
+    web-0..2   meshed, ServiceAccount "web", mesh_app.py on 8080; web-0 and web-1 also run an
+               opaque TCP echo on 3306 (an opaque port by default); web-1 is annotated
+               config.meshlet.io/opaque-ports: "3306" (so discovery hints "opaque")
     outside    not meshed, mesh_app.py on 8080
     impostor   meshed, discovery says ServiceAccount "web" but its token (and so its
                certificate) is ServiceAccount "other"
 
     Service web    VIP:80    -> web-0, web-1, web-2 :8080 (profile: GET retryable)
+    Service db     VIP:3306  -> web-0 :3306 (opaque TCP, default opaque port, no hint)
     Service db-annotated VIP:3306 -> web-1 :3306 (opaque TCP, annotated)
     Service empty  VIP:80    -> nothing (discovery knows it, with no endpoints)
     Service web-h2 VIP:81    -> web-0, web-1, web-2 :8081 (nginx, h2c, names the pod)
@@ -109,11 +110,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         impostor = mesh_node.add_pod("impostor", serviceaccount="web", token_for="other")
         for member in [*web, outside, impostor]:
             mesh_node.start_app(member)
+        start_app(web[0].pod, "echo", 3306)
         start_app(web[1].pod, "echo", 3306)
         for member in web:
             _start_h2_nginx(member, logs / f"nginx-{member.name}")
         web[1].opaque_ports = "3306"
         mesh_node.add_service("web", 80, web, profile_routes=RETRY_GETS)
+        mesh_node.add_service("db", 3306, [web[0]], target_port=3306)
         mesh_node.add_service("db-annotated", 3306, [web[1]], target_port=3306)
         mesh_node.add_service("empty", 80, [])
         mesh_node.add_service("web-h2", 81, web, target_port=8081)
@@ -268,6 +271,11 @@ def _opaque_echo(mesh: Mesh, service: str, server: MeshPod) -> None:
     after = scrape(server.pod)
     accepted = {"direction": "inbound", "peer": "src", "tls": "true", "client_id": CLIENT_ID}
     assert _delta(before, after, "tcp_open_total", **accepted) == 1
+
+
+def test_opaque_tcp_on_a_default_opaque_port_is_mtls(mesh: Mesh) -> None:
+    """3306 is opaque by default on both proxies; discovery gives no hint (no annotation)."""
+    _opaque_echo(mesh, "db", mesh.web[0])
 
 
 def test_opaque_tcp_on_an_annotated_opaque_port_is_mtls(mesh: Mesh) -> None:
