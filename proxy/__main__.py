@@ -6,10 +6,18 @@ SIGTERM (or ``POST /shutdown``) the listeners stop accepting, idle keep-alive co
 in-flight requests finish, and the data plane gets ``MESHLET_PROXY_SHUTDOWN_GRACE_PERIOD`` to do so
 before it is cancelled; then the admin server stops and the process exits 0. A second signal
 exits at once.
+
+The process nursery also runs, next to the admin server, the tap server (``proxy/tapserver.py``,
+when ``main`` starts it) and, when ``MESHLET_PROXY_IDENTITY_*`` is configured, the identity
+client (``proxy/tlsglue.py``): ``/ready`` stays 503 until its first certificate while ``/live``
+is 200 throughout. Without identity variables nothing of it runs and the proxy behaves exactly
+as without a mesh.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import functools
 import logging
@@ -30,11 +38,21 @@ from proxy.context import (
     Lifecycle,
     ProxyContext,
 )
+from proxy.discovery import DiscoveryClient, DiscoverySettings, DiscoverySettingsError
 from proxy.metrics import Metrics
+from proxy.outbound import Outbound
 from proxy.server import Resolver, default_resolver, serve_proxy
-from proxy.settings import ProxySettings, SettingsError, load_settings, unknown_variables
+from proxy.settings import (
+    PREFIX,
+    ProxySettings,
+    SettingsError,
+    load_settings,
+    unknown_variables,
+)
+from proxy.tapserver import TapSettings, load_tap_settings, serve_tap
+from proxy.tlsglue import MeshTls, load_mesh_tls
 
-__all__ = ["ProxyAddresses", "main", "run_proxy", "set_up_logging"]
+__all__ = ["ProxyAddresses", "load_discovery", "main", "run_proxy", "set_up_logging"]
 
 log = logging.getLogger("proxy")
 _LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
@@ -46,6 +64,8 @@ class ProxyAddresses(NamedTuple):
     admin: tuple[str, int]
     inbound: tuple[str, int]
     outbound: tuple[str, int]
+    tap: tuple[str, int] | None = None
+    """``None`` when the tap server was not started (``run_proxy(tap=None)``)."""
 
 
 async def run_proxy(
@@ -54,31 +74,62 @@ async def run_proxy(
     resolver: Resolver = default_resolver,
     picker: EndpointPicker = ORIGINAL_DESTINATION,
     context: ProxyContext | None = None,
+    mesh: MeshTls | None = None,
+    tap: TapSettings | None = None,
+    discovery: DiscoverySettings | None = None,
     task_status: trio.TaskStatus[ProxyAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the whole proxy until drained (SIGTERM, ``/shutdown``) or cancelled.
 
     ``resolver`` finds a connection's original destination (``SO_ORIGINAL_DST`` by default);
     tests on loopback pass a fixed one. ``picker`` chooses outbound endpoints (the original
-    destination until discovery arrives).
+    destination until discovery arrives). ``mesh`` is the process's mutual TLS
+    (``load_mesh_tls``; identity off when ``None``), ``tap`` the tap server's settings (not
+    started when ``None``). With ``discovery`` the process runs one ``DiscoveryClient`` and the
+    outbound mesh client over it (``context.outbound``, connecting through ``mesh``); a context
+    that already has an ``outbound`` (tests) gets it run the same way.
     """
     context = context or ProxyContext(settings, Metrics(), Lifecycle())
+    mesh = mesh or MeshTls()
+    async with contextlib.AsyncExitStack() as stack:
+        if discovery is not None and context.outbound is None:
+            client = await stack.enter_async_context(DiscoveryClient(discovery))
+            outbound = Outbound(settings, client, connector=mesh.connect_endpoint)
+            context = dataclasses.replace(context, outbound=outbound)
+        await _run(settings, context, mesh, tap, resolver, picker, task_status)
+
+
+async def _run(  # noqa: PLR0917 (run_proxy's arguments, passed on)
+    settings: ProxySettings,
+    context: ProxyContext,
+    mesh: MeshTls,
+    tap: TapSettings | None,
+    resolver: Resolver,
+    picker: EndpointPicker,
+    task_status: trio.TaskStatus[ProxyAddresses],
+) -> None:
     lifecycle = context.lifecycle
     async with trio.open_nursery() as process:
-        admin = await process.start(serve_admin, context)
+        admin = await process.start(functools.partial(serve_admin, context, mesh=mesh))
+        tap_address = None if tap is None else await process.start(serve_tap, context.tap, tap)
         process.start_soon(_watch_signals, lifecycle, process.cancel_scope)
+        if mesh.identity is not None:
+            log.info("identity %s: waiting for the first certificate", mesh.local_name)
+            process.start_soon(mesh.identity.run)
+        if context.outbound is not None:
+            await process.start(context.outbound.run)
         with trio.CancelScope() as data_plane_scope:
             async with trio.open_nursery() as data_plane:
                 inbound = await data_plane.start(
-                    functools.partial(serve_proxy, INBOUND, context, resolver=resolver)
+                    functools.partial(serve_proxy, INBOUND, context, resolver=resolver, mesh=mesh)
                 )
                 outbound = await data_plane.start(
                     functools.partial(
-                        serve_proxy, OUTBOUND, context, resolver=resolver, picker=picker
+                        serve_proxy, OUTBOUND, context, resolver=resolver, picker=picker, mesh=mesh
                     )
                 )
-                log.info("ready")
-                task_status.started(ProxyAddresses(admin, inbound, outbound))
+                log.info("listening")
+                task_status.started(ProxyAddresses(admin, inbound, outbound, tap_address))
                 await lifecycle.draining.wait()
                 grace = settings.shutdown_grace_period
                 log.info("draining: in-flight work has %gs to finish", grace)
@@ -123,6 +174,9 @@ def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver
         return 2
     try:
         settings = load_settings(os.environ)
+        tap = load_tap_settings(settings)
+        mesh = load_mesh_tls(settings)
+        discovery = load_discovery(settings)
     except SettingsError as exc:
         print(f"meshlet-proxy: {exc}", file=sys.stderr)
         return 2
@@ -130,7 +184,11 @@ def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver
     for name in unknown_variables(settings):
         log.warning("ignoring unknown variable %s", name)
     try:
-        trio.run(functools.partial(run_proxy, settings, resolver=resolver))
+        trio.run(
+            functools.partial(
+                run_proxy, settings, resolver=resolver, mesh=mesh, tap=tap, discovery=discovery
+            )
+        )
     except (OSError, BaseExceptionGroup) as exc:
         bind_error = _listen_error(exc)
         if bind_error is None:
@@ -138,6 +196,19 @@ def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver
         log.error("cannot listen: %s", bind_error)
         return 1
     return 0
+
+
+def load_discovery(settings: ProxySettings) -> DiscoverySettings | None:
+    """The discovery client's settings when ``MESHLET_PROXY_DESTINATION_*`` is configured (it
+    also needs ``..._IDENTITY_TRUST_ANCHORS``); ``None`` without: no discovery, outbound
+    connections go to their original destination. ``SettingsError`` names a bad variable."""
+    if not any(suffix.startswith("DESTINATION_") for suffix in settings.extra):
+        return None
+    environ = {PREFIX + suffix: value for suffix, value in settings.extra.items()}
+    try:
+        return DiscoverySettings.from_environ(environ)
+    except DiscoverySettingsError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _listen_error(exc: BaseException) -> OSError | None:

@@ -4,7 +4,8 @@
 ``serve_admin`` is the Trio/h11 shell around it. ``/shutdown`` is refused with 404 unless
 ``MESHLET_PROXY_SHUTDOWN_ENDPOINT_ENABLED`` is true, and with 403 for a client that is not on
 loopback (any process in the pod may stop its proxy, nobody else); it starts the same drain as
-SIGTERM.
+SIGTERM. ``/ready`` is also 503 while identity is configured and no certificate has arrived
+(Linkerd's rule: a proxy that cannot do mTLS takes no traffic); ``/live`` is unaffected.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import trio
 
 from proxy.context import ProxyContext
 from proxy.metrics import Metrics
+from proxy.tlsglue import MeshTls
 
 __all__ = ["AdminAnswer", "answer", "serve_admin"]
 
@@ -79,9 +81,11 @@ def _is_loopback(address: object) -> bool:
 async def serve_admin(
     context: ProxyContext,
     *,
+    mesh: MeshTls | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin API until cancelled (it outlives draining so probes see ``not ready``)."""
+    mesh = mesh or MeshTls()
     listen = context.settings.admin_listen
     listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
     bound = listeners[0].socket.getsockname()
@@ -91,7 +95,7 @@ async def serve_admin(
     async def handle(stream: trio.SocketStream) -> None:
         try:
             with trio.fail_after(context.settings.admin_request_timeout):
-                await _serve_one_connection(stream, context)
+                await _serve_one_connection(stream, context, mesh)
         except (trio.TooSlowError, trio.BrokenResourceError, OSError, h11.ProtocolError) as exc:
             log.debug("admin connection ended: %s", exc)
         finally:
@@ -100,7 +104,9 @@ async def serve_admin(
     await trio.serve_listeners(handle, listeners)
 
 
-async def _serve_one_connection(stream: trio.SocketStream, context: ProxyContext) -> None:
+async def _serve_one_connection(
+    stream: trio.SocketStream, context: ProxyContext, mesh: MeshTls
+) -> None:
     connection = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_REQUEST)
     peer_loopback = _is_loopback(stream.socket.getpeername())
     while True:
@@ -114,7 +120,7 @@ async def _serve_one_connection(stream: trio.SocketStream, context: ProxyContext
             event.method,
             event.target,
             peer_loopback=peer_loopback,
-            ready=context.lifecycle.ready,
+            ready=context.lifecycle.ready and mesh.ready,
             shutdown_enabled=context.settings.shutdown_endpoint_enabled,
         )
         body = context.metrics.render() if reply.metrics else reply.body

@@ -18,13 +18,20 @@ What the relay adds is observation and a few frames of its own, always at frame 
 - an injected response uses only "literal without indexing" HPACK representations, which leave
   the receiver's dynamic table untouched, so the two HPACK contexts stay in step.
 
+An inbound relay passes ``rewrite`` to the client side's scanner (``meshlet-client-id``: any
+copy the client sent is removed, the identity it proved over mTLS added). Request header blocks
+are then re-encoded rather than forwarded: every block of that direction, so the upstream's HPACK
+decoder follows one encoder only (ours, literals without indexing: its dynamic table stays
+empty), and re-framed as HEADERS + CONTINUATION without padding or priority.
+
 DATA frames are forwarded as their bytes arrive; any other frame is forwarded once complete
 (they are small: at most the peer's SETTINGS_MAX_FRAME_SIZE, capped here at ``MAX_FRAME``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Final, cast
 
 import hpack
@@ -35,6 +42,7 @@ __all__ = [
     "Event",
     "FrameScanner",
     "GoAway",
+    "HeaderRewrite",
     "RelayError",
     "RequestStarted",
     "ResponseEnded",
@@ -56,6 +64,11 @@ _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 _HEADER_TABLE_SIZE: Final = 0x1
 
 
+HeaderRewrite = Callable[[list[tuple[bytes, bytes]], bool], list[tuple[bytes, bytes]]]
+"""``(headers, starts_request) -> headers`` to forward instead (request blocks and trailers)."""
+_MIN_MAX_FRAME: Final = 16384  # every peer accepts frames this large (RFC 9113 section 4.2)
+
+
 class RelayError(Exception):
     """A peer broke HTTP/2 framing or header compression; the pair must close."""
 
@@ -65,6 +78,10 @@ class RequestStarted:
     stream_id: int
     authority: bytes
     end_stream: bool
+    # For the tap (docs/tap.md); decoded with the block anyway, so they cost nothing extra.
+    method: bytes = field(default=b"", compare=False)
+    path: bytes = field(default=b"", compare=False)
+    scheme: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +120,10 @@ Event = RequestStarted | ResponseStarted | ResponseEnded | StreamReset | GoAway 
 class FrameScanner:
     """One direction of a relayed connection: bytes in, (bytes to forward, events) out."""
 
-    def __init__(self, *, from_client: bool) -> None:
+    def __init__(self, *, from_client: bool, rewrite: HeaderRewrite | None = None) -> None:
         self.from_client = from_client
         self.decoder = hpack.Decoder()
+        self.rewrite = rewrite if from_client else None
         self._preface_left = len(PREFACE) if from_client else 0
         self._buffer = bytearray()  # an incomplete frame header or non-DATA frame
         self._data_left = 0  # payload bytes of the DATA frame being forwarded
@@ -213,6 +231,7 @@ class FrameScanner:
             self._block += _fragment(payload, flags, kind)
             if flags & _END_HEADERS:
                 self._end_block(events)
+            return self.rewrite is None
         elif kind == _CONTINUATION:
             if not self._in_block or stream_id != self._block_stream:
                 raise RelayError("CONTINUATION without a header block")
@@ -221,6 +240,7 @@ class FrameScanner:
                 raise RelayError("header block too large")
             if flags & _END_HEADERS:
                 self._end_block(events)
+            return self.rewrite is None
         elif self._in_block:
             raise RelayError("a frame interrupted a header block")
         elif kind == _RST_STREAM:
@@ -246,10 +266,22 @@ class FrameScanner:
         if kind == _PUSH_PROMISE:
             return  # decoded for the compression state only
         end_stream = bool(flags & _END_STREAM)
+        if self.rewrite is not None:
+            rewritten = self.rewrite(headers, stream_id not in self._started)
+            self.injected.append(_header_frames(stream_id, end_stream, _literal_block(rewritten)))
         if self.from_client:
             if stream_id not in self._started:
                 self._started.add(stream_id)
-                events.append(RequestStarted(stream_id, _find(headers, b":authority"), end_stream))
+                events.append(
+                    RequestStarted(
+                        stream_id,
+                        _find(headers, b":authority"),
+                        end_stream,
+                        _find(headers, b":method"),
+                        _find(headers, b":path"),
+                        _find(headers, b":scheme"),
+                    )
+                )
             return
         status_text = _find(headers, b":status")
         grpc = _grpc_status(headers)
@@ -262,6 +294,44 @@ class FrameScanner:
 
     def forget(self, stream_id: int) -> None:
         self._started.discard(stream_id)
+
+
+def _hpack_int(value: int) -> bytes:
+    """An HPACK integer with a 7-bit prefix (RFC 7541 section 5.1), as string lengths use."""
+    if value < 0x7F:
+        return bytes((value,))
+    out = bytearray((0x7F,))
+    value -= 0x7F
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _literal_block(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """Every field as "literal without indexing, new name", no Huffman (RFC 7541 section 6.2.2):
+    the receiver's dynamic table is never touched, so nothing has to stay in step with it, and
+    it costs a few byte joins (hpack's encoder with Huffman coding was 2.5x the decode)."""
+    out = bytearray()
+    for name, value in headers:
+        out += b"\x00" + _hpack_int(len(name)) + name + _hpack_int(len(value)) + value
+    return bytes(out)
+
+
+def _header_frames(stream_id: int, end_stream: bool, block: bytes) -> bytes:
+    """``block`` as HEADERS (+ CONTINUATION) frames no larger than every peer accepts."""
+    chunks = [block[i : i + _MIN_MAX_FRAME] for i in range(0, len(block), _MIN_MAX_FRAME)]
+    chunks = chunks or [b""]
+    out = bytearray()
+    for index, chunk in enumerate(chunks):
+        kind = _HEADERS if index == 0 else _CONTINUATION
+        flags = _END_STREAM if index == 0 and end_stream else 0
+        if index == len(chunks) - 1:
+            flags |= _END_HEADERS
+        out += len(chunk).to_bytes(3, "big") + bytes((kind, flags))
+        out += stream_id.to_bytes(4, "big") + chunk
+    return bytes(out)
 
 
 def _fragment(payload: memoryview, flags: int, kind: int) -> memoryview:

@@ -19,12 +19,13 @@ after it, the client connection is reset, since the response can no longer be re
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Final
 
 import h11
 import trio
 
-from proxy.context import ProxyContext, Route
+from proxy.context import INBOUND, OUTBOUND, ProxyContext, Route
 from proxy.errors import (
     ERROR_HEADER,
     ClientClosed,
@@ -36,7 +37,10 @@ from proxy.errors import (
     unwrap_groups,
 )
 from proxy.headers import forward_headers
+from proxy.http1mesh import proxy_mesh
+from proxy.http1tap import ExchangeTap
 from proxy.metrics import classify
+from proxy.mtls import inbound_request_headers
 from proxy.net import RECEIVE_SIZE, Conn, format_address
 from proxy.tcp import splice
 
@@ -71,6 +75,8 @@ class _Session:
         self.upstream: Conn | None = None
         self.upstream_h11: h11.Connection | None = None
         self.scope = trio.CancelScope()
+        inbound = route.direction != OUTBOUND
+        self.tap = ExchangeTap(context.tap, client, route.direction, inbound=inbound)
 
     async def run(self) -> None:
         lifecycle = self.context.lifecycle
@@ -156,12 +162,28 @@ class _Session:
 
     async def _proxy(self, request: h11.Request) -> bool:
         """Forward one request and its response; ``True`` if the connection became a tunnel."""
+        authority = _authority(request)
+        try:
+            outbound = self.context.outbound
+            if outbound is not None and self.route.direction == OUTBOUND:
+                target = await outbound.resolve_request(authority, self.route.target)
+                if target is not None:
+                    self._drop_upstream(abort=False)
+                    return await proxy_mesh(self, request, authority, target)
+            return await self._proxy_plain(request, authority)
+        finally:
+            self.tap.finish()
+
+    async def _proxy_plain(self, request: h11.Request, authority: bytes) -> bool:
+        """The request to the route's target (inbound; outbound without the mesh)."""
+        self.tap.start(request, authority, self.route.target, None)
         metrics = self.context.metrics
         started = trio.current_time()
-        authority = _authority(request)
-        labels = metrics.http_labels(self.route.direction, authority)
+        labels = metrics.http_labels(self.route.direction, authority, self.client.tls_labels)
         metrics.request(labels)
         forwarded = forward_headers(request.headers)
+        if self.route.direction == INBOUND:  # meshlet-client-id: only ever the proven one
+            forwarded.headers[:] = inbound_request_headers(forwarded.headers, self.client.peer_id)
         if not authority:  # HTTP/1.0 without Host: HTTP/1.1 upstream requests need one
             forwarded.headers.append((b"host", format_address(self.route.target).encode()))
         # ``_parsed=True``: h11 already validated these fields when it parsed them (and the few
@@ -194,18 +216,22 @@ class _Session:
             log.info("%s %s %s: %s", self.route.direction, request.method.decode(), authority, exc)
             metrics.response_headers(labels, exc.status, (trio.current_time() - started) * 1000)
             metrics.response_end(labels, exc.status, "failure")
+            self.tap.end(exc.status, exc.slug)
             self._drop_upstream(abort=True)
             await self._send_error(exc, status=exc.status)
             return False
         except ClientProtocolError as exc:
+            self.tap.end(error=exc.slug)
             self._drop_upstream(abort=True)
             await self._send_error(exc, status=exc.status_hint)
             return False
         if switched:
             metrics.response_end(labels, status, "success")
+            self.tap.end()
             await self._tunnel(upstream, upstream_h11)
             return True
         metrics.response_end(labels, status, classify(status, None))
+        self.tap.end()
         if upstream_h11.our_state is h11.DONE and upstream_h11.their_state is h11.DONE:
             upstream_h11.start_next_cycle()
         else:
@@ -252,27 +278,25 @@ class _Session:
         labels: str,
         started: float,
         upgrade: bool,
+        *,
+        on_head: Callable[[int], None] | None = None,
     ) -> tuple[int, bool]:
-        """Relay 1xx, the response head and body; returns (status, switched to a tunnel)."""
-        while True:
-            event = await _upstream_event(upstream, upstream_h11)
-            if isinstance(event, h11.InformationalResponse):
-                if event.status_code == _SWITCHING_PROTOCOLS and upgrade:
-                    latency_ms = (trio.current_time() - started) * 1000
-                    self.context.metrics.response_headers(labels, 101, latency_ms)
-                    forwarded = forward_headers(event.headers)
-                    await self._send_client(
-                        h11.InformationalResponse(status_code=101, headers=forwarded.headers)
-                    )
-                    return 101, True
-                await self._send_client(event)
-                continue
-            assert isinstance(event, h11.Response)
-            break
+        """Relay 1xx, the response head and body; returns (status, switched to a tunnel).
+
+        ``on_head(status)`` sees the final response head before anything of it is relayed (the
+        mesh path reports the attempt there, and raises to discard it for a retry)."""
+        event = await self._response_head(upstream, upstream_h11, labels, started, upgrade)
+        if event is None:
+            return 101, True
         status = event.status_code
+        if on_head is not None:
+            on_head(status)
         self.context.metrics.response_headers(
             labels, status, (trio.current_time() - started) * 1000
         )
+        tapped = self.tap.current
+        if tapped is not None:
+            tapped.response_start(status)
         headers = forward_headers(event.headers, allow_upgrade=False).headers
         if self.context.lifecycle.draining.is_set():
             headers.append(_CONNECTION_CLOSE)
@@ -298,6 +322,8 @@ class _Session:
                     await self.client.send(out)
                     return status, False
                 assert isinstance(polled, h11.Data)
+                if tapped is not None:
+                    tapped.response_bytes += len(polled.data)
                 out = (out or b"") + (self.server.send(polled) or b"")
                 if len(out) >= RECEIVE_SIZE:
                     await self.client.send(out)
@@ -306,8 +332,36 @@ class _Session:
             # The head is out: the only honest signal left is to reset the client connection.
             log.info("%s response body from %s failed: %s", self.route.direction, labels, exc)
             self.context.metrics.response_end(labels, status, "failure")
+            self.tap.end(error="reset")
             self.client.abort()
             raise ClientClosed("response aborted") from exc
+
+    async def _response_head(
+        self,
+        upstream: Conn,
+        upstream_h11: h11.Connection,
+        labels: str,
+        started: float,
+        upgrade: bool,
+    ) -> h11.Response | None:
+        """The final response head, relaying 1xx; ``None`` after relaying a ``101`` (tunnel)."""
+        while True:
+            event = await _upstream_event(upstream, upstream_h11)
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == _SWITCHING_PROTOCOLS and upgrade:
+                    latency_ms = (trio.current_time() - started) * 1000
+                    self.context.metrics.response_headers(labels, 101, latency_ms)
+                    if self.tap.current is not None:
+                        self.tap.current.response_start(101)
+                    forwarded = forward_headers(event.headers)
+                    await self._send_client(
+                        h11.InformationalResponse(status_code=101, headers=forwarded.headers)
+                    )
+                    return None
+                await self._send_client(event)
+                continue
+            assert isinstance(event, h11.Response)
+            return event
 
     async def _tunnel(self, upstream: Conn, upstream_h11: h11.Connection) -> None:
         """After ``101``: bytes either side already buffered, then a plain byte tunnel."""

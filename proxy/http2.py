@@ -32,7 +32,7 @@ from typing import Final, TypeVar
 
 import trio
 
-from proxy.context import ProxyContext, Route
+from proxy.context import INBOUND, ProxyContext, Route
 from proxy.errors import ProxyError, UpstreamClosed, unwrap_groups
 from proxy.h2fail import serve_h2_errors
 from proxy.h2relay import (
@@ -51,7 +51,9 @@ from proxy.h2relay import (
     rst_stream,
 )
 from proxy.metrics import classify
+from proxy.mtls import inbound_request_headers
 from proxy.net import Conn
+from proxy.tap import TapStream, next_connection_id
 
 __all__ = ["serve_http2"]
 
@@ -76,12 +78,13 @@ class _Side:
 
 
 class _Stream:
-    __slots__ = ("labels", "started", "status")
+    __slots__ = ("labels", "started", "status", "tap")
 
     def __init__(self, labels: str, started: float) -> None:
         self.labels = labels
         self.started = started
         self.status = 0
+        self.tap: TapStream | None = None
 
 
 async def serve_http2(client: Conn, prefix: bytes, route: Route, context: ProxyContext) -> None:
@@ -104,19 +107,32 @@ async def serve_http2(client: Conn, prefix: bytes, route: Route, context: ProxyC
         upstream.close()
 
 
+def _client_id_rewrite(
+    client_id: str | None,
+) -> Callable[[list[tuple[bytes, bytes]], bool], list[tuple[bytes, bytes]]]:
+    def rewrite(headers: list[tuple[bytes, bytes]], starts: bool) -> list[tuple[bytes, bytes]]:
+        return inbound_request_headers(headers, client_id if starts else None)
+
+    return rewrite
+
+
 class _Relay:
     def __init__(self, down: _Side, up: _Side, route: Route, context: ProxyContext) -> None:
         self.down, self.up = down, up
         self.direction = route.direction
         self.metrics = context.metrics
         self.context = context
-        self.requests = FrameScanner(from_client=True)  # client → upstream
+        # client → upstream; inbound, meshlet-client-id is only ever the identity proven by mTLS
+        rewrite = _client_id_rewrite(down.io.peer_id) if self.direction == INBOUND else None
+        self.requests = FrameScanner(from_client=True, rewrite=rewrite)
         self.responses = FrameScanner(from_client=False)  # upstream → client
         self.streams: dict[int, _Stream] = {}
         self.highest = 0  # highest client stream seen
         self.closing = False  # a GOAWAY went either way, or we drain
         self.done = trio.Event()
         self.waits: set[trio.CancelScope] = set()
+        self.tap_conn = next_connection_id()
+        self.dst = "" if route.dst_labels is None else route.dst_labels()
 
     async def run(self, prefix: bytes) -> None:
         await self._relay(self.down, prefix)
@@ -205,30 +221,26 @@ class _Relay:
 
     def _observe(self, event: Event, from_client: bool) -> None:
         if isinstance(event, RequestStarted):
-            labels = self.metrics.http_labels(self.direction, event.authority)
-            self.metrics.request(labels)
-            self.streams[event.stream_id] = _Stream(labels, trio.current_time())
-            self.highest = max(self.highest, event.stream_id)
+            self._on_request(event)
         elif isinstance(event, ResponseStarted):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.status = event.status
                 latency_ms = (trio.current_time() - stream.started) * 1000
                 self.metrics.response_headers(stream.labels, event.status, latency_ms)
+                if stream.tap is not None:
+                    stream.tap.response_start(event.status)
         elif isinstance(event, ResponseEnded):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None:
                 classification = classify(stream.status, event.grpc_status)
                 self.metrics.response_end(stream.labels, stream.status, classification)
+                if stream.tap is not None:
+                    stream.tap.end(grpc_status=event.grpc_status)
                 self.requests.forget(event.stream_id)
                 self._maybe_done()
         elif isinstance(event, StreamReset):
-            stream = self.streams.pop(event.stream_id, None)
-            if stream is not None:
-                if stream.status:
-                    self.metrics.response_end(stream.labels, stream.status, "failure")
-                self.requests.forget(event.stream_id)
-                self._maybe_done()
+            self._on_reset(event)
         elif isinstance(event, GoAway):
             self._on_goaway(event, from_client)
         elif isinstance(event, Settings) and event.header_table_size is not None:
@@ -237,6 +249,43 @@ class _Relay:
             size = max(scanner.decoder.max_allowed_table_size, event.header_table_size)
             scanner.decoder.max_allowed_table_size = size
 
+    def _on_reset(self, event: StreamReset) -> None:
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is not None:
+            if stream.status:
+                self.metrics.response_end(stream.labels, stream.status, "failure")
+            if stream.tap is not None:
+                stream.tap.end(error="reset")
+            self.requests.forget(event.stream_id)
+            self._maybe_done()
+
+    def _on_request(self, event: RequestStarted) -> None:
+        tls = (self.down if self.direction == INBOUND else self.up).io.tls_labels
+        labels = self.metrics.http_labels(self.direction, event.authority, tls, self.dst)
+        self.metrics.request(labels)
+        stream = self.streams[event.stream_id] = _Stream(labels, trio.current_time())
+        self.highest = max(self.highest, event.stream_id)
+        if self.context.tap.active:
+            stream.tap = self._tap_start(event)
+
+    def _tap_start(self, event: RequestStarted) -> TapStream | None:
+        inbound = self.direction == INBOUND
+        peer = (self.down if inbound else self.up).io.peer_id
+        return self.context.tap.request_start(
+            conn=self.tap_conn,
+            stream=event.stream_id,
+            direction=self.direction,
+            method=event.method,
+            authority=event.authority,
+            path=event.path,
+            scheme=event.scheme or b"http",
+            src=self.down.io.stream.socket.getpeername()[:2],
+            dst=self.up.io.stream.socket.getpeername()[:2],
+            tls="true" if peer else "no_identity",
+            client_id=(peer or "") if inbound else "",
+            server_id="" if inbound else (peer or ""),
+        )
+
     def _on_goaway(self, event: GoAway, from_client: bool) -> None:
         self.closing = True
         if not from_client:
@@ -244,7 +293,9 @@ class _Relay:
                 "%s upstream sent GOAWAY (last stream %s)", self.direction, event.last_stream_id
             )
             for stream_id in [s for s in self.streams if s > event.last_stream_id]:
-                del self.streams[stream_id]  # never processed: the client retries them
+                dropped = self.streams.pop(stream_id)  # never processed: the client retries it
+                if dropped.tap is not None:
+                    dropped.tap.end(error="refused")
         self._maybe_done()
 
     def _peer_closed(self, side: _Side) -> None:
@@ -258,6 +309,10 @@ class _Relay:
                     self.down.out += error_response(stream_id, exc.status, exc.slug.encode())
                     self.metrics.response_headers(stream.labels, exc.status, 0.0)
                     self.metrics.response_end(stream.labels, exc.status, "failure")
+                    if stream.tap is not None:
+                        stream.tap.response_start(exc.status)
+                if stream.tap is not None:
+                    stream.tap.end(error="upstream_closed")
             if not self.closing:
                 self.down.out += goaway(self.highest)
         self.streams.clear()

@@ -4,6 +4,10 @@
 every ``OSError``/``trio.BrokenResourceError`` into ``ClientClosed`` or ``UpstreamClosed``
 (whose fault depends on which side the socket faces). ``connect`` opens an upstream connection
 within a timeout and names why it failed (refused → 502, timeout → 504).
+
+``proxy.mtls.conn.TlsConn`` is the same interface over a mutual-TLS session, so the protocol
+shells and ``splice`` never know which one they hold. Every connection carries its TLS metric
+label text (``tls_labels``) and, when the peer proved an identity over mTLS, ``peer_id``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from proxy.errors import (
     UpstreamConnectTimeout,
     UpstreamUnreachable,
 )
-from proxy.metrics import Metrics, TcpConnection
+from proxy.metrics import TLS_DISABLED, Metrics, TcpConnection
 
 __all__ = ["RECEIVE_SIZE", "Conn", "connect", "format_address"]
 
@@ -44,7 +48,7 @@ def format_address(address: tuple[str, int]) -> str:
 class Conn:
     """One TCP connection, counted, with errors translated to the side it faces."""
 
-    __slots__ = ("_error", "_fd", "_metrics", "_streak", "stats", "stream")
+    __slots__ = ("_error", "_fd", "_metrics", "_streak", "peer_id", "stats", "stream", "tls_labels")
 
     def __init__(
         self,
@@ -53,8 +57,14 @@ class Conn:
         stats: TcpConnection,
         *,
         upstream: bool,
+        tls_labels: str = TLS_DISABLED,
+        peer_id: str | None = None,
     ) -> None:
         self.stream = stream
+        self.tls_labels = tls_labels
+        """The TLS part of this connection's metric labels (``proxy.mtls.TlsLabels`` text)."""
+        self.peer_id = peer_id
+        """The identity the peer proved over mutual TLS; ``None`` for plaintext."""
         self._fd = stream.socket.fileno()
         self._streak = 0  # reads in a row that found bytes without waiting
         self.stats = stats
@@ -151,8 +161,10 @@ async def connect(
     timeout: float,
     metrics: Metrics,
     direction: str,
+    tls_labels: str = TLS_DISABLED,
 ) -> Conn:
-    """Connect to ``address`` (an IP literal and port) within ``timeout`` seconds."""
+    """Connect to ``address`` (an IP literal and port) within ``timeout`` seconds (plaintext;
+    ``tls_labels`` says why, for the metrics)."""
     host, port = address
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = trio.socket.socket(family, socket.SOCK_STREAM)
@@ -173,5 +185,5 @@ async def connect(
     except BaseException:
         sock.close()
         raise
-    stats = metrics.tcp_open(direction, "dst", format_address(address))
-    return Conn(trio.SocketStream(sock), metrics, stats, upstream=True)
+    stats = metrics.tcp_open(direction, "dst", format_address(address), tls=tls_labels)
+    return Conn(trio.SocketStream(sock), metrics, stats, upstream=True, tls_labels=tls_labels)

@@ -8,13 +8,24 @@ process waits for them up to the grace period (``proxy/__main__.py``).
 Where a connection goes is decided by ``choose_upstream``, a pure function of the direction, the
 original destination and the listen address: inbound connections go to the application on
 loopback (``127.0.0.1:<original port>``: loopback is exempt from the iptables redirect),
-outbound ones to where the ``EndpointPicker`` says (today: the original destination; discovery
-and load balancing implement the same interface in the mesh issue). The protocol shells only see
-a ``Route``.
+outbound ones to their original destination, unless the outbound mesh client
+(``context.outbound``, ``proxy/outbound.py``) knows it: then HTTP/1 picks an endpoint per request
+(``proxy/http1mesh.py``) and HTTP/2 and opaque TCP one per connection (``_dispatch``: a ``Lease``
+becomes the ``Route``'s connector). The protocol shells only see a ``Route``.
+
+Inbound mutual TLS (``proxy/tlsglue.py``): when identity is on, a connection whose first bytes
+are a ClientHello naming this proxy's identity is terminated (client certificate required) and
+its plaintext is detected afresh (HTTP/1, HTTP/2, opaque) and forwarded to the same loopback
+port; TLS for any other name passes through untouched. A connection addressed to the inbound
+listener's own port (a meshed peer reaching an opaque port) must be mTLS to our identity
+followed by the transport header of ``proxy/mtls/transport.py``; it is spliced to the port the
+header names. A connection's metric record opens once its TLS state is known, so its
+``tls``/``client_id``/``no_tls_reason`` labels are the final ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import socket
@@ -36,11 +47,14 @@ from proxy.detect import Protocol, detect
 from proxy.errors import NoOriginalDestination, ProxyError
 from proxy.http1 import serve_http1
 from proxy.http2 import serve_http2
-from proxy.metrics import Metrics
+from proxy.metrics import TLS_DISABLED, Metrics, TcpConnection
+from proxy.mtls import ClientTlsError, NoLocalIdentity
+from proxy.mtls.transport import TransportHeaderError, parse_transport_header
 from proxy.net import Conn, format_address
 from proxy.origdst import OriginalDestinationError, original_destination
 from proxy.settings import Address
 from proxy.tcp import splice
+from proxy.tlsglue import NOT_PROVIDED_BY_DISCOVERY, MeshTls
 
 __all__ = [
     "INBOUND",
@@ -90,9 +104,15 @@ async def serve_proxy(
     *,
     resolver: Resolver = default_resolver,
     picker: EndpointPicker = ORIGINAL_DESTINATION,
+    mesh: MeshTls | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve one proxy listener (``INBOUND`` or ``OUTBOUND``) until draining and drained."""
+    """Serve one proxy listener (``INBOUND`` or ``OUTBOUND``) until draining and drained.
+
+    ``mesh`` (inbound): this proxy's mutual TLS; without it (or with identity off) TLS is
+    passed through as opaque bytes and every connection is labelled ``no_tls_reason="disabled"``.
+    """
+    mesh = mesh or MeshTls()
     settings = context.settings
     listen = settings.inbound_listen if direction == INBOUND else settings.outbound_listen
     listeners = await trio.open_tcp_listeners(listen.port, host=listen.host)
@@ -107,7 +127,14 @@ async def serve_proxy(
 
     async def handle(stream: trio.SocketStream) -> None:
         await _handle(
-            stream, direction, bound_listen, timeout, context, resolver=resolver, picker=picker
+            stream,
+            direction,
+            bound_listen,
+            timeout,
+            context,
+            resolver=resolver,
+            picker=picker,
+            mesh=mesh,
         )
 
     try:
@@ -154,10 +181,13 @@ async def _handle(
     *,
     resolver: Resolver,
     picker: EndpointPicker,
+    mesh: MeshTls,
 ) -> None:
     try:
         original = resolver(stream.socket)
-        target = choose_upstream(direction, original, listen)
+        # Meshed opaque ports: the peer's proxy addressed our own port (mTLS + transport header).
+        transport = direction == INBOUND and mesh.enabled and original[1] == listen.port
+        target = original if transport else choose_upstream(direction, original, listen)
         if direction == OUTBOUND:
             target = await picker.pick(target)
     except (OriginalDestinationError, NoOriginalDestination, OSError) as exc:
@@ -165,31 +195,146 @@ async def _handle(
         stream.socket.close()
         return
     metrics = context.metrics
-    client = Conn(
-        stream,
-        metrics,
-        metrics.tcp_open(direction, "src", format_address(original)),
-        upstream=False,
-    )
-    route = Route(direction, target, connect_timeout)
+    # The connection's metric record opens once its TLS state is known (after any handshake);
+    # until then the bytes read are counted on a scratch record.
+    client = Conn(stream, metrics, TcpConnection(""), upstream=False)
+    route = _plaintext_route(client, direction, target, connect_timeout, mesh)
     try:
         if original[1] in context.settings.opaque_ports:
             protocol, prefix = Protocol.OPAQUE, b""
         else:
             protocol, prefix = await _detect(client, context.settings.detect_timeout)
-        if protocol is Protocol.HTTP1:
-            await serve_http1(client, prefix, route, context)
-        elif protocol is Protocol.HTTP2:
-            await serve_http2(client, prefix, route, context)
-        else:
-            await _forward_opaque(client, prefix, route, metrics)
+        if transport:
+            client, prefix, route = await _accept_transport(
+                client, protocol, prefix, mesh, context, original
+            )
+            protocol = Protocol.OPAQUE
+        elif direction == INBOUND and protocol is Protocol.TLS and mesh.enabled:
+            client, protocol, prefix = await _terminate_tls(client, prefix, mesh, context, original)
+        if not client.stats.labels:
+            _open_record(client, metrics, direction, original)
+        await _dispatch(protocol, client, prefix, route, context)
+    except (ClientTlsError, NoLocalIdentity, TransportHeaderError) as exc:
+        # A refused meshed connection is news (a misconfigured or hostile peer): say why.
+        log.info(
+            "%s connection from %s refused (%s): %s",
+            direction,
+            format_address(original),
+            exc.slug,
+            exc,
+        )
     except ProxyError as exc:
         log.debug("%s connection from %s ended: %s", direction, format_address(original), exc)
     except Exception:
         # A bug must cost one connection, never the listener and its other connections.
         log.exception("%s connection from %s failed", direction, format_address(original))
     finally:
+        if not client.stats.labels:
+            _open_record(client, metrics, direction, original)
         client.close()
+
+
+def _plaintext_route(
+    client: Conn, direction: str, target: tuple[str, int], connect_timeout: float, mesh: MeshTls
+) -> Route:
+    """The route before any mesh decision, and the client's TLS labels until one is made."""
+    route = Route(direction, target, connect_timeout)
+    if direction == INBOUND:
+        client.tls_labels = mesh.inbound_plaintext_labels()
+    elif mesh.enabled:  # undiscovered destinations: plaintext because discovery named no peer
+        client.tls_labels = NOT_PROVIDED_BY_DISCOVERY
+        route = dataclasses.replace(route, connector=mesh.plain_connector(target, connect_timeout))
+    return route
+
+
+async def _dispatch(
+    protocol: Protocol, client: Conn, prefix: bytes, route: Route, context: ProxyContext
+) -> None:
+    if protocol is Protocol.HTTP1:
+        await serve_http1(client, prefix, route, context)  # picks per request (mesh) itself
+        return
+    lease = None
+    if context.outbound is not None and route.direction == OUTBOUND:
+        # HTTP/2 and opaque TCP: one endpoint per connection (the HTTP/2 relay pairs frames of
+        # one client connection with one upstream connection; per-request HTTP/2 balancing
+        # needs a per-stream relay).
+        lease = await context.outbound.lease(route.target)
+        if lease is not None:
+            route = dataclasses.replace(route, connector=lease.connect, dst_labels=lease.dst_labels)
+    try:
+        if protocol is Protocol.HTTP2:
+            await serve_http2(client, prefix, route, context)
+        else:
+            await _forward_opaque(client, prefix, route, context.metrics)
+    finally:
+        if lease is not None:
+            lease.finish()
+
+
+async def _terminate_tls(
+    client: Conn,
+    prefix: bytes,
+    mesh: MeshTls,
+    context: ProxyContext,
+    original: tuple[str, int],
+) -> tuple[Conn, Protocol, bytes]:
+    """Inbound TLS: terminated when addressed to our identity (then the plaintext is detected
+    afresh), otherwise passed through as opaque bytes (TLS for the application)."""
+    meshed, prefix = await mesh.accept_inbound(
+        client, prefix, metrics=context.metrics, source=format_address(original)
+    )
+    if meshed is None:
+        return client, Protocol.OPAQUE, prefix
+    _open_record(meshed, context.metrics, INBOUND, original)
+    protocol, prefix = await _detect(meshed, context.settings.detect_timeout)
+    return meshed, protocol, prefix
+
+
+async def _accept_transport(  # noqa: PLR0917 (the connection's state, passed on)
+    client: Conn,
+    protocol: Protocol,
+    prefix: bytes,
+    mesh: MeshTls,
+    context: ProxyContext,
+    original: tuple[str, int],
+) -> tuple[Conn, bytes, Route]:
+    """A connection to our own port: only mTLS to our identity followed by the transport header
+    (``proxy/mtls/transport.py``) is accepted; the route is the application port it names."""
+    meshed = None
+    if protocol is Protocol.TLS:
+        meshed, prefix = await mesh.accept_inbound(
+            client,
+            prefix,
+            metrics=context.metrics,
+            source=format_address(original),
+        )
+    if meshed is None:
+        raise TransportHeaderError("a connection to the proxy port that is not mTLS to this proxy")
+    _open_record(meshed, context.metrics, INBOUND, original)
+    data = b""
+    with trio.move_on_after(context.settings.detect_timeout):
+        while (parsed := parse_transport_header(data)) is None:
+            chunk = await meshed.receive()
+            if not chunk:
+                break
+            data += chunk
+    if parsed is None:
+        raise TransportHeaderError(f"no transport header from {meshed.peer_id}")
+    port, rest = parsed
+    if port == original[1]:
+        raise TransportHeaderError(f"the transport header names the proxy's own port {port}")
+    route = Route(INBOUND, ("127.0.0.1", port), context.settings.inbound_connect_timeout)
+    return meshed, rest, route
+
+
+def _open_record(client: Conn, metrics: Metrics, direction: str, original: tuple[str, int]) -> None:
+    """Open the connection's metric record with its TLS labels, moving the bytes counted so far."""
+    scratch = client.stats
+    client.stats = metrics.tcp_open(
+        direction, "src", format_address(original), tls=client.tls_labels or TLS_DISABLED
+    )
+    client.stats.read += scratch.read
+    client.stats.written += scratch.written
 
 
 async def _detect(client: Conn, timeout: float) -> tuple[Protocol, bytes]:

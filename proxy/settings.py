@@ -5,8 +5,9 @@ proxy. ``load_settings`` validates everything up front so a bad value stops the 
 line naming the variable, before any listener opens. Durations use ``meshlet.durations`` (``100ms``,
 ``10s``); port lists are comma-separated numbers and ``a-b`` ranges.
 
-Identity and discovery variables (``MESHLET_PROXY_IDENTITY_*``, ``..._DESTINATION_*``) belong to
-the mesh issue and are not read here yet.
+Identity and discovery variables (``MESHLET_PROXY_IDENTITY_*``, ``..._DESTINATION_*``) are read
+by their own packages (``proxy/identity``, ``proxy/discovery``); the ``OUTBOUND_*`` mesh-client
+settings below apply only when discovery is configured.
 """
 
 from __future__ import annotations
@@ -104,6 +105,25 @@ class ProxySettings:
     """Seconds an admin connection may take (including keep-alive idling): probes and scrapes
     take milliseconds, so 10 s only ever cuts off stuck or hostile clients."""
 
+    outbound_failfast_timeout: float = 3.0
+    """Seconds an outbound request (or connection) to a discovered service waits for an
+    endpoint to become available before the proxy answers 503 with ``meshlet-proxy-error:
+    no_endpoints`` (or ``all_endpoints_ejected``). Linkerd's outbound failfast timeout (3 s):
+    long enough to ride out a rollout's empty moment, short enough that clients do not hang."""
+
+    outbound_discovery_idle_timeout: float = 5.0
+    """Seconds an outbound authority may go unused before its discovery streams are released
+    (and its balancer state forgotten). Linkerd's outbound discovery idle timeout (5 s)."""
+
+    outbound_max_idle_per_endpoint: int = 32
+    """Idle HTTP/1.1 keep-alive connections kept per endpoint for reuse (beyond it they are
+    closed). Enough for a few hundred requests/s of short exchanges per endpoint without a
+    connect each; bounded so a burst does not leave thousands of sockets open."""
+
+    outbound_retry_buffer_bytes: int = 65536
+    """Bytes of an HTTP/1 request body kept for a retry (Linkerd's 64 KiB); a longer body is
+    streamed and the request is never retried after it was sent (a failed connect still is)."""
+
     http2_keepalive_interval: float = 10.0
     """Seconds of silence on an HTTP/2 connection before the proxy sends a PING (Linkerd's 10 s)."""
 
@@ -191,6 +211,13 @@ def _positive_duration(text: str) -> float:
     return seconds
 
 
+def _count(text: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or len(value) > 9:
+        raise ValueError(f"{text!r} is not a non-negative whole number")
+    return int(value)
+
+
 def _log_level(text: str) -> str:
     value = text.strip().lower()
     if value not in _LOG_LEVELS:
@@ -224,6 +251,10 @@ _FIELDS: Final = {
     "SHUTDOWN_GRACE_PERIOD": ("shutdown_grace_period", _duration),
     "SHUTDOWN_ENDPOINT_ENABLED": ("shutdown_endpoint_enabled", _bool),
     "ADMIN_REQUEST_TIMEOUT": ("admin_request_timeout", _positive_duration),
+    "OUTBOUND_FAILFAST_TIMEOUT": ("outbound_failfast_timeout", _positive_duration),
+    "OUTBOUND_DISCOVERY_IDLE_TIMEOUT": ("outbound_discovery_idle_timeout", _positive_duration),
+    "OUTBOUND_MAX_IDLE_PER_ENDPOINT": ("outbound_max_idle_per_endpoint", _count),
+    "OUTBOUND_RETRY_BUFFER_BYTES": ("outbound_retry_buffer_bytes", _count),
     "HTTP2_KEEPALIVE_INTERVAL": ("http2_keepalive_interval", _positive_duration),
     "HTTP2_KEEPALIVE_TIMEOUT": ("http2_keepalive_timeout", _positive_duration),
     "LOG_LEVEL": ("log_level", _log_level),

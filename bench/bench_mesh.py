@@ -1,0 +1,206 @@
+"""The full meshed path vs the direct path, in network namespaces (root): ``python -m bench mesh``.
+
+Built with the mesh e2e harness (``tests/harness/mesh_node.py``): meshlet-identity and
+meshlet-destination in local mode in a node namespace, and four pods:
+
+- ``meshed``: h2load -> client pod's meshlet-proxy (outbound) -> mTLS -> server pod's
+  meshlet-proxy (inbound) -> nginx in the server pod; the Service VIP is in discovery, so the
+  client proxy picks the endpoint and dials it with the server's identity;
+- ``direct``: h2load in an unmeshed pod -> nginx in an unmeshed pod (same bridge, no proxies).
+
+Per protocol (HTTP/1.1 and h2c, prior knowledge) and path: p50/p99 latency (h2load's per-request
+log) and each proxy's CPU (cores, /proc utime+stime over the run) and RSS at a fixed 1,000
+requests/s over 10 connections, then the requests/s at saturation (10 connections, 10 streams
+each for h2c). Medians of ``--runs`` runs (3). ``--quick``: 3 s per fixed-rate run.
+
+The harness lives under ``tests/``: run from the repository root, as root.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_NGINX = """
+user root;
+daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  server {{ listen 8080; location / {{ return 200 "hello\\n"; }} }}
+  server {{ listen 8081 http2; location / {{ return 200 "hello\\n"; }} }}
+}}
+"""
+
+
+@dataclass
+class Sample:
+    p50_ms: float
+    p99_ms: float
+    cores: tuple[float, ...]
+    rss_mb: tuple[float, ...]
+    achieved: float  # requests/s actually sent (below 1,000 when the path cannot keep up)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _rss_mb(pid: int) -> float:
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * _PAGE / 2**20
+
+
+def _h2load(pod: Any, args: list[str]) -> str:
+    done = pod.run_result(["h2load", *args], timeout=300)
+    if "0 failed, 0 errored" not in done.stdout:
+        raise RuntimeError(f"h2load failed: {done.stdout[-800:]}{done.stderr[-400:]}")
+    return str(done.stdout)
+
+
+def _fixed_rate(
+    pod: Any, url: str, h1: bool, *, seconds: int, pids: list[int], log: Path
+) -> Sample:
+    args = ["--log-file", str(log), "-n", str(1000 * seconds), "-c", "10", "--rps", "100"]
+    args += ["--h1"] if h1 else ["-m", "1"]
+    before = [_cpu_seconds(pid) for pid in pids]
+    started = time.monotonic()
+    _h2load(pod, [*args, url])
+    elapsed = time.monotonic() - started
+    cores = tuple((_cpu_seconds(pid) - b) / elapsed for pid, b in zip(pids, before, strict=True))
+    latencies = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line)
+    p50 = latencies[len(latencies) // 2] / 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000
+    rss = tuple(_rss_mb(pid) for pid in pids)
+    return Sample(p50, p99, cores, rss, len(latencies) / elapsed)
+
+
+def _saturation(pod: Any, url: str, h1: bool, requests: int) -> float:
+    args = ["-n", str(requests), "-c", "10", *(["--h1"] if h1 else ["-m", "10"])]
+    output = _h2load(pod, [*args, url])
+    match = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", output)
+    if match is None:
+        raise RuntimeError(output)
+    return float(match.group(1))
+
+
+def _nginx(mesh_node: Any, member: Any, root: Path) -> None:
+    root.mkdir()
+    (root / "nginx.conf").write_text(_NGINX.format(root=root))
+    member.pod.spawn(["nginx", "-c", str(root / "nginx.conf")], capture=False, label="nginx")
+    member.pod.wait_for_port(("127.0.0.1", 8081))
+    member.pod.wait_for_port(("127.0.0.1", 8080))
+
+
+def run(args: list[str]) -> None:
+    if os.geteuid() != 0:
+        print("bench mesh needs root (network namespaces, iptables): skipped")
+        return
+    quick = "--quick" in args
+    runs = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--runs=")), 3)
+    seconds = 3 if quick else 10
+    saturation_requests = 5_000 if quick else 20_000
+    harness = importlib.import_module("tests.harness")
+    mesh_harness = importlib.import_module("tests.harness.mesh_node")
+    with tempfile.TemporaryDirectory(prefix="bench-mesh-") as tmp:
+        root = Path(tmp)
+        node = harness.Node()
+        mesh_node = None
+        try:
+            mesh_node = mesh_harness.MeshNode(node, root)
+            client = mesh_node.add_pod("client", serviceaccount="client", ports=())
+            server = mesh_node.add_pod("server", serviceaccount="web", ports=(8080, 8081))
+            plain_client = mesh_node.add_pod("plain-client", meshed=False)
+            plain_server = mesh_node.add_pod("plain-server", meshed=False)
+            _nginx(mesh_node, server, root / "nginx-meshed")
+            _nginx(mesh_node, plain_server, root / "nginx-direct")
+            h1 = mesh_node.add_service("web", 80, [server], target_port=8080)
+            h2 = mesh_node.add_service("web-h2", 81, [server], target_port=8081)
+            mesh_node.wait_ready([client, server])
+            pids = [client.proxy.pid, server.proxy.pid]
+            paths = {
+                "direct": (plain_client.pod, f"http://{plain_server.pod.ip}:8080/",
+                           f"http://{plain_server.pod.ip}:8081/", []),
+                "meshed": (client.pod, f"http://{h1.service.vip}:80/",
+                           f"http://{h2.service.vip}:81/", pids),
+            }  # fmt: skip
+            # Warm-up: discovery subscriptions, certificates, connection pools.
+            for pod, url_h1, url_h2, _ in paths.values():
+                _h2load(pod, ["-n", "200", "-c", "2", "--h1", url_h1])
+                _h2load(pod, ["-n", "200", "-c", "2", url_h2])
+            # The meshed path really is mTLS with the client's identity (the warm-up's 400).
+            page = importlib.import_module("tests.harness.mesh").scrape(server.pod)
+            meshed = {"direction": "inbound", "tls": "true", "client_id": client.identity}
+            print(f"warm-up requests the server proxy took over mTLS from the client: "
+                  f"{page.total('request_total', **meshed):.0f}")  # fmt: skip
+            _report(paths, runs=runs, seconds=seconds, requests=saturation_requests, root=root)
+        finally:
+            try:
+                node.close()
+            finally:
+                if mesh_node is not None:
+                    mesh_node.close()
+
+
+def _report(
+    paths: dict[str, tuple[Any, str, str, list[int]]],
+    *,
+    runs: int,
+    seconds: int,
+    requests: int,
+    root: Path,
+) -> None:
+    print(f"machine: {os.cpu_count()} cores, python{sys.version_info[0]}.{sys.version_info[1]}")
+    print(f"fixed rate: 1,000 req/s over 10 connections for {seconds}s; medians of {runs} runs")
+    print("cores/RSS: client proxy / server proxy")
+    print(
+        f"{'protocol':8} {'path':7} {'p50 ms':>7} {'p99 ms':>7} {'cores':>13} "
+        f"{'RSS MB':>11} {'sent req/s':>10} {'max req/s':>10}"
+    )
+    for h1 in (True, False):
+        p99s = {}
+        for name, (pod, url_h1, url_h2, pids) in paths.items():
+            url = url_h1 if h1 else url_h2
+            samples = [
+                _fixed_rate(
+                    pod, url, h1, seconds=seconds, pids=pids, log=root / f"log-{name}-{h1}-{index}"
+                )
+                for index in range(runs)
+            ]
+            rates = [_saturation(pod, url, h1, requests) for _ in range(runs)]
+            cores = " / ".join(
+                f"{statistics.median(s.cores[i] for s in samples):.3f}" for i in range(len(pids))
+            )
+            rss = " / ".join(
+                f"{statistics.median(s.rss_mb[i] for s in samples):.1f}" for i in range(len(pids))
+            )
+            p99s[name] = statistics.median(s.p99_ms for s in samples)
+            print(
+                f"{'http/1.1' if h1 else 'h2c':8} {name:7} "
+                f"{statistics.median(s.p50_ms for s in samples):7.2f} {p99s[name]:7.2f} "
+                f"{cores or '-':>13} {rss or '-':>11} "
+                f"{statistics.median(s.achieved for s in samples):10.0f} "
+                f"{statistics.median(rates):10.0f}",
+                flush=True,
+            )
+        print(f"  p99 added by the two proxies: {p99s['meshed'] - p99s['direct']:.2f} ms")

@@ -1,0 +1,442 @@
+"""A mesh node: the control plane as real processes, and pods meshed the way the injector does it.
+
+    node namespace:   meshlet-identity     on 10.244.0.1:8080 (local mode: a token file)
+                      meshlet-destination  on 10.244.0.1:8086 (local mode: a YAML file that
+                                           ``MeshNode.publish()`` writes from the test's pods)
+    meshed pods:      meshlet-proxy-init with the init container's args, then meshlet-proxy as
+                      UID 2102 with the env of the injected ``meshlet-proxy`` container
+
+The proxy's environment is not written here: :func:`injected_env` runs the webhook's own
+``inject_pod`` on a Pod manifest for the test's pod and then does what the kubelet does with the
+container it gets: resolves the downward-API ``fieldRef`` values, expands ``$(VAR)``, maps the
+volume mounts (identity scratch dir, projected token) to per-pod directories and the cluster DNS
+names of the control plane to the node's bridge address. So a change in the injector's env
+contract shows up here.
+
+Everything lives in one temporary directory (removed by ``close()``); processes are stopped by
+PID when their namespace is deleted (``Node.close``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from identity.cli import main as identity_cli
+from meshlet.names import (
+    DEFAULT_CONTROL_PLANE_NS,
+    DEFAULT_TRUST_DOMAIN,
+    DESTINATION_PORT,
+    IDENTITY_PORT,
+    PROXY_ADMIN_PORT,
+    PROXY_CONTAINER_NAME,
+    PROXY_INIT_CONTAINER_NAME,
+    PROXY_UID,
+    workload_identity,
+)
+from tests.harness.mesh import PROXY, http_get
+from tests.harness.netns import HarnessError, Netns, Process
+from tests.harness.node import GATEWAY, Node, Pod, Service
+from tests.harness.programs import PYTHON, install_proxy_init
+from webhook.config import ProxyConfig
+from webhook.patch import MeshParams, Owner, inject_pod
+
+__all__ = [
+    "CLUSTER_DOMAIN",
+    "MESH_APP",
+    "MeshNode",
+    "MeshPod",
+    "MeshService",
+    "injected_env",
+]
+
+CLUSTER_DOMAIN: Final = "cluster.local"
+MESH_APP: Final = str(Path(__file__).with_name("mesh_app.py"))
+IDENTITY_BIN: Final = str(Path(PYTHON).with_name("meshlet-identity"))
+DESTINATION_BIN: Final = str(Path(PYTHON).with_name("meshlet-destination"))
+BRIDGE_MAC: Final = "02:00:0a:f4:00:01"  # locally administered; 10.244.0.1
+_VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+@dataclass
+class MeshPod:
+    """A pod of the mesh node: meshed (``proxy`` set) or not, with its discovery facts."""
+
+    pod: Pod
+    namespace: str
+    serviceaccount: str
+    proxy: Process | None
+    env: dict[str, str]
+    apps: list[Process] = field(default_factory=list)
+    opaque_ports: str | None = None  # the pod's config.meshlet.io/opaque-ports, for discovery
+
+    @property
+    def name(self) -> str:
+        return self.pod.pod_name
+
+    @property
+    def identity(self) -> str:
+        """The identity discovery gives this pod (from its ServiceAccount)."""
+        return workload_identity(self.serviceaccount, self.namespace)
+
+
+@dataclass
+class MeshService:
+    """A Service both kube-proxy (the node's DNAT) and discovery know; ``endpoints`` are what
+    discovery lists (the test may change them and ``publish()``)."""
+
+    service: Service
+    namespace: str
+    endpoints: list[MeshPod]
+    profile_routes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.service.vip, self.service.port
+
+
+def _run_identity_cli(argv: list[str]) -> str:
+    out = io.StringIO()
+    errors = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(errors):
+        status = identity_cli(argv)
+    if status != 0:
+        raise HarnessError(f"meshlet identity {' '.join(argv)}: {errors.getvalue().strip()}")
+    return out.getvalue()
+
+
+def _resolve_kubelet_env(
+    container: Mapping[str, Any], fields: Mapping[str, str], mounts: Mapping[str, Path]
+) -> dict[str, str]:
+    """What the kubelet gives a container: fieldRefs resolved, ``$(VAR)`` of earlier variables
+    expanded, paths under a volume mount mapped to where ``mounts`` puts that volume."""
+    mount_paths = {m["mountPath"]: mounts[m["name"]] for m in container.get("volumeMounts", ())}
+    env: dict[str, str] = {}
+    for item in container["env"]:
+        if "valueFrom" in item:
+            value = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            value = _VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), item["value"])
+        for mount_path, host_path in mount_paths.items():
+            if value == mount_path or value.startswith(mount_path + "/"):
+                value = str(host_path) + value[len(mount_path) :]
+        env[item["name"]] = value
+    return env
+
+
+def injected_env(
+    *,
+    name: str,
+    namespace: str,
+    serviceaccount: str,
+    pod_ip: str,
+    ports: list[int],
+    trust_anchors: str,
+    mounts: Mapping[str, Path],
+    log_level: str = "info",
+) -> tuple[dict[str, str], list[str]]:
+    """``(proxy env, proxy-init args)`` of the webhook's injection of a pod like this one."""
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "serviceAccountName": serviceaccount,
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "app:1",
+                    "ports": [{"containerPort": port} for port in ports],
+                }
+            ],
+        },
+    }
+    mesh = MeshParams(
+        control_plane_ns=DEFAULT_CONTROL_PLANE_NS,
+        trust_domain=DEFAULT_TRUST_DOMAIN,
+        cluster_domain=CLUSTER_DOMAIN,
+        trust_anchors_pem=trust_anchors,
+        trust_root_sha256=None,
+        created_by="meshlet-e2e",
+    )
+    injected = inject_pod(
+        manifest,
+        namespace=namespace,
+        config=ProxyConfig(log_level=log_level),
+        mesh=mesh,
+        owner=Owner("deployment", name),
+    )
+    containers = {c["name"]: c for c in injected["spec"]["initContainers"]}
+    fields = {
+        "metadata.name": name,
+        "metadata.namespace": namespace,
+        "status.podIP": pod_ip,
+        "spec.serviceAccountName": serviceaccount,
+    }
+    env = _resolve_kubelet_env(containers[PROXY_CONTAINER_NAME], fields, mounts)
+    # Cluster DNS: the control plane's Service names resolve to where it runs on this node.
+    svc = f"{DEFAULT_CONTROL_PLANE_NS}.svc.{CLUSTER_DOMAIN}"
+    dns = {
+        f"meshlet-identity.{svc}:{IDENTITY_PORT}": f"{GATEWAY}:{IDENTITY_PORT}",
+        f"meshlet-destination.{svc}:{DESTINATION_PORT}": f"{GATEWAY}:{DESTINATION_PORT}",
+    }
+    env = {key: dns.get(value, value) for key, value in env.items()}
+    init_args = list(containers[PROXY_INIT_CONTAINER_NAME]["args"])
+    return env, init_args
+
+
+class MeshNode:
+    """The node, the control plane in it, and the pods and services the test adds."""
+
+    def __init__(self, node: Node, log_dir: Path) -> None:
+        self.node = node
+        self.log_dir = log_dir
+        # Not under pytest's tmp dir: that is 0700 root, and the proxies (UID 2102) read here.
+        self.dir = Path(tempfile.mkdtemp(prefix="mlt-mesh-"))
+        self.dir.chmod(0o711)
+        self.pods: dict[str, MeshPod] = {}
+        self.services: dict[str, MeshService] = {}
+        self.identity: Process | None = None
+        self.destination: Process | None = None
+        try:
+            # A bridge takes the lowest MAC of its ports unless given one: each new pod could
+            # change the gateway's MAC under the pods already there (their ARP entries go stale
+            # and their connections to the control plane stall for seconds).
+            node.netns.iproute("link", "set", "br0", "address", BRIDGE_MAC)
+            self.pki = self.dir / "pki"
+            _run_identity_cli(["init", "--dir", str(self.pki)])
+            _run_identity_cli(
+                ["issue", "destination", "--dir", str(self.pki), "--out", str(self.dir / "dst")]
+            )
+            self.trust_anchors = (self.pki / "ca-bundle.crt").read_text()
+            self.tokens = self.dir / "tokens.txt"
+            self.tokens.write_text("# meshlet-e2e tokens\n")
+            self.tokens.chmod(0o600)
+            self.source = self.dir / "destination.yaml"
+            self.publish()
+            self.identity = node.netns.spawn(
+                [IDENTITY_BIN],
+                env={
+                    "MESHLET_IDENTITY_LISTEN_ADDR": f"{GATEWAY}:{IDENTITY_PORT}",
+                    "MESHLET_IDENTITY_ISSUER_CERT_FILE": str(self.pki / "crt.pem"),
+                    "MESHLET_IDENTITY_ISSUER_KEY_FILE": str(self.pki / "key.pem"),
+                    "MESHLET_IDENTITY_TRUST_ANCHORS_FILE": str(self.pki / "ca-bundle.crt"),
+                    "MESHLET_IDENTITY_TOKEN_SOURCE": str(self.tokens),
+                    "MESHLET_IDENTITY_RELOAD_INTERVAL": "1s",
+                },
+                capture=False,
+                log_path=log_dir / "identity.log",
+                label="meshlet-identity",
+            )
+            self.start_destination()
+            node.netns.wait_for_port((GATEWAY, IDENTITY_PORT), timeout=20)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- control plane ------------------------------------------------------------------------
+
+    def start_destination(self) -> None:
+        """Start (or start again) meshlet-destination and wait until it accepts connections."""
+        self.destination = self.node.netns.spawn(
+            [
+                DESTINATION_BIN,
+                *("--source", str(self.source)),
+                *("--tls-cert", str(self.dir / "dst" / "tls.crt")),
+                *("--tls-key", str(self.dir / "dst" / "tls.key")),
+                *("--listen-addr", f"{GATEWAY}:{DESTINATION_PORT}"),
+                *("--local-poll-interval", "100ms"),
+                *("--keepalive-interval", "2s"),
+            ],
+            capture=False,
+            log_path=self.log_dir / "destination.log",
+            label="meshlet-destination",
+        )
+        self.node.netns.wait_for_port((GATEWAY, DESTINATION_PORT), timeout=20)
+
+    def stop_destination(self) -> None:
+        if self.destination is not None:
+            self.destination.stop()
+
+    def publish(self) -> None:
+        """Write the destination's YAML from ``services`` (atomically: it polls the file)."""
+        services = []
+        profiles = []
+        for mesh_service in self.services.values():
+            service = mesh_service.service
+            services.append(
+                {
+                    "name": service.name,
+                    "namespace": mesh_service.namespace,
+                    "clusterIP": service.vip,
+                    "ports": [{"port": service.port, "targetPort": service.target_port}],
+                    "endpoints": [_endpoint(member, service) for member in mesh_service.endpoints],
+                }
+            )
+            if mesh_service.profile_routes:
+                profiles.append(
+                    {
+                        "name": f"{service.name}.{mesh_service.namespace}.svc.{CLUSTER_DOMAIN}",
+                        "namespace": mesh_service.namespace,
+                        "routes": mesh_service.profile_routes,
+                    }
+                )
+        staged = self.source.with_suffix(".new")
+        staged.write_text(yaml.safe_dump({"services": services, "profiles": profiles}))
+        staged.replace(self.source)
+
+    def add_token(self, namespace: str, serviceaccount: str) -> str:
+        argv = ["token", "--file", str(self.tokens), "--namespace", namespace]
+        return _run_identity_cli([*argv, "--serviceaccount", serviceaccount]).strip()
+
+    # -- pods and services --------------------------------------------------------------------
+
+    def add_pod(
+        self,
+        name: str,
+        *,
+        serviceaccount: str = "default",
+        namespace: str = "default",
+        ports: tuple[int, ...] = (8080,),
+        meshed: bool = True,
+        token_for: str | None = None,
+    ) -> MeshPod:
+        """A pod; meshed ones get proxy-init and a proxy (not waited for: see ``wait_ready``).
+
+        ``token_for`` gives the pod the token of another ServiceAccount (so its certificate names
+        that identity while discovery still derives its identity from ``serviceaccount``).
+        """
+        pod = self.node.add_pod(name)
+        if not meshed:
+            member = MeshPod(pod, namespace, serviceaccount, None, {})
+            self.pods[name] = member
+            return member
+        home = self.dir / "pods" / name
+        identity_dir = home / "identity"
+        token_dir = home / "tokens"
+        for path in (home, token_dir):
+            path.mkdir(parents=True)
+            path.chmod(0o711)
+        identity_dir.mkdir(mode=0o700)
+        os.chown(identity_dir, PROXY_UID, PROXY_UID)
+        env, init_args = injected_env(
+            name=name,
+            namespace=namespace,
+            serviceaccount=serviceaccount,
+            pod_ip=pod.ip,
+            ports=list(ports),
+            trust_anchors=self.trust_anchors,
+            mounts={
+                "meshlet-identity-end-entity": identity_dir,
+                "meshlet-identity-token": token_dir,
+                "meshlet-proxy-init-xtables-lock": home / "run",
+            },
+        )
+        if token_for is not None:
+            env["MESHLET_PROXY_IDENTITY_LOCAL_NAME"] = workload_identity(token_for, namespace)
+        token_file = Path(env["MESHLET_PROXY_IDENTITY_TOKEN_FILE"])
+        token_file.write_text(self.add_token(namespace, token_for or serviceaccount))
+        token_file.chmod(0o400)
+        os.chown(token_file, PROXY_UID, PROXY_UID)
+        install_proxy_init(pod, *init_args)
+        proxy = pod.spawn(
+            [PROXY],
+            uid=PROXY_UID,
+            env=env,
+            capture=False,
+            log_path=self.log_dir / f"proxy-{name}.log",
+            label=f"meshlet-proxy in {name}",
+        )
+        member = MeshPod(pod, namespace, serviceaccount, proxy, env)
+        self.pods[name] = member
+        return member
+
+    def start_app(self, member: MeshPod, port: int = 8080) -> Process:
+        """``mesh_app.py`` in the pod (it names the pod in every answer)."""
+        process = member.pod.spawn(
+            [PYTHON, MESH_APP, member.name, str(port)], label=f"{member.name}: mesh_app"
+        )
+        line = process.read_line(timeout=20)
+        if line != "ready":
+            raise HarnessError(f"{process.label} said {line!r}")
+        member.apps.append(process)
+        return process
+
+    def add_service(
+        self,
+        name: str,
+        port: int,
+        members: list[MeshPod],
+        *,
+        target_port: int = 8080,
+        namespace: str = "default",
+        profile_routes: list[dict[str, Any]] | None = None,
+    ) -> MeshService:
+        """A Service in the node's NAT (kube-proxy) and in discovery (published at once)."""
+        service = self.node.add_service(name, port, [m.pod for m in members], target_port)
+        mesh_service = MeshService(service, namespace, list(members), profile_routes or [])
+        self.services[name] = mesh_service
+        self.publish()
+        return mesh_service
+
+    def wait_ready(self, members: list[MeshPod], timeout: float = 30.0) -> None:
+        """Wait until every meshed pod's proxy answers ``/ready`` 200 (with TLS: holds a cert)."""
+        deadline = time.monotonic() + timeout
+        for member in members:
+            if member.proxy is not None:
+                _wait_proxy_ready(member.pod, member.proxy, deadline)
+
+    def kill_pod(self, member: MeshPod) -> None:
+        """What a node losing a pod looks like: its processes die at once (SIGKILL)."""
+        for process in [*member.apps, *([member.proxy] if member.proxy else [])]:
+            if process.popen.poll() is None:
+                process.popen.kill()
+                process.popen.wait(5)
+
+    def close(self) -> None:
+        """Remove the temporary directory (processes go with the node's namespaces)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _endpoint(member: MeshPod, service: Service) -> dict[str, Any]:
+    endpoint: dict[str, Any] = {
+        "address": member.pod.ip,
+        "pod": member.name,
+        "serviceAccount": member.serviceaccount,
+        "meshed": member.proxy is not None,
+        "owner": {"kind": "deployment", "name": service.name},
+    }
+    if member.opaque_ports is not None:
+        endpoint["opaquePorts"] = member.opaque_ports
+    return endpoint
+
+
+def _wait_proxy_ready(pod: Netns, proxy: Process, deadline: float) -> None:
+    delay = 0.02
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proxy.popen.poll() is not None:
+            raise HarnessError(f"{proxy.label} exited ({proxy.popen.returncode}): "
+                               f"{proxy.stderr_text()}")  # fmt: skip
+        try:
+            status, body = http_get(pod, ("127.0.0.1", PROXY_ADMIN_PORT), "/ready")
+        except OSError as exc:
+            last = str(exc)
+        else:
+            if status == 200:
+                return
+            last = f"{status} {body!r}"
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    raise HarnessError(f"{proxy.label} not ready: {last}: {proxy.stderr_text()}")

@@ -1,0 +1,124 @@
+"""``TlsConn``: TLS 1.3 half-close that loses nothing, and end-of-stream meaning TCP's."""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from identity.pemfiles import certificate_pem, private_key_pem
+from proxy.errors import UpstreamClosed
+from proxy.metrics import Metrics
+from proxy.mtls.conn import TlsConn, send_close_notify
+
+NAME = "peer.test"
+BIG = bytes(range(256)) * 1200  # 300 KiB: many TLS records
+
+
+def _contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME)])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / "crt.pem").write_bytes(certificate_pem(certificate))
+    (directory / "key.pem").write_bytes(private_key_pem(key))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.minimum_version = ssl.TLSVersion.TLSv1_3
+    server.load_cert_chain(directory / "crt.pem", directory / "key.pem")
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(directory / "crt.pem")
+    return server, client
+
+
+async def _pair(
+    nursery: trio.Nursery, tmp_path: Path, serve: object
+) -> tuple[TlsConn, trio.SSLStream[trio.SocketStream]]:
+    server_ctx, client_ctx = _contexts(tmp_path)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+    async def handle(tcp: trio.SocketStream) -> None:
+        tls = trio.SSLStream(tcp, server_ctx, server_side=True)
+        await serve(tls)  # type: ignore[operator]
+
+    nursery.start_soon(trio.serve_listeners, handle, listeners)
+    tcp = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
+    tls = trio.SSLStream(tcp, client_ctx, server_hostname=NAME)
+    await tls.do_handshake()
+    metrics = Metrics()
+    stats = metrics.tcp_open("outbound", "dst", "peer")
+    return TlsConn(tls, tcp, metrics, stats, upstream=True), tls
+
+
+async def _read_all(conn: TlsConn) -> bytes:
+    data = b""
+    while chunk := await conn.receive():
+        data += chunk
+    return data
+
+
+@pytest.mark.trio
+async def test_half_close_while_records_are_still_buffered_loses_nothing(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async def serve(tls: trio.SSLStream[trio.SocketStream]) -> None:
+        await tls.send_all(BIG)
+        while await tls.receive_some(65536):  # until our peer's close_notify
+            pass
+        await tls.send_all(b"bye")
+        await send_close_notify(tls)
+
+    conn, tls = await _pair(nursery, tmp_path, serve)
+    first = await conn.receive(1000)
+    await trio.sleep(0.2)  # the rest of BIG arrives; most of it waits undecrypted
+    assert tls._incoming.pending or tls._ssl_object.pending()
+    rest: list[bytes] = []
+
+    async def reader() -> None:
+        rest.append(await _read_all(conn))
+
+    async with trio.open_nursery() as both:
+        both.start_soon(reader)
+        both.start_soon(conn.send_eof)
+    assert first + rest[0] == BIG + b"bye"
+    assert conn.stats.read == len(BIG) + 3
+    conn.close()
+
+
+@pytest.mark.trio
+async def test_a_bare_fin_reads_as_end_of_stream_and_a_reset_as_an_error(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    async def fin(tls: trio.SSLStream[trio.SocketStream]) -> None:
+        await tls.send_all(b"partial")
+        await trio.aclose_forcefully(tls.transport_stream)
+
+    conn, _ = await _pair(nursery, tmp_path, fin)
+    assert await _read_all(conn) == b"partial"
+    conn.close()
+
+    async def broken(tls: trio.SSLStream[trio.SocketStream]) -> None:
+        await tls.do_handshake()
+        await tls.transport_stream.send_all(b"\x17\x03\x03\x00\x05notls")  # undecryptable
+        await trio.sleep(1)
+
+    conn, _ = await _pair(nursery, tmp_path, broken)
+    with pytest.raises(UpstreamClosed, match="TLS receive failed"):
+        await _read_all(conn)
+    conn.close()
