@@ -28,7 +28,7 @@ from proxy.mtls import (
     parse_client_hello,
 )
 
-from .conftest import ADMIN, DB, WEB, Identity, foreign_identity, free_port
+from .conftest import ADMIN, DB, WEB, Identity, foreign_identity, free_port, two_name_identity
 from .inbound import Inbound, serve_inbound
 
 SETTINGS = MtlsSettings(connect_timeout=2.0, handshake_timeout=5.0)
@@ -167,6 +167,35 @@ async def test_a_peer_certified_as_another_identity_is_refused(
         assert ADMIN in str(caught.value)
         await _wait_for(lambda: bool(outcomes))
         assert "handshake_done" not in outcomes  # no byte of ours reached the impostor
+
+    await _with_pair(identity, tmp_path, body)
+
+
+@pytest.mark.trio
+async def test_a_certificate_with_more_than_the_identity_is_refused_both_ways(
+    identity: Identity, tmp_path: Path
+) -> None:
+    cert, key = two_name_identity(tmp_path / "two", identity.pki, [DB, ADMIN])
+    anchors = identity.pki.anchors_file.read_text()
+
+    async def body(
+        nursery: trio.Nursery, web: IdentityClient, db: IdentityClient, db_in: Inbound
+    ) -> None:
+        # The hostname check alone would accept it (one of its names is db's).
+        port, _ = await _serve_raw_tls(nursery, lambda: server_context(anchors, cert, key))
+        with pytest.raises(PeerIdentityMismatch, match="exactly"):
+            await connect_meshed((LOCAL, port), DB, web, settings=SETTINGS)
+        # As a client certificate, it proves no single identity.
+        tcp = await trio.open_tcp_stream(LOCAL, db_in.port)
+        tls = trio.SSLStream(tcp, client_context(anchors, cert, key), server_hostname=DB)
+        with pytest.raises(trio.BrokenResourceError):
+            await _talk(tls, b"two names")
+        await trio.aclose_forcefully(tls)
+        await _wait_for(lambda: bool(db_in.events))
+        assert (db_in.events[0]["outcome"], db_in.events[0]["slug"]) == (
+            "refused",
+            "untrusted_peer",
+        )
 
     await _with_pair(identity, tmp_path, body)
 
