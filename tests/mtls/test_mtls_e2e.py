@@ -416,3 +416,22 @@ async def test_rotation_keeps_a_long_lived_connection_while_new_ones_use_new_cer
         assert [(e["outcome"], e["client_id"]) for e in db_in.events] == [("meshed", WEB)] * 2
         nursery.cancel_scope.cancel()
     assert pings >= 10
+
+
+@pytest.mark.trio
+async def test_inbound_tls_before_the_first_certificate_is_refused(
+    identity: Identity, tmp_path: Path
+) -> None:
+    web = identity.client(tmp_path, WEB, "tok-web")
+    db = identity.client(tmp_path, DB, "tok-db")  # never started: no certificate
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(web.run)
+        await _ready(web)
+        db_in = Inbound(db, SETTINGS)
+        await nursery.start(serve_inbound, db_in)
+        with pytest.raises(TlsHandshakeFailed):
+            await connect_meshed((LOCAL, db_in.port), DB, web, settings=SETTINGS)
+        await _wait_for(lambda: bool(db_in.events))
+        assert db_in.events[0]["slug"] == "no_local_identity"
+        assert db_in.events[0]["decision"] == "sni_is_local_identity"
+        nursery.cancel_scope.cancel()
