@@ -360,13 +360,16 @@ async def test_connect_and_handshake_failures_are_named(identity: Identity, tmp_
             await tcp.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
             await tcp.aclose()
 
-        for handler, expected in ((silent, "took longer"), (plaintext, "failed")):
+        quick = MtlsSettings(connect_timeout=2.0, handshake_timeout=0.3)
+        for handler, settings, expected in (
+            (silent, quick, "took longer"),
+            (plaintext, SETTINGS, "failed: .*WRONG_VERSION_NUMBER|closed"),
+        ):
             listeners = await trio.open_tcp_listeners(0, host=LOCAL)
             port = listeners[0].socket.getsockname()[1]
             nursery.start_soon(trio.serve_listeners, handler, listeners)
-            quick = MtlsSettings(connect_timeout=2.0, handshake_timeout=0.3)
             with pytest.raises(TlsHandshakeFailed, match=expected) as caught:
-                await connect_meshed((LOCAL, port), DB, web, settings=quick)
+                await connect_meshed((LOCAL, port), DB, web, settings=settings)
             assert caught.value.slug == "tls_handshake_failed"
 
     await _with_pair(identity, tmp_path, body)
