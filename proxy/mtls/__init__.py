@@ -1,6 +1,10 @@
 """Mutual TLS between proxies: meshed connect and accept, the inbound TLS decision, labels.
 
-See docs/mtls.md. Usage (outbound)::
+See docs/mtls.md. This package imports none of the protocol shells, so ``proxy/http1.py`` and
+``proxy/http2.py`` may import ``proxy.mtls`` (for the header helpers); the wiring that calls the
+shells lives in ``proxy.mtls.serve`` and ``proxy.mtls.transport``, imported by name.
+
+Usage (outbound)::
 
     stream = await connect_meshed(address, server_id, identity, settings=mtls_settings)
 
@@ -42,7 +46,6 @@ from proxy.mtls.labels import (
     inbound_request_headers,
     strip_client_id,
 )
-from proxy.mtls.serve import MeshedRoute, serve_inbound_tls
 from proxy.mtls.settings import MtlsSettings
 from proxy.mtls.streams import (
     MESH_ALPN,
@@ -53,13 +56,6 @@ from proxy.mtls.streams import (
     inbound_failure,
     outbound_failure,
     read_client_hello,
-)
-from proxy.mtls.transport import (
-    MeshedOpaqueRoute,
-    TransportHeaderError,
-    encode_transport_header,
-    parse_transport_header,
-    serve_inbound_transport,
 )
 
 __all__ = [
@@ -72,8 +68,6 @@ __all__ = [
     "InboundTlsAction",
     "InboundTlsDecision",
     "MalformedClientHello",
-    "MeshedOpaqueRoute",
-    "MeshedRoute",
     "MtlsSettings",
     "NoClientCertificate",
     "NoLocalIdentity",
@@ -84,21 +78,16 @@ __all__ = [
     "TlsConn",
     "TlsHandshakeFailed",
     "TlsLabels",
-    "TransportHeaderError",
     "UntrustedClient",
     "UntrustedPeer",
     "accept_meshed",
     "connect_meshed",
     "decide_inbound_tls",
     "describe",
-    "encode_transport_header",
     "inbound_failure",
     "inbound_request_headers",
     "outbound_failure",
     "parse_client_hello",
-    "parse_transport_header",
     "read_client_hello",
-    "serve_inbound_tls",
-    "serve_inbound_transport",
     "strip_client_id",
 ]

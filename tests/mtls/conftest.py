@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from identity.ca import Issuer, create_issuer, create_trust_anchor, sign_leaf
 from identity.pemfiles import certificate_pem, private_key_pem
@@ -113,4 +116,43 @@ def foreign_identity(directory: Path, name: str) -> Foreign:
     return Foreign(directory / "crt.pem", directory / "key.pem", pem(anchor.certificate).decode())
 
 
-__all__ = ["ADMIN", "DB", "WEB", "Foreign", "Identity", "foreign_identity", "free_port"]
+def two_name_identity(directory: Path, pki: PKI, names: list[str]) -> tuple[Path, Path]:
+    """A leaf signed by the mesh's own issuer but carrying several DNS names (the identity
+    service never issues one; an attacker holding the issuer key could)."""
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(pki.issuer.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=True
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(pki.issuer.key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "crt.pem").write_bytes(certificate_pem(leaf, pki.issuer.certificate))
+    (directory / "key.pem").write_bytes(private_key_pem(key))
+    return directory / "crt.pem", directory / "key.pem"
+
+
+__all__ = [
+    "ADMIN",
+    "DB",
+    "WEB",
+    "Foreign",
+    "Identity",
+    "foreign_identity",
+    "free_port",
+    "two_name_identity",
+]

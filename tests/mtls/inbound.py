@@ -22,6 +22,7 @@ from proxy.identity import IdentityClient
 from proxy.mtls import (
     InboundTlsAction,
     MtlsSettings,
+    PrefixedStream,
     accept_meshed,
     decide_inbound_tls,
     inbound_request_headers,
@@ -55,7 +56,7 @@ class Inbound:
                 protocol = detect(prefix)
             if protocol is not Protocol.TLS:
                 event["outcome"] = "plaintext"
-                await self._application(_Prefixed(prefix, tcp), None, event)
+                await self._application(PrefixedStream(prefix, tcp), None, event)
                 return
             receive = _receiver(tcp)
             timeout = self.settings.handshake_timeout
@@ -94,26 +95,6 @@ def _receiver(tcp: trio.SocketStream) -> Callable[[], Awaitable[bytes]]:
         return bytes(await tcp.receive_some(65536))
 
     return receive
-
-
-class _Prefixed(trio.abc.Stream):
-    def __init__(self, prefix: bytes, stream: trio.SocketStream) -> None:
-        self.prefix, self.stream = prefix, stream
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self.prefix:
-            chunk, self.prefix = self.prefix, b""
-            return chunk
-        return bytes(await self.stream.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
 
 
 async def _answer_with_headers(stream: trio.abc.Stream, client_id: str | None) -> None:

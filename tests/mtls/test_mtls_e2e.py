@@ -28,7 +28,7 @@ from proxy.mtls import (
     parse_client_hello,
 )
 
-from .conftest import ADMIN, DB, WEB, Identity, foreign_identity, free_port
+from .conftest import ADMIN, DB, WEB, Identity, foreign_identity, free_port, two_name_identity
 from .inbound import Inbound, serve_inbound
 
 SETTINGS = MtlsSettings(connect_timeout=2.0, handshake_timeout=5.0)
@@ -167,6 +167,35 @@ async def test_a_peer_certified_as_another_identity_is_refused(
         assert ADMIN in str(caught.value)
         await _wait_for(lambda: bool(outcomes))
         assert "handshake_done" not in outcomes  # no byte of ours reached the impostor
+
+    await _with_pair(identity, tmp_path, body)
+
+
+@pytest.mark.trio
+async def test_a_certificate_with_more_than_the_identity_is_refused_both_ways(
+    identity: Identity, tmp_path: Path
+) -> None:
+    cert, key = two_name_identity(tmp_path / "two", identity.pki, [DB, ADMIN])
+    anchors = identity.pki.anchors_file.read_text()
+
+    async def body(
+        nursery: trio.Nursery, web: IdentityClient, db: IdentityClient, db_in: Inbound
+    ) -> None:
+        # The hostname check alone would accept it (one of its names is db's).
+        port, _ = await _serve_raw_tls(nursery, lambda: server_context(anchors, cert, key))
+        with pytest.raises(PeerIdentityMismatch, match="exactly"):
+            await connect_meshed((LOCAL, port), DB, web, settings=SETTINGS)
+        # As a client certificate, it proves no single identity.
+        tcp = await trio.open_tcp_stream(LOCAL, db_in.port)
+        tls = trio.SSLStream(tcp, client_context(anchors, cert, key), server_hostname=DB)
+        with pytest.raises(trio.BrokenResourceError):
+            await _talk(tls, b"two names")
+        await trio.aclose_forcefully(tls)
+        await _wait_for(lambda: bool(db_in.events))
+        assert (db_in.events[0]["outcome"], db_in.events[0]["slug"]) == (
+            "refused",
+            "untrusted_peer",
+        )
 
     await _with_pair(identity, tmp_path, body)
 
@@ -331,13 +360,16 @@ async def test_connect_and_handshake_failures_are_named(identity: Identity, tmp_
             await tcp.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
             await tcp.aclose()
 
-        for handler, expected in ((silent, "took longer"), (plaintext, "failed")):
+        quick = MtlsSettings(connect_timeout=2.0, handshake_timeout=0.3)
+        for handler, settings, expected in (
+            (silent, quick, "took longer"),
+            (plaintext, SETTINGS, "failed: .*WRONG_VERSION_NUMBER|closed"),
+        ):
             listeners = await trio.open_tcp_listeners(0, host=LOCAL)
             port = listeners[0].socket.getsockname()[1]
             nursery.start_soon(trio.serve_listeners, handler, listeners)
-            quick = MtlsSettings(connect_timeout=2.0, handshake_timeout=0.3)
             with pytest.raises(TlsHandshakeFailed, match=expected) as caught:
-                await connect_meshed((LOCAL, port), DB, web, settings=quick)
+                await connect_meshed((LOCAL, port), DB, web, settings=settings)
             assert caught.value.slug == "tls_handshake_failed"
 
     await _with_pair(identity, tmp_path, body)
@@ -387,3 +419,22 @@ async def test_rotation_keeps_a_long_lived_connection_while_new_ones_use_new_cer
         assert [(e["outcome"], e["client_id"]) for e in db_in.events] == [("meshed", WEB)] * 2
         nursery.cancel_scope.cancel()
     assert pings >= 10
+
+
+@pytest.mark.trio
+async def test_inbound_tls_before_the_first_certificate_is_refused(
+    identity: Identity, tmp_path: Path
+) -> None:
+    web = identity.client(tmp_path, WEB, "tok-web")
+    db = identity.client(tmp_path, DB, "tok-db")  # never started: no certificate
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(web.run)
+        await _ready(web)
+        db_in = Inbound(db, SETTINGS)
+        await nursery.start(serve_inbound, db_in)
+        with pytest.raises(TlsHandshakeFailed):
+            await connect_meshed((LOCAL, db_in.port), DB, web, settings=SETTINGS)
+        await _wait_for(lambda: bool(db_in.events))
+        assert db_in.events[0]["slug"] == "no_local_identity"
+        assert db_in.events[0]["decision"] == "sni_is_local_identity"
+        nursery.cancel_scope.cancel()
