@@ -137,6 +137,7 @@ def run(args: list[str]) -> None:
             h1 = mesh_node.add_service("web", 80, [server], target_port=8080)
             h2 = mesh_node.add_service("web-h2", 81, [server], target_port=8081)
             mesh_node.wait_ready([client, server])
+            mesh_node.wait_discovered()
             pids = [client.proxy.pid, server.proxy.pid]
             paths = {
                 "direct": (plain_client.pod, f"http://{plain_server.pod.ip}:8080/",

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
+import ssl
 import tempfile
 import time
 from collections.abc import Mapping
@@ -43,6 +45,7 @@ from meshlet.names import (
     PROXY_CONTAINER_NAME,
     PROXY_INIT_CONTAINER_NAME,
     PROXY_UID,
+    control_plane_identity,
     workload_identity,
 )
 from tests.harness.mesh import PROXY, http_get
@@ -296,6 +299,44 @@ class MeshNode:
         staged.write_text(yaml.safe_dump({"services": services, "profiles": profiles}))
         staged.replace(self.source)
 
+    def discovered(self, mesh_service: MeshService) -> set[str] | None:
+        """The endpoint addresses meshlet-destination serves now for the Service's VIP (asked
+        over its API like a proxy, TLS verified against the trust anchors); None while it does
+        not know the Service."""
+        context = ssl.create_default_context(cafile=str(self.pki / "ca-bundle.crt"))
+        vip, port = mesh_service.address
+        with self.node.netns.connect((GATEWAY, DESTINATION_PORT), timeout=5) as raw:
+            name = control_plane_identity("destination")
+            with context.wrap_socket(raw, server_hostname=name) as sock:
+                path = f"/v1/endpoints?authority={vip}:{port}"
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+                data = b""
+                while (snapshot := _first_snapshot(data)) is None:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise ValueError(f"no snapshot in {data[:300]!r}")
+                    data += chunk
+        if not snapshot.get("exists"):
+            return None
+        return {endpoint["address"] for endpoint in snapshot["endpoints"]}
+
+    def wait_discovered(self, timeout: float = 10.0) -> None:
+        """Wait until the destination serves every Service with the endpoints published (it
+        polls its file): a proxy asking earlier would be told the VIP is unknown."""
+        deadline = time.monotonic() + timeout
+        for mesh_service in self.services.values():
+            want = {member.pod.ip for member in mesh_service.endpoints}
+            while (have := self._discovered_or_none(mesh_service)) != want:
+                if time.monotonic() > deadline:
+                    raise HarnessError(f"{mesh_service.service.name}: discovery has {have}")
+                time.sleep(0.05)
+
+    def _discovered_or_none(self, mesh_service: MeshService) -> set[str] | None:
+        try:
+            return self.discovered(mesh_service)
+        except (OSError, ValueError, StopIteration):
+            return None
+
     def add_token(self, namespace: str, serviceaccount: str) -> str:
         argv = ["token", "--file", str(self.tokens), "--namespace", namespace]
         return _run_identity_cli([*argv, "--serviceaccount", serviceaccount]).strip()
@@ -407,6 +448,17 @@ class MeshNode:
     def close(self) -> None:
         """Remove the temporary directory (processes go with the node's namespaces)."""
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _first_snapshot(data: bytes) -> dict[str, Any] | None:
+    """The first complete ``snapshot`` line of an NDJSON answer (chunk-size lines skipped)."""
+    for raw in data.partition(b"\r\n\r\n")[2].split(b"\n"):
+        line = raw.strip()
+        if line.startswith(b"{") and line.endswith(b"}") and b'"snapshot"' in line:
+            decoded = json.loads(line)
+            if isinstance(decoded, dict):
+                return decoded
+    return None
 
 
 def _endpoint(member: MeshPod, service: Service) -> dict[str, Any]:

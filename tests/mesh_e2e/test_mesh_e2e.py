@@ -123,6 +123,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh_node.add_service("plain", 80, [outside])
         mesh_node.add_service("fake", 80, [impostor])
         mesh_node.wait_ready([client, *web, impostor])
+        mesh_node.wait_discovered()
         yield Mesh(mesh_node, client, web, outside, impostor)
     finally:
         try:
@@ -322,6 +323,7 @@ def test_endpoint_removed_then_pod_killed_under_load(mesh: Mesh) -> None:
         node.start_app(member)
     service = node.add_service("churn", 80, churn, profile_routes=RETRY_GETS)
     node.wait_ready(churn)
+    node.wait_discovered()
     posts = HttpLoad(mesh.client.pod, service.address, workers=2, method="POST", path="/post")
     with HttpLoad(mesh.client.pod, service.address, workers=4) as load, posts:
         time.sleep(2)

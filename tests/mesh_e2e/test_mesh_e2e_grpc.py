@@ -38,6 +38,7 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshNode, M
         start_program(server.pod, [PYTHON, GRPC_APP, "serve", "50051"])
         mesh_node.add_service("grpc", 50051, [server], target_port=50051)
         mesh_node.wait_ready([client, server])
+        mesh_node.wait_discovered()
         yield mesh_node, client, server
     finally:
         try:
