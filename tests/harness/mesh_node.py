@@ -68,7 +68,6 @@ CLUSTER_DOMAIN: Final = "cluster.local"
 MESH_APP: Final = str(Path(__file__).with_name("mesh_app.py"))
 IDENTITY_BIN: Final = str(Path(PYTHON).with_name("meshlet-identity"))
 DESTINATION_BIN: Final = str(Path(PYTHON).with_name("meshlet-destination"))
-BRIDGE_MAC: Final = "02:00:0a:f4:00:01"  # locally administered; 10.244.0.1
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -213,10 +212,6 @@ class MeshNode:
         self.identity: Process | None = None
         self.destination: Process | None = None
         try:
-            # A bridge takes the lowest MAC of its ports unless given one: each new pod could
-            # change the gateway's MAC under the pods already there (their ARP entries go stale
-            # and their connections to the control plane stall for seconds).
-            node.netns.iproute("link", "set", "br0", "address", BRIDGE_MAC)
             self.pki = self.dir / "pki"
             _run_identity_cli(["init", "--dir", str(self.pki)])
             _run_identity_cli(

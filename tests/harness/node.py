@@ -27,6 +27,7 @@ __all__ = ["Node", "Pod", "Service"]
 POD_SUBNET: Final = ipaddress.ip_network("10.244.0.0/24")
 SERVICE_SUBNET: Final = ipaddress.ip_network("10.96.0.0/16")
 GATEWAY: Final = "10.244.0.1"
+BRIDGE_MAC: Final = "02:00:0a:f4:00:01"  # locally administered, fixed
 
 
 class Pod(Netns):
@@ -61,7 +62,10 @@ class Node:
         try:
             self.netns.ip_batch(
                 [
-                    "link add br0 type bridge",
+                    # A fixed MAC: a bridge otherwise takes the lowest MAC of its ports, so each
+                    # new pod could change the gateway's MAC under the pods already there (their
+                    # ARP entries go stale and their connections stall for seconds).
+                    f"link add br0 address {BRIDGE_MAC} type bridge",
                     f"addr add {GATEWAY}/{POD_SUBNET.prefixlen} dev br0",
                     "link set br0 up",
                 ]
