@@ -27,6 +27,7 @@ log = logging.getLogger("meshlet.identity")
 
 # How often the serving TLS context looks for the certificate this process re-issued.
 _SERVING_CHECK_INTERVAL = 1.0
+_SERVING_MIN_LIFETIME = datetime.timedelta(hours=24)
 
 
 class StartupError(RuntimeError):
@@ -68,7 +69,10 @@ async def _serve(settings: IdentitySettings, serving_dir: Path) -> None:
     serving = SelfServing(
         serving_dir,
         name,
-        lifetime=datetime.timedelta(seconds=settings.leaf_lifetime),
+        # The service's own certificate is not a workload's: it lives at least a day (still
+        # clamped to the issuer's expiry and re-issued when the issuer changes), so a short
+        # workload lifetime never lets it expire between two refresh ticks.
+        lifetime=max(datetime.timedelta(seconds=settings.leaf_lifetime), _SERVING_MIN_LIFETIME),
         clock_skew=datetime.timedelta(seconds=settings.clock_skew),
     )
     serving.issue(issuer, now)

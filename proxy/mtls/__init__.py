@@ -2,7 +2,8 @@
 
 See docs/mtls.md. This package imports none of the protocol shells, so ``proxy/http1.py`` and
 ``proxy/http2.py`` may import ``proxy.mtls`` (for the header helpers); the wiring that calls the
-shells lives in ``proxy.mtls.serve`` and ``proxy.mtls.transport``, imported by name.
+shells lives in ``proxy.mtls.transport`` (imported by name); the running proxy wires TLS in
+``proxy/tlsglue.py`` and ``proxy/server.py``.
 
 Usage (outbound)::
 

@@ -12,7 +12,6 @@ from proxy.context import OUTBOUND, Lifecycle, ProxyContext
 from proxy.errors import ProxyError
 from proxy.metrics import Metrics
 from proxy.mtls import MtlsSettings, connect_meshed
-from proxy.mtls.serve import detect_plaintext
 from proxy.mtls.transport import (
     TRANSPORT_HEADER_SIZE,
     MeshedOpaqueRoute,
@@ -22,6 +21,7 @@ from proxy.mtls.transport import (
     serve_inbound_transport,
 )
 from proxy.net import Conn
+from proxy.server import _detect as detect_plaintext
 from proxy.settings import Address, ProxySettings
 from proxy.tcp import splice
 
