@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from meshlet.localmesh import grpc_app
+from meshlet.localmesh.programs import PROXY, http_get, start_program, wait_proxy_ready
 from meshlet.names import PROXY_ADMIN_PORT, PROXY_UID
 from tests.harness.netns import HarnessError, Netns, Process
 from tests.harness.node import Node, Pod
@@ -35,9 +37,8 @@ __all__ = [
     "start_program",
 ]
 
-PROXY: Final = str(Path(PYTHON).with_name("meshlet-proxy"))
 APPS: Final = str(Path(__file__).with_name("apps.py"))
-GRPC_APP: Final = str(Path(__file__).with_name("grpc_app.py"))
+GRPC_APP: Final = str(grpc_app.__file__)
 WS_APP: Final = str(Path(__file__).with_name("ws_app.py"))
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -85,28 +86,6 @@ def start_app(pod: Netns, kind: str, port: int) -> Process:
     return start_program(pod, [PYTHON, APPS, kind, str(port)])
 
 
-def start_program(pod: Netns, argv: list[str]) -> Process:
-    """Start a program that prints ``ready`` once it serves, and wait for that line."""
-    process = pod.spawn(argv, label=f"{pod.name}: {' '.join(argv[1:3])}")
-    line = process.read_line(timeout=15)
-    if line != "ready":
-        raise HarnessError(f"{process.label} said {line!r}")
-    return process
-
-
-def http_get(pod: Netns, address: tuple[str, int], path: str) -> tuple[int, bytes]:
-    """A minimal HTTP/1.1 GET from inside ``pod``: ``(status, body)``, connection closed."""
-    with pod.connect(address, timeout=5) as sock:
-        host = f"{address[0]}:{address[1]}"
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    return status, body
-
-
 class Samples:
     """Prometheus text samples; ``total(name, **labels)`` sums the series that match."""
 
@@ -141,22 +120,4 @@ def scrape(pod: Netns) -> Samples:
 
 
 def _wait_ready(pod: Pod, proxy: Process, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proxy.popen.poll() is not None:
-            raise HarnessError(
-                f"meshlet-proxy exited ({proxy.popen.returncode}): {proxy.stderr_text()}"
-            )
-        try:
-            status, body = http_get(pod, ("127.0.0.1", PROXY_ADMIN_PORT), "/ready")
-        except OSError as exc:
-            last = str(exc)
-        else:
-            if status == 200:
-                return
-            last = f"{status} {body!r}"
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
-    raise HarnessError(f"meshlet-proxy in {pod.pod_name} not ready: {last}: {proxy.stderr_text()}")
+    wait_proxy_ready(pod, proxy, time.monotonic() + timeout)

@@ -1,13 +1,13 @@
-"""The programs tests run inside pods: meshlet-proxy-init and the reporter server."""
+"""The programs tests run inside pods: meshlet-proxy-init (``meshlet.localmesh.programs``) and
+the reporter server."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 from pathlib import Path
 from typing import Final
 
+from meshlet.localmesh.programs import PROXY_INIT, PYTHON, install_proxy_init
 from tests.harness.netns import HarnessError, Netns, Process
 
 __all__ = [
@@ -20,22 +20,7 @@ __all__ = [
     "start_reporter",
 ]
 
-PYTHON: Final = sys.executable
 REPORTER: Final = str(Path(__file__).with_name("reporter.py"))
-# The console script installed next to this interpreter (the venv's bin/), else on PATH.
-PROXY_INIT: Final = str(
-    Path(sys.executable).with_name("meshlet-proxy-init")
-    if Path(sys.executable).with_name("meshlet-proxy-init").exists()
-    else shutil.which("meshlet-proxy-init") or "meshlet-proxy-init"
-)
-
-
-def install_proxy_init(pod: Netns, *flags: str) -> str:
-    """Run ``meshlet-proxy-init`` inside ``pod`` (as an init container would); its stderr."""
-    done = pod.run_result([PROXY_INIT, *flags])
-    if done.returncode != 0:
-        raise HarnessError(f"meshlet-proxy-init {' '.join(flags)}: {done.stderr.strip()}")
-    return done.stderr
 
 
 def start_reporter(pod: Netns, *addresses: str) -> Process:
