@@ -89,7 +89,12 @@ async def run_proxy(
     outbound mesh client over it (``context.outbound``, connecting through ``mesh``); a context
     that already has an ``outbound`` (tests) gets it run the same way.
     """
-    context = context or ProxyContext(settings, Metrics(), Lifecycle())
+    info = {
+        "namespace": settings.pod_namespace,
+        "pod": settings.pod_name,
+        "workload": settings.workload or settings.pod_name,
+    }
+    context = context or ProxyContext(settings, Metrics(info), Lifecycle())
     mesh = mesh or MeshTls()
     async with contextlib.AsyncExitStack() as stack:
         if discovery is not None and context.outbound is None:

@@ -17,6 +17,9 @@ Families (Linkerd's ``linkerd2-proxy`` legacy names, which the viz dashboards qu
 ``route_response_total``, ``route_response_latency_ms`` with ``dst`` and ``rt_route``) exist
 for destinations whose ServiceProfile names routes.
 
+``meshlet_proxy_info{namespace,pod,workload} 1`` names the pod when ``info`` is given (``meshlet
+stat``/``edges`` group by it).
+
 The number of distinct authorities is capped (``MAX_AUTHORITIES``) because clients choose them:
 further ones are counted under ``authority="overflow"`` rather than growing memory without bound.
 """
@@ -100,7 +103,10 @@ class Metrics:
 
     content_type: Final = _CONTENT_TYPE
 
-    def __init__(self) -> None:
+    def __init__(self, info: Mapping[str, str] | None = None) -> None:
+        self._info = (
+            ",".join(f'{_label_name(k)}="{_escape(v)}"' for k, v in info.items()) if info else None
+        )
         self._authority_labels: dict[tuple[str, bytes, str, str], str] = {}
         self._requests: dict[str, int] = {}
         self._responses: dict[tuple[str, int, str], int] = {}
@@ -196,6 +202,9 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition format (version 0.0.4)."""
         lines: list[str] = []
+        if self._info is not None:
+            _family(lines, "meshlet_proxy_info", "gauge", "The proxy's pod and workload.")
+            lines.append(f"meshlet_proxy_info{{{self._info}}} 1")
         _family(lines, "request_total", "counter", "Total count of HTTP requests.")
         lines.extend(f"request_total{{{k}}} {v}" for k, v in self._requests.items())
         _family(lines, "response_total", "counter", "Total count of HTTP responses.")

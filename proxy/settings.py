@@ -143,6 +143,10 @@ class ProxySettings:
     service_account: str = ""
     """Pod metadata from the downward API; empty outside Kubernetes."""
 
+    workload: str = ""
+    """The pod's workload (a Deployment's name...), from the injector; names the pod's metrics
+    in ``meshlet_proxy_info``."""
+
     extra: Mapping[str, str] = field(default_factory=dict)
     """Unrecognised ``MESHLET_PROXY_*`` variables, kept for the mesh issue (identity, discovery)."""
 
@@ -263,6 +267,7 @@ _FIELDS: Final = {
     "POD_NAMESPACE": ("pod_namespace", _text),
     "POD_IP": ("pod_ip", _text),
     "SERVICE_ACCOUNT": ("service_account", _text),
+    "WORKLOAD": ("workload", _text),
 }
 # Read by other parts of the mesh (tap, identity, discovery): kept in ``extra`` silently.
 _KNOWN_ELSEWHERE: Final = ("TAP_LISTEN_ADDR", "IDENTITY_", "DESTINATION_")

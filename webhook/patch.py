@@ -121,7 +121,18 @@ def _inbound_ports(spec: Mapping[str, Any]) -> str:
     return ",".join(map(str, sorted(ports)))
 
 
-def _proxy_env(inbound_ports: str, config: ProxyConfig, mesh: MeshParams) -> list[Any]:
+def _workload_env(owner_kind: str | None) -> dict[str, Any]:
+    """The pod's workload name (``meshlet_proxy_info``): the owner label the patch sets, read
+    with the downward API (empty if the name did not fit a label); a bare pod is its own."""
+    if owner_kind is None:
+        return _env("WORKLOAD", "$(MESHLET_PROXY_POD_NAME)")
+    label = owner_label(Owner(owner_kind, ""))
+    return _field_env("WORKLOAD", f"metadata.labels['{label}']")
+
+
+def _proxy_env(
+    inbound_ports: str, config: ProxyConfig, mesh: MeshParams, owner_kind: str | None
+) -> list[Any]:
     svc = f"{mesh.control_plane_ns}.svc.{mesh.cluster_domain}"
     names = {"control_plane_ns": mesh.control_plane_ns, "trust_domain": mesh.trust_domain}
     env: list[Any] = [
@@ -130,6 +141,7 @@ def _proxy_env(inbound_ports: str, config: ProxyConfig, mesh: MeshParams) -> lis
         _field_env("POD_NAMESPACE", "metadata.namespace"),
         _field_env("POD_IP", "status.podIP"),
         _field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        _workload_env(owner_kind),
         _env("INBOUND_LISTEN_ADDR", f"0.0.0.0:{PROXY_INBOUND_PORT}"),
         _env("OUTBOUND_LISTEN_ADDR", f"127.0.0.1:{PROXY_OUTBOUND_PORT}"),
         _env("ADMIN_LISTEN_ADDR", f"0.0.0.0:{PROXY_ADMIN_PORT}"),
@@ -211,7 +223,9 @@ def _init_container(config: ProxyConfig) -> dict[str, Any]:
     }
 
 
-def _proxy_container(inbound_ports: str, config: ProxyConfig, mesh: MeshParams) -> dict[str, Any]:
+def _proxy_container(
+    inbound_ports: str, config: ProxyConfig, mesh: MeshParams, owner_kind: str | None
+) -> dict[str, Any]:
     return {
         "name": PROXY_CONTAINER_NAME,
         "image": f"{config.image}:{config.version}",
@@ -222,7 +236,7 @@ def _proxy_container(inbound_ports: str, config: ProxyConfig, mesh: MeshParams) 
             {"name": "meshlet-proxy", "containerPort": PROXY_INBOUND_PORT, "protocol": "TCP"},
             {"name": "meshlet-admin", "containerPort": PROXY_ADMIN_PORT, "protocol": "TCP"},
         ],
-        "env": _proxy_env(inbound_ports, config, mesh),
+        "env": _proxy_env(inbound_ports, config, mesh, owner_kind),
         "startupProbe": _probe("/ready", periodSeconds=1, failureThreshold=120),
         "livenessProbe": _probe("/live", initialDelaySeconds=10),
         "readinessProbe": _probe("/ready", initialDelaySeconds=2),
@@ -310,7 +324,9 @@ def inject_pod(
     spec["volumes"] = existing + list(_VOLUMES)
     spec["initContainers"] = [
         _cached_init_container(config),
-        _cached_proxy_container(_inbound_ports(spec), config, mesh),
+        _cached_proxy_container(
+            _inbound_ports(spec), config, mesh, owner.kind if owner is not None else None
+        ),
         *(spec.get("initContainers") or ()),
     ]
 
@@ -336,9 +352,9 @@ def _cached_init_container(config: ProxyConfig) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1024)
 def _cached_proxy_container(
-    inbound_ports: str, config: ProxyConfig, mesh: MeshParams
+    inbound_ports: str, config: ProxyConfig, mesh: MeshParams, owner_kind: str | None
 ) -> dict[str, Any]:
-    return static(_proxy_container(inbound_ports, config, mesh))
+    return static(_proxy_container(inbound_ports, config, mesh, owner_kind))
 
 
 _VOLUMES = tuple(static(volume) for volume in _volumes())

@@ -141,7 +141,9 @@ def _resolve_container_env(
     env: dict[str, str] = {}
     for item in container["env"]:
         if "valueFrom" in item:
-            value = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+            path = item["valueFrom"]["fieldRef"]["fieldPath"]
+            # A label the pod does not have reads as empty, as in Kubernetes.
+            value = fields.get(path, "") if path.startswith("metadata.labels[") else fields[path]
         else:
             value = _VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), item["value"])
         for mount_path, host_path in mount_paths.items():
@@ -166,7 +168,9 @@ def sidecar_settings(
             f"the injected pod has no {PROXY_CONTAINER_NAME} and {PROXY_INIT_CONTAINER_NAME} "
             f"init containers (found: {', '.join(map(str, containers)) or 'none'})"
         )
-    env = _resolve_container_env(containers[PROXY_CONTAINER_NAME], facts.fields, mounts)
+    labels = injected.get("metadata", {}).get("labels") or {}
+    fields = {**{f"metadata.labels['{k}']": str(v) for k, v in labels.items()}, **facts.fields}
+    env = _resolve_container_env(containers[PROXY_CONTAINER_NAME], fields, mounts)
     svc = f"{DEFAULT_CONTROL_PLANE_NS}.svc.{CLUSTER_DOMAIN}"
     dns = {
         f"meshlet-identity.{svc}:{IDENTITY_PORT}": f"{control_plane_host}:{IDENTITY_PORT}",
