@@ -35,6 +35,8 @@ __all__ = [
     "Vector",
     "fetch_metrics",
     "parse_admin_target",
+    "pod_windows",
+    "scrape_all",
     "scrape_window",
 ]
 
@@ -157,28 +159,36 @@ def _identify(target: AdminTarget, scrape: Scrape) -> tuple[str, str, str]:
     return info.get("namespace", ""), info.get("workload") or info.get("pod") or target.address, pod
 
 
-def scrape_window(
-    targets: Sequence[AdminTarget], window: float, timeout: float, keep: Keep = None
-) -> list[PodWindow]:
-    """Scrape every target, wait ``window`` seconds, scrape again; raise on the first failure.
+def _keep_info(keep: Keep) -> Keep:
+    if keep is None:
+        return None
+    wanted = keep
 
-    ``keep`` selects the sample lines to parse (``parse_metrics``); ``meshlet_proxy_info`` is
-    always kept, it names the pod.
-    """
-    if keep is not None:
-        wanted = keep
+    def keep_info(line: str) -> bool:
+        return line.startswith(INFO_METRIC) or wanted(line)
 
-        def keep_info(line: str) -> bool:
-            return line.startswith(INFO_METRIC) or wanted(line)
+    return keep_info
 
-        keep = keep_info
+
+def scrape_all(
+    targets: Sequence[AdminTarget], timeout: float, keep: Keep = None
+) -> list[tuple[float, Scrape]]:
+    """Scrape every target at once (one thread each): ``(monotonic time, page)`` per target;
+    raise on the first failure. ``meshlet_proxy_info`` is always kept, it names the pod."""
+    wanted = _keep_info(keep)
 
     def scrape(target: AdminTarget) -> tuple[float, Scrape]:
-        return time.monotonic(), fetch_metrics(target.address, timeout, keep)
+        return time.monotonic(), fetch_metrics(target.address, timeout, wanted)
 
-    first = _all(scrape, targets)
-    time.sleep(window)
-    second = _all(scrape, targets)
+    return _all(scrape, targets)
+
+
+def pod_windows(
+    targets: Sequence[AdminTarget],
+    first: Sequence[tuple[float, Scrape]],
+    second: Sequence[tuple[float, Scrape]],
+) -> list[PodWindow]:
+    """What each target counted between two ``scrape_all`` rounds."""
     pods: list[PodWindow] = []
     for target, (started, before), (ended, after) in zip(targets, first, second, strict=True):
         namespace, workload, pod = _identify(target, after)
@@ -193,6 +203,19 @@ def scrape_window(
             )
         )
     return pods
+
+
+def scrape_window(
+    targets: Sequence[AdminTarget], window: float, timeout: float, keep: Keep = None
+) -> list[PodWindow]:
+    """Scrape every target, wait ``window`` seconds, scrape again; raise on the first failure.
+
+    ``keep`` selects the sample lines to parse (``parse_metrics``); ``meshlet_proxy_info`` is
+    always kept, it names the pod.
+    """
+    first = scrape_all(targets, timeout, keep)
+    time.sleep(window)
+    return pod_windows(targets, first, scrape_all(targets, timeout, keep))
 
 
 class PrometheusClient:

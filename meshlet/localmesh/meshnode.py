@@ -122,11 +122,12 @@ def _run_identity_cli(argv: list[str]) -> str:
 class MeshNode:
     """The node, the control plane in it, and the pods and services the test adds."""
 
-    def __init__(self, node: Node, log_dir: Path) -> None:
+    def __init__(self, node: Node, log_dir: Path, parent: Path | None = None) -> None:
         self.node = node
         self.log_dir = log_dir
         # Not under pytest's tmp dir: that is 0700 root, and the proxies (UID 2102) read here.
-        self.dir = Path(tempfile.mkdtemp(prefix="mlt-mesh-"))
+        # ``parent`` (default: the system's temporary directory) must let them through (o+x).
+        self.dir = Path(tempfile.mkdtemp(prefix="mlt-mesh-", dir=parent))
         self.dir.chmod(0o711)
         self.pods: dict[str, MeshPod] = {}
         self.services: dict[str, MeshService] = {}

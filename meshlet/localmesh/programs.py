@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "PROXY_INIT",
     "PYTHON",
     "WEBHOOK_BIN",
+    "unreachable_for",
     "http_get",
     "install_proxy_init",
     "let_users_reach_interpreter",
@@ -103,12 +105,18 @@ def wait_proxy_ready(pod: Netns, proxy: Process, deadline: float) -> None:
     raise LocalMeshError(f"{proxy.label} not ready: {last}: {proxy.stderr_text()}")
 
 
-def let_users_reach_interpreter(stop_at: Path) -> list[Path]:
+def let_users_reach_interpreter(stop_at: Path | None = None) -> list[Path]:
     """Add the search bit (o+x) to the directories from this interpreter's environment up to
-    ``stop_at`` (exclusive) that lack it: tox creates ``.tox`` with mode 0700, which would keep
-    the proxy (UID 2102) and the pods' applications (nobody) from running the interpreter.
-    Only environments inside ``stop_at`` are touched; returns the directories changed."""
+    ``stop_at`` (exclusive; default: the directory holding a ``.tox`` the environment is in)
+    that lack it: tox creates ``.tox`` with mode 0700, which would keep the proxy (UID 2102)
+    and the pods' applications (nobody) from running the interpreter. Nothing is changed when
+    the environment is not inside ``stop_at``; returns the directories changed."""
     prefix = Path(sys.prefix).resolve()
+    if stop_at is None:
+        tox = next((d for d in prefix.parents if d.name == ".tox"), None)
+        if tox is None:
+            return []
+        stop_at = tox.parent
     top = stop_at.resolve()
     if top not in prefix.parents:
         return []
@@ -121,3 +129,18 @@ def let_users_reach_interpreter(stop_at: Path) -> list[Path]:
             directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
             changed.append(directory)
     return changed
+
+
+def unreachable_for(uid: int) -> str | None:
+    """Why user ``uid`` cannot run this interpreter and import meshlet and grpc (the pods' users
+    must: the proxy as UID 2102, the applications as nobody); None when it can."""
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    argv += [PYTHON, "-c", "import meshlet.localmesh.frontend, proxy"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"{PYTHON} as UID {uid}: {error}"
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return f"{PYTHON} as UID {uid}: {lines[-1] if lines else done.returncode}"
+    return None
