@@ -1,4 +1,5 @@
-"""``meshlet demo`` as a user runs it: a real webhook process, real curl, clean-up after."""
+"""``meshlet demo --injector-only`` as a user runs it: a real webhook process, real curl,
+clean-up after."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-DEMO = [sys.executable, "-m", "meshlet.cli", "demo"]
+DEMO = [sys.executable, "-m", "meshlet.cli", "demo", "--injector-only"]
 
 
 def _refused(port: int) -> bool:
