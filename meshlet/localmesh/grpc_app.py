@@ -31,6 +31,8 @@ from concurrent import futures
 
 import grpc
 
+__all__ = ["main"]
+
 _SERVICE = "meshlet.test.Echo"
 _CHUNK = 65536
 _PATTERN = bytes(range(256)) * (_CHUNK // 256)

@@ -24,6 +24,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 
+__all__ = ["main"]
+
 SLOW_SECONDS = 0.2
 _state = {"delay": 0.0}
 

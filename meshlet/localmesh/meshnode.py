@@ -38,7 +38,6 @@ from meshlet.localmesh.kubelet import (
     Injector,
     PodFacts,
     in_process_injector,
-    injected_env,
     pod_manifest,
     sidecar_settings,
 )
@@ -66,7 +65,6 @@ __all__ = [
     "MeshNode",
     "MeshPod",
     "MeshService",
-    "injected_env",
 ]
 
 MESH_APP: Final = str(mesh_app.__file__)

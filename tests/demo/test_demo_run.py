@@ -63,14 +63,19 @@ def test_the_demo_shows_every_workload_meshed_with_mtls_and_leaves_nothing(
     assert run.leftovers() == []
 
 
-def test_ctrl_c_mid_run_stops_everything_and_removes_everything(demo: list[DemoRun]) -> None:
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_a_signal_mid_run_stops_everything_and_removes_everything(
+    demo: list[DemoRun], signum: signal.Signals, status: int
+) -> None:
     run = DemoRun.start("--duration", "60")
     demo.append(run)
     run.wait_for_traffic()
     assert run.namespaces
-    run.process.send_signal(signal.SIGINT)
+    run.process.send_signal(signum)
     _, err = run.finish(timeout=90)
-    assert run.process.returncode == 130, err
+    assert run.process.returncode == status, err
     assert "interrupted; cleaning up" in err
     assert "Traceback" not in err
     assert run.leftovers() == []
