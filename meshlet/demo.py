@@ -32,6 +32,7 @@ from meshlet.demoview import (
     ExpectedEdge,
     LoadCounts,
     check_edges,
+    check_load,
     check_rows,
     progress_line,
     summary_json,
@@ -211,7 +212,7 @@ class _Demo:
         served = [w.name for w in WORKLOADS if w.service_port is not None]
         expected = [ExpectedEdge(src, dst, _identity(src), _identity(dst)) for src, dst in EDGES]
         checks = check_rows(rows, served, [w.name for w in WORKLOADS])
-        checks += check_edges(edges, expected)
+        checks += [check_load(counts), *check_edges(edges, expected)]
         seconds = time.monotonic() - started
         if self.args.output == "json":
             print(json.dumps(summary_json(seconds, counts, rows, edges, checks), indent=2))

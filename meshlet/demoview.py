@@ -15,6 +15,7 @@ __all__ = [
     "ExpectedEdge",
     "LoadCounts",
     "check_edges",
+    "check_load",
     "check_rows",
     "progress_line",
     "summary_json",
@@ -86,6 +87,15 @@ def check_rows(
             )
         )
     return checks
+
+
+def check_load(counts: LoadCounts) -> Check:
+    """The load generator's own view: it sent requests and every one got a 200."""
+    total = counts.ok + counts.failed
+    if total == 0:
+        return Check("loadgen's requests succeeded", False, "it sent no request")
+    reason = f"{counts.ok} of {total} answered 200"
+    return Check("loadgen's requests succeeded", counts.failed == 0, reason)
 
 
 def check_edges(edges: Sequence[Edge], expected: Sequence[ExpectedEdge]) -> list[Check]:

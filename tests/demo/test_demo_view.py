@@ -7,6 +7,7 @@ from meshlet.demoview import (
     ExpectedEdge,
     LoadCounts,
     check_edges,
+    check_load,
     check_rows,
     progress_line,
     summary_json,
@@ -70,3 +71,9 @@ def test_summary_json_is_ok_only_when_every_check_is() -> None:
     bad = check_edges([], [WANT])
     assert summary_json(1.0, LoadCounts(), [], [_edge()], good)["ok"] is True
     assert summary_json(1.0, LoadCounts(), [], [], good + bad)["ok"] is False
+
+
+def test_the_load_check_needs_requests_and_no_failure() -> None:
+    assert check_load(LoadCounts(ok=10)).ok
+    assert not check_load(LoadCounts(ok=10, failed=1, error="502")).ok
+    assert check_load(LoadCounts()).reason == "it sent no request"
