@@ -4,6 +4,7 @@ meets our own expectations: least-privilege RBAC, locked-down pods, a correct we
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -259,6 +260,60 @@ def test_prometheus_overlay_scrapes_proxies_and_control_plane(
     text = dashboards["meshlet-workloads.json"]
     for metric in ("response_total", "request_total", "response_latency_ms_bucket"):
         assert metric in text
+
+
+def _relabel(rules: list[dict[str, Any]], labels: dict[str, str]) -> dict[str, str] | None:
+    """Prometheus's relabelling for the actions the overlay uses (keep, replace, labelmap,
+    labeldrop); None when the target is dropped."""
+    labels = dict(labels)
+    for rule in rules:
+        action = rule.get("action", "replace")
+        regex = re.compile(f"^(?:{rule.get('regex', '(.*)')})$")
+        if action == "labelmap":
+            for name, value in list(labels.items()):
+                if found := regex.match(name):
+                    labels[found.expand(rule.get("replacement", r"\1"))] = value
+            continue
+        if action == "labeldrop":
+            labels = {k: v for k, v in labels.items() if not regex.match(k)}
+            continue
+        source = ";".join(labels.get(n, "") for n in rule["source_labels"])
+        found = regex.match(source)
+        if action == "keep":
+            if not found:
+                return None
+        elif action == "replace" and found:
+            labels[rule["target_label"]] = found.expand(rule.get("replacement", r"\1"))
+    return {k: v for k, v in labels.items() if not k.startswith("__")}
+
+
+def test_prometheus_overlay_labels_proxy_metrics_by_workload_and_keeps_job(
+    rendered: dict[str, list[Object]],
+) -> None:
+    objects = rendered["prometheus"]
+    config = yaml.safe_load(
+        _find(objects, "ConfigMap", "meshlet-prometheus-config")["data"]["prometheus.yml"]
+    )
+    rules = next(j for j in config["scrape_configs"] if j["job_name"] == "meshlet-proxy")
+    pod = {
+        "job": "meshlet-proxy",
+        "__meta_kubernetes_pod_container_name": "meshlet-proxy",
+        "__meta_kubernetes_pod_container_port_name": "meshlet-admin",
+        "__meta_kubernetes_namespace": "batch",
+        "__meta_kubernetes_pod_name": "report-x7k2p",
+        "__meta_kubernetes_pod_label_meshlet_io_proxy_job": "report",
+        "__meta_kubernetes_pod_label_meshlet_io_workload_ns": "batch",
+    }
+    labels = _relabel(rules["relabel_configs"], pod)
+    assert labels == {
+        "job": "meshlet-proxy",
+        "k8s_job": "report",
+        "namespace": "batch",
+        "pod": "report-x7k2p",
+        "workload_ns": "batch",
+    }
+    app = pod | {"__meta_kubernetes_pod_container_name": "app"}
+    assert _relabel(rules["relabel_configs"], app) is None
 
 
 # The variables each component's settings loader reads.
