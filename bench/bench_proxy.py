@@ -1,6 +1,6 @@
 """The proxy's data plane under h2load: direct vs through meshlet-proxy vs through nginx.
 
-``python -m bench proxy [--quick] [--runs=N]``. On loopback, in one run:
+``python -m bench proxy [--quick] [--runs=N] [--h1|--h2c]``. On loopback, in one run:
 
 - a backend nginx (one worker) answers ``200 hello`` over h2c (prior knowledge) and HTTP/1.1;
 - ``direct``: h2load against the backend;
@@ -74,10 +74,19 @@ sys.exit(main([], resolver=lambda _sock: target))
 """
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port nothing listens on, never the same twice in one run (the kernel may hand a just
+    closed probe's port out again)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -183,6 +192,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def run(args: list[str]) -> None:
     quick = "--quick" in args
+    protocols: tuple[bool, ...] = (False, True)  # h2c, HTTP/1.1
+    if "--h1" in args:
+        protocols = (True,)
+    elif "--h2c" in args:
+        protocols = (False,)
     runs = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--runs=")), 3)
     seconds = 3 if quick else 10
     saturation_requests = 10_000 if quick else 30_000
@@ -209,6 +223,7 @@ def run(args: list[str]) -> None:
                     "MESHLET_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{inbound}",
                     "MESHLET_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{_free_port()}",
                     "MESHLET_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{_free_port()}",
+                    "MESHLET_PROXY_TAP_LISTEN_ADDR": f"127.0.0.1:{_free_port()}",
                     "MESHLET_PROXY_LOG_LEVEL": "warn",
                 }
                 proxy = subprocess.Popen([sys.executable, "-c", _PROXY, str(back[proto])], env=env)
@@ -229,6 +244,7 @@ def run(args: list[str]) -> None:
                 seconds=seconds,
                 saturation_requests=saturation_requests,
                 root=root,
+                protocols=protocols,
             )
         finally:
             for process in reversed(processes):
@@ -243,12 +259,14 @@ def _report(
     seconds: int,
     saturation_requests: int,
     root: Path,
+    protocols: tuple[bool, ...],
 ) -> None:
     print(f"machine: {os.cpu_count()} cores, python{sys.version_info[0]}.{sys.version_info[1]}")
     print(f"fixed rate: 1,000 req/s over 10 connections for {seconds}s; medians of {runs} runs")
     header = f"{'protocol':8} {'target':8} {'p50 ms':>7} {'p99 ms':>7} {'cores':>6} "
     print(header + f"{'RSS MB':>7} {'max req/s':>10}")
-    for h1 in (False, True):
+    print(f"load average: {os.getloadavg()[0]:.2f}")
+    for h1 in protocols:
         for listed in targets:
             target = listed
             if listed.name == "meshlet" and h1:  # the proxy process forwarding to HTTP/1.1
