@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 
 _SWITCHING_PROTOCOLS: Final = 101
 _HEAD: Final = b"HEAD"
+_REPLAYABLE: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
 async def serve_http1(client: Conn, prefix: bytes, route: Route, context: ProxyContext) -> None:
@@ -270,21 +271,14 @@ class _Session:
             body, complete = self.buffered_body(request)
             if body:
                 out = b"".join([out, *[frame_body(request, event) for event in body]])
-            upstream, wire = await self._upstream()
-            wire.start(head_request=request.method == _HEAD)
-            await upstream.send(out)
-            if complete:  # no body, or all of it was here already (most requests): no second task
-                status, switched = await self.relay_response(
-                    upstream, wire, request, labels, started
-                )
+            if complete and request.method in _REPLAYABLE:
+                # Bodiless idempotent requests (most): no poll for a connection the server
+                # closed while idle; such a close is noticed, and the request replayed on a new
+                # connection, in ``_replayed`` (one system call per request saved).
+                exchange = await self._replayed(request, out, labels, started)
             else:
-                with unwrap_groups():
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._pump_request_body, request, upstream)
-                        status, switched = await self.relay_response(
-                            upstream, wire, request, labels, started
-                        )
-                        nursery.cancel_scope.cancel()  # an early response ends the upload
+                exchange = await self._forwarded(request, out, labels, started, complete=complete)
+            status, switched, upstream, wire = exchange
         except UpstreamError as exc:
             log.info("%s %s %s: %s", self.route.direction, request.method.decode(), authority, exc)
             metrics.response_headers(labels, exc.status, (trio.current_time() - started) * 1000)
@@ -316,8 +310,50 @@ class _Session:
         both ways and the upstream keeps it alive)."""
         return wire.keep_alive and self.request_done and wire.idle and not wire.switched
 
-    async def _upstream(self) -> tuple[Conn, ResponseReader]:
-        if self.upstream is not None and self.upstream.readable_now():
+    async def _forwarded(
+        self, request: RequestHead, out: bytes, labels: str, started: float, *, complete: bool
+    ) -> tuple[int, bool, Conn, ResponseReader]:
+        """Send the request (the rest of its body as it arrives) and relay the answer."""
+        upstream, wire = await self._upstream(check=True)
+        wire.start(head_request=request.method == _HEAD)
+        await upstream.send(out)
+        if complete:
+            status, switched = await self.relay_response(upstream, wire, request, labels, started)
+            return status, switched, upstream, wire
+        with unwrap_groups():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump_request_body, request, upstream)
+                status, switched = await self.relay_response(
+                    upstream, wire, request, labels, started
+                )
+                nursery.cancel_scope.cancel()  # an early response ends the upload
+        return status, switched, upstream, wire
+
+    async def _replayed(
+        self, request: RequestHead, out: bytes, labels: str, started: float
+    ) -> tuple[int, bool, Conn, ResponseReader]:
+        """Send a complete idempotent request and relay the answer; when a reused connection
+        turns out closed before one byte of an answer (the server timed it out just then), once
+        more on a new connection: the request never reached the application."""
+        reused = self.upstream is not None
+        upstream, wire = await self._upstream(check=False)
+        wire.start(head_request=request.method == _HEAD)
+        try:
+            await upstream.send(out)
+            status, switched = await self.relay_response(upstream, wire, request, labels, started)
+        except (UpstreamClosed, UpstreamProtocolError):
+            if not reused or wire.received or self.responded:
+                raise
+            log.debug("%s upstream connection was closed while idle; reconnecting", labels)
+            self._drop_upstream(abort=False)
+            upstream, wire = await self._upstream(check=False)
+            wire.start(head_request=request.method == _HEAD)
+            await upstream.send(out)
+            status, switched = await self.relay_response(upstream, wire, request, labels, started)
+        return status, switched, upstream, wire
+
+    async def _upstream(self, *, check: bool) -> tuple[Conn, ResponseReader]:
+        if check and self.upstream is not None and self.upstream.readable_now():
             self._drop_upstream(abort=False)  # the server closed it while it was idle
         if self.upstream is None or self.wire is None:
             self.upstream = await self.route.connect(self.context.metrics)
