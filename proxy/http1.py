@@ -13,7 +13,8 @@ the other (backpressure through TCP). Running them together is what makes
 answer early (e.g. 413) without deadlock. A request without a body (the common GET) runs without
 a nursery, and its response head and body usually leave in one write.
 
-Bodies keep their framing: ``Content-Length`` bodies pass through as received, chunked ones are
+The response side (1xx, head, body towards the client) is ``proxy/http1response.py``; requests
+to discovered destinations go through ``proxy/http1mesh.py``. Bodies keep their framing: ``Content-Length`` bodies pass through as received, chunked ones are
 re-chunked piece by piece (with their trailers), a response delimited by the upstream closing
 goes to an HTTP/1.1 client chunked (its connection stays open) and to an HTTP/1.0 client as is.
 A ``101 Switching Protocols`` answer to an upgrade request (WebSocket) turns the connection into
@@ -25,9 +26,7 @@ longer be replaced.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable
 from typing import Final
 
 import trio
@@ -44,40 +43,32 @@ from proxy.errors import (
     unwrap_groups,
 )
 from proxy.h1 import (
-    CHUNKED,
-    CLOSED,
     End,
     Event,
     ParseError,
     RequestHead,
     RequestReader,
-    ResponseHead,
     ResponseReader,
     Truncated,
 )
 from proxy.h1.write import (
-    CHUNKED_FIELD,
     CLOSE_FIELD,
-    UPGRADE_FIELD,
-    chunk,
     frame_body,
-    last_chunk,
-    response_framing,
     response_head,
     write_request,
 )
 from proxy.http1mesh import proxy_mesh
+from proxy.http1response import ResponseRelay, receive_answer
 from proxy.http1tap import ExchangeTap
 from proxy.metrics import classify
 from proxy.mtls import inbound_request_headers
-from proxy.net import RECEIVE_SIZE, Conn, format_address
+from proxy.net import Conn, format_address
 from proxy.tcp import splice
 
 __all__ = ["serve_http1"]
 
 log = logging.getLogger(__name__)
 
-_SWITCHING_PROTOCOLS: Final = 101
 _HEAD: Final = b"HEAD"
 _REPLAYABLE: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
@@ -94,42 +85,7 @@ async def serve_http1(client: Conn, prefix: bytes, route: Route, context: ProxyC
             session.upstream.close()
 
 
-def _wire_event(wire: ResponseReader) -> Event | None:
-    """The upstream's next buffered event; its errors as ``UpstreamError``."""
-    try:
-        return wire.next_event()
-    except Truncated as exc:
-        raise UpstreamClosed(f"upstream closed the connection early: {exc}") from None
-    except ParseError as exc:
-        raise UpstreamProtocolError(f"upstream sent invalid HTTP/1: {exc}") from None
-
-
-async def _upstream_event(upstream: Conn, wire: ResponseReader) -> Event:
-    """The upstream's next event, reading as needed."""
-    while True:
-        event = _wire_event(wire)
-        if event is None:
-            if wire.switched:
-                raise UpstreamProtocolError("upstream switched protocols unasked")
-            wire.feed(await _receive_answer(upstream))
-            continue
-        if event is CLOSED:
-            raise UpstreamClosed("upstream closed the connection before the response was complete")
-        return event
-
-
-async def _receive_answer(conn: Conn) -> bytes:
-    """Read what the peer sends in answer to what we just sent it (the next request after a
-    response, a response after a request): it cannot be there yet, so wait for readiness first
-    instead of a read(2) that fails with EAGAIN (two system calls per request saved). Over TLS
-    the socket's readiness says nothing about records, so ``TlsConn`` reads as usual."""
-    if type(conn) is Conn:
-        with contextlib.suppress(OSError, ValueError, trio.ClosedResourceError):
-            await trio.lowlevel.wait_readable(conn.stream.socket)  # receive names any failure
-    return await conn.receive()
-
-
-class _Session:
+class _Session(ResponseRelay):
     """One client connection and the upstream connection it currently uses."""
 
     def __init__(self, client: Conn, route: Route, context: ProxyContext) -> None:
@@ -183,7 +139,7 @@ class _Session:
             # Idle between requests: the only time draining may cancel the session's scope.
             lifecycle.idle.add(self.scope)
             try:
-                data = await _receive_answer(self.client)
+                data = await receive_answer(self.client)
             finally:
                 lifecycle.idle.discard(self.scope)
             self.reader.feed(data)
@@ -377,124 +333,6 @@ class _Session:
                 await upstream.send(data)
             if type(event) is End:
                 return
-
-    async def relay_response(
-        self,
-        upstream: Conn,
-        wire: ResponseReader,
-        request: RequestHead,
-        labels: str,
-        started: float,
-        *,
-        on_head: Callable[[int], None] | None = None,
-    ) -> tuple[int, bool]:
-        """Relay 1xx, the response head and body; returns (status, switched to a tunnel).
-
-        ``on_head(status)`` sees the final response head before anything of it is relayed (the
-        mesh path reports the attempt there, and raises to discard it for a retry)."""
-        response = await self._response_head(upstream, wire, request, labels, started)
-        if response is None:
-            return _SWITCHING_PROTOCOLS, True
-        status = response.status
-        if on_head is not None:
-            on_head(status)
-        self.context.metrics.response_headers(
-            labels, status, (trio.current_time() - started) * 1000
-        )
-        tapped = self.tap.current
-        if tapped is not None:
-            tapped.response_start(status)
-        chunked, out = self._client_head(request, response)
-        self.responded = True
-        try:
-            await self._relay_body(upstream, wire, out, chunked=chunked)
-        except UpstreamError as exc:
-            # The head is out: the only honest signal left is to reset the client connection.
-            log.info("%s response body from %s failed: %s", self.route.direction, labels, exc)
-            self.context.metrics.response_end(labels, status, "failure")
-            self.tap.end(error="reset")
-            self.client.abort()
-            raise ClientClosed("response aborted") from exc
-        return status, False
-
-    async def _relay_body(
-        self, upstream: Conn, wire: ResponseReader, out: bytes, *, chunked: bool
-    ) -> None:
-        """The response body after its head (``out``), until its end."""
-        tapped = self.tap.current
-        while True:
-            event = _wire_event(wire)
-            if event is None:
-                if out:  # the head and whatever body was buffered leave in one write
-                    await self.client.send(out)
-                    out = b""
-                wire.feed(await upstream.receive())
-            elif type(event) is bytes:
-                if tapped is not None:
-                    tapped.response_bytes += len(event)
-                out += chunk(event) if chunked else event
-                if len(out) >= RECEIVE_SIZE:
-                    await self.client.send(out)
-                    out = b""
-            elif type(event) is End:
-                if chunked:
-                    out += last_chunk(event.trailers)
-                if out:
-                    await self.client.send(out)
-                return
-            else:
-                raise UpstreamProtocolError("upstream sent a second response unasked")
-
-    def _client_head(self, request: RequestHead, response: ResponseHead) -> tuple[bool, bytes]:
-        """The response head for the client, and whether its body goes out chunked."""
-        framing = response_framing(response.framing, client_http11=request.version == b"1.1")
-        headers = response.fields.forwarded
-        if framing == CHUNKED:
-            headers.append(CHUNKED_FIELD)
-        elif framing != response.framing:  # raw until the connection closes (HTTP/1.0 client)
-            self.reusable = False
-        if (
-            not request.keep_alive
-            or self.reader.switched  # a refused upgrade: the client's next bytes are not HTTP
-            or self.context.lifecycle.draining.is_set()
-        ):
-            self.reusable = False
-        if not self.reusable:
-            headers.append(CLOSE_FIELD)
-        return framing == CHUNKED, response_head(response.status, response.reason, headers)
-
-    async def _response_head(
-        self,
-        upstream: Conn,
-        wire: ResponseReader,
-        request: RequestHead,
-        labels: str,
-        started: float,
-    ) -> ResponseHead | None:
-        """The final response head, relaying 1xx; ``None`` after relaying a ``101`` (tunnel)."""
-        while True:
-            event = await _upstream_event(upstream, wire)
-            if type(event) is not ResponseHead:
-                raise UpstreamProtocolError("upstream sent body bytes without a response head")
-            if event.status >= 200:
-                return event
-            end = await _upstream_event(upstream, wire)  # a 1xx head is a whole message
-            assert type(end) is End
-            headers = event.fields.forwarded
-            if event.status == _SWITCHING_PROTOCOLS:
-                upgrade = request.fields.upgrade
-                if upgrade is None or not wire.switched:
-                    raise UpstreamProtocolError("upstream switched protocols unasked")
-                latency_ms = (trio.current_time() - started) * 1000
-                self.context.metrics.response_headers(labels, _SWITCHING_PROTOCOLS, latency_ms)
-                if self.tap.current is not None:
-                    self.tap.current.response_start(_SWITCHING_PROTOCOLS)
-                headers += [UPGRADE_FIELD, (b"upgrade", event.fields.upgrade or upgrade)]
-                self.responded = True
-                await self.client.send(response_head(event.status, event.reason, headers))
-                return None
-            if request.version == b"1.1":  # HTTP/1.0 clients do not expect 1xx answers
-                await self.client.send(response_head(event.status, event.reason, headers))
 
     async def tunnel(self, upstream: Conn, wire: ResponseReader) -> None:
         """After ``101``: bytes either side already sent, then a plain byte tunnel."""
