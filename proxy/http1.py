@@ -14,9 +14,10 @@ answer early (e.g. 413) without deadlock. A request without a body (the common G
 a nursery, and its response head and body usually leave in one write.
 
 The response side (1xx, head, body towards the client) is ``proxy/http1response.py``; requests
-to discovered destinations go through ``proxy/http1mesh.py``. Bodies keep their framing: ``Content-Length`` bodies pass through as received, chunked ones are
-re-chunked piece by piece (with their trailers), a response delimited by the upstream closing
-goes to an HTTP/1.1 client chunked (its connection stays open) and to an HTTP/1.0 client as is.
+to discovered destinations go through ``proxy/http1mesh.py``. Bodies keep their framing:
+``Content-Length`` bodies pass through as received, chunked ones are re-chunked piece by piece
+(with their trailers), a response delimited by the upstream closing goes to an HTTP/1.1 client
+chunked (its connection stays open) and to an HTTP/1.0 client as is.
 A ``101 Switching Protocols`` answer to an upgrade request (WebSocket) turns the connection into
 a byte tunnel (``proxy/tcp.py``). Failures before the response head reach the client as an HTTP
 error carrying ``meshlet-proxy-error: <slug>`` (502 refused, 504 connect timeout, 400 malformed

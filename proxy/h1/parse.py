@@ -12,8 +12,10 @@ llhttp runs in strict mode and already refuses the request-smuggling shapes: bot
 ``Content-Length`` and ``Transfer-Encoding``, two ``Content-Length`` fields, a bad or overflowing
 chunk size, obs-fold, bare LF, control characters, whitespace before a field's colon, an unknown
 method. Around it the readers add what llhttp leaves to its user: a limit on a head's size
-(``HEAD_LIMIT``; 431), HTTP versions other than 1.0/1.1 (505), ``Host`` (``proxy/h1/fields.py``),
-transfer codings other than ``chunked``, responses to ``HEAD`` (llhttp cannot be told that a
+(``HEAD_LIMIT``; 431) and on bytes that complete nothing (a field, chunk size or trailer
+dripped without end: ``_QUIET_LIMIT``), HTTP versions other than 1.0/1.1 (505), ``CONNECT``
+(405, not supported), ``Host`` (``proxy/h1/fields.py``), transfer codings other than
+``chunked``, responses to ``HEAD`` (llhttp cannot be told that a
 response has no body, so the reader ends the message at the head and starts a fresh parser for
 the next exchange), and bodies delimited by the end of the stream (httptools cannot signal it).
 

@@ -169,3 +169,37 @@ async def test_invalid_upstream_response_gives_502(
     answer = await _exchange(proxy.addresses.inbound[1], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 502 ")
     assert b"meshlet-proxy-error: upstream_protocol_error" in answer
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_request_after_the_upstream_closed_the_idle_connection(
+    start_proxy: StartProxy, http1_backend: int, method: str
+) -> None:
+    """GET: replayed on a new connection when the reused one answers nothing; POST: the idle
+    connection is checked before it is reused."""
+    proxy = await start_proxy(("127.0.0.1", http1_backend))
+    second = (
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        if method == "GET"
+        else b"POST /sha256 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.addresses.inbound[1])
+    answer = b""
+    async with stream:
+        await stream.send_all(b"GET /quiet-close HTTP/1.1\r\nHost: a\r\n\r\n")
+        with trio.fail_after(10):
+            while not answer.endswith(b"closing quietly\n"):
+                answer += await stream.receive_some(65536)
+            await trio.sleep(0.2)  # the backend has closed its side by now
+            await stream.send_all(second)
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer
+    assert b"meshlet-proxy-error" not in answer
+    opened = [
+        line
+        for line in proxy.context.metrics.render().decode().splitlines()
+        if line.startswith('tcp_open_total{direction="inbound",peer="dst"')
+    ]
+    assert len(opened) == 1
+    assert opened[0].endswith(" 2"), opened  # a second upstream connection
