@@ -133,7 +133,7 @@ class _Exchange:
         self.head = head
         self.authority = authority
         self.buffered: list[bytes] = []
-        """The request head and body as sent upstream (framed), kept for retries."""
+        """The request body read so far, framed as sent upstream, kept for retries."""
         self.complete = False
         self.labels = ""
         self.pick: Pick[Endpoint] | None = None
