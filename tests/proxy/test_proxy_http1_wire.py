@@ -203,3 +203,34 @@ async def test_a_request_after_the_upstream_closed_the_idle_connection(
     ]
     assert len(opened) == 1
     assert opened[0].endswith(" 2"), opened  # a second upstream connection
+
+
+async def test_chunked_trailers_pass_without_hop_by_hop_fields(
+    start_proxy: StartProxy, nursery: trio.Nursery
+) -> None:
+    async def script(stream: trio.SocketStream) -> None:
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\n\r\n"
+            b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\nConnection: x\r\n\r\n"
+        )
+
+    port = await _scripted_upstream(nursery, script)
+    proxy = await start_proxy(("127.0.0.1", port))
+    answer = await _exchange(
+        proxy.addresses.inbound[1],
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        until=b"grpc-status: 0\r\n\r\n",
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding: chunked" in head
+    assert body == b"5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n"
+
+
+async def test_http10_request_without_host_gets_one(
+    start_proxy: StartProxy, http1_backend: int
+) -> None:
+    proxy = await start_proxy(("127.0.0.1", http1_backend))
+    answer = await _exchange(proxy.addresses.inbound[1], b"GET /headers HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert f"host: 127.0.0.1:{http1_backend}".encode() in answer
