@@ -1,13 +1,15 @@
 """The proxy's data plane under h2load: direct vs through meshlet-proxy vs through nginx.
 
-``python -m bench proxy [--quick] [--runs=N]``. On loopback, in one run:
+``python -m bench proxy [--quick] [--runs=N] [--h1|--h2c]``. On loopback, in one run:
 
 - a backend nginx (one worker) answers ``200 hello`` over h2c (prior knowledge) and HTTP/1.1;
 - ``direct``: h2load against the backend;
 - ``meshlet``: h2load against ``meshlet-proxy``'s inbound listener, run as its own process with
   every connection's original destination fixed to the backend (no iptables on loopback);
 - ``nginx``: h2load against a second nginx (one worker) reverse-proxying to the backend with
-  upstream keep-alive, the reference.
+  upstream keep-alive, the reference;
+- ``trio-tcp``: a minimal Trio TCP forwarder (one connection upstream per client connection,
+  bytes copied both ways): the floor for any proxy written on Trio, on the same machine.
 
 For each protocol (h2c, HTTP/1.1) and target: latency p50/p99 (from h2load's per-request log) and
 the proxy's CPU (cores, from /proc utime+stime over the run) and RSS at a fixed 1,000 requests/s
@@ -66,6 +68,31 @@ _REVERSE = """
                  proxy_set_header Connection ""; }}
   }}
 """
+_FORWARDER = """
+import functools, sys, trio
+
+async def pump(source, sink):
+    try:
+        while data := await source.receive_some(65536):
+            await sink.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+
+async def handle(port, client):
+    upstream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with client, upstream, trio.open_nursery() as nursery:
+        nursery.start_soon(pump, client, upstream)
+        nursery.start_soon(pump, upstream, client)
+
+async def main():
+    async with trio.open_nursery() as nursery:
+        for listen, target in zip(sys.argv[1::2], sys.argv[2::2]):
+            serve = functools.partial(handle, int(target))
+            listener = functools.partial(trio.serve_tcp, serve, int(listen), host="127.0.0.1")
+            nursery.start_soon(listener)
+
+trio.run(main)
+"""
 _PROXY = """
 import sys
 from proxy.__main__ import main
@@ -74,10 +101,19 @@ sys.exit(main([], resolver=lambda _sock: target))
 """
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port nothing listens on, never the same twice in one run (the kernel may hand a just
+    closed probe's port out again)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -183,6 +219,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def run(args: list[str]) -> None:
     quick = "--quick" in args
+    protocols: tuple[bool, ...] = (False, True)  # h2c, HTTP/1.1
+    if "--h1" in args:
+        protocols = (True,)
+    elif "--h2c" in args:
+        protocols = (False,)
     runs = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--runs=")), 3)
     seconds = 3 if quick else 10
     saturation_requests = 10_000 if quick else 30_000
@@ -209,12 +250,19 @@ def run(args: list[str]) -> None:
                     "MESHLET_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{inbound}",
                     "MESHLET_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{_free_port()}",
                     "MESHLET_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{_free_port()}",
+                    "MESHLET_PROXY_TAP_LISTEN_ADDR": f"127.0.0.1:{_free_port()}",
                     "MESHLET_PROXY_LOG_LEVEL": "warn",
                 }
                 proxy = subprocess.Popen([sys.executable, "-c", _PROXY, str(back[proto])], env=env)
                 processes.append(proxy)
                 _wait_port(inbound, proxy)
                 meshlet[proto] = (inbound, proxy.pid)
+            fwd = {"h2c": _free_port(), "h1": _free_port()}
+            ports = [fwd["h2c"], back["h2c"], fwd["h1"], back["h1"]]
+            forwarder = subprocess.Popen([sys.executable, "-c", _FORWARDER, *map(str, ports)])
+            processes.append(forwarder)
+            _wait_port(fwd["h1"], forwarder)
+            targets.append(Target("trio-tcp", fwd["h2c"], fwd["h1"], forwarder.pid))
             workers = _children(reverse.pid)
             targets.append(
                 Target("meshlet", meshlet["h2c"][0], meshlet["h1"][0], meshlet["h2c"][1])
@@ -229,6 +277,7 @@ def run(args: list[str]) -> None:
                 seconds=seconds,
                 saturation_requests=saturation_requests,
                 root=root,
+                protocols=protocols,
             )
         finally:
             for process in reversed(processes):
@@ -243,12 +292,14 @@ def _report(
     seconds: int,
     saturation_requests: int,
     root: Path,
+    protocols: tuple[bool, ...],
 ) -> None:
     print(f"machine: {os.cpu_count()} cores, python{sys.version_info[0]}.{sys.version_info[1]}")
     print(f"fixed rate: 1,000 req/s over 10 connections for {seconds}s; medians of {runs} runs")
     header = f"{'protocol':8} {'target':8} {'p50 ms':>7} {'p99 ms':>7} {'cores':>6} "
     print(header + f"{'RSS MB':>7} {'max req/s':>10}")
-    for h1 in (False, True):
+    print(f"load average: {os.getloadavg()[0]:.2f}")
+    for h1 in protocols:
         for listed in targets:
             target = listed
             if listed.name == "meshlet" and h1:  # the proxy process forwarding to HTTP/1.1

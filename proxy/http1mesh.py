@@ -18,10 +18,8 @@ connection is reset (the response can no longer be replaced).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
-import h11
 import trio
 
 from proxy.balance import Attempts, GiveUp, Outcome, Pick, Retry
@@ -36,7 +34,8 @@ from proxy.errors import (
     UpstreamProtocolError,
     unwrap_groups,
 )
-from proxy.headers import forward_headers
+from proxy.h1 import End, RequestHead, ResponseReader
+from proxy.h1.write import frame_body, write_request
 from proxy.metrics import classify
 from proxy.net import Conn
 from proxy.outbound import RouteTimeout, Target, no_endpoint_error
@@ -48,7 +47,7 @@ __all__ = ["proxy_mesh"]
 
 log = logging.getLogger(__name__)
 
-_EXPECT: Final = b"expect"
+_HEAD: Final = b"HEAD"
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
@@ -63,7 +62,7 @@ class _FailedHead(Exception):
 
 
 async def proxy_mesh(
-    session: _Session, request: h11.Request, authority: bytes, target: Target
+    session: _Session, request: RequestHead, authority: bytes, target: Target
 ) -> bool:
     """Forward one request to ``target``; ``True`` if the connection became a tunnel."""
     context = session.context
@@ -76,20 +75,12 @@ async def proxy_mesh(
     )
     if route_labels:
         metrics.route_request(route_labels)
-    forwarded = forward_headers(request.headers)
-    if not authority:
-        forwarded.headers.append((b"host", target.authority.encode()))
-    head = h11.Request(
-        method=request.method, target=request.target, headers=forwarded.headers, _parsed=True
-    )
-    upgrade = forwarded.upgrade is not None
-    exchange = _Exchange(
-        session, target, attempts, request, head, authority=authority, upgrade=upgrade
-    )
+    head = write_request(request, request.fields.forwarded, target.authority.encode())
+    exchange = _Exchange(session, target, attempts, request, head, authority=authority)
     target.users += 1
     try:
         try:
-            if not upgrade and not _expects_continue(request.headers):
+            if request.fields.upgrade is None and not request.fields.expect_continue:
                 await exchange.buffer_body(context.settings.outbound_retry_buffer_bytes)
             attempts.replayable = exchange.complete
             with trio.move_on_at(attempts.deadline or float("inf")) as timeout:
@@ -98,16 +89,16 @@ async def proxy_mesh(
             exchange.record_error(exc.status, started, exc.slug)
             log.info("outbound %s %s: %s", request.method.decode(), target.authority, exc)
             _route_response(session, route_labels, exc.status, started)
-            await session._send_error(exc, status=exc.status)
+            await session.send_error(exc, status=exc.status)
             return False
         except ClientProtocolError as exc:
-            await session._send_error(exc, status=exc.status_hint)
+            await session.send_error(exc, status=exc.status_hint)
             return False
         if timeout.cancelled_caught:
             error = RouteTimeout(f"the route {route_name!r} of {target.authority} timed out")
             exchange.record_error(error.status, started, error.slug)
             _route_response(session, route_labels, error.status, started)
-            await session._send_error(error, status=error.status)
+            await session.send_error(error, status=error.status)
             return False
     finally:
         target.users -= 1
@@ -122,10 +113,6 @@ def _route_response(session: _Session, labels: str, status: int, started: float)
         session.context.metrics.route_response(labels, status, classify(status, None), latency_ms)
 
 
-def _expects_continue(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    return any(name == _EXPECT and value.lower() == b"100-continue" for name, value in headers)
-
-
 class _Exchange:
     """The attempts of one request (see the module docstring)."""
 
@@ -134,11 +121,10 @@ class _Exchange:
         session: _Session,
         target: Target,
         attempts: Attempts[Endpoint],
-        request: h11.Request,
-        head: h11.Request,
+        request: RequestHead,
+        head: bytes,
         *,
         authority: bytes,
-        upgrade: bool,
     ) -> None:
         self.session = session
         self.target = target
@@ -146,8 +132,8 @@ class _Exchange:
         self.request = request
         self.head = head
         self.authority = authority
-        self.upgrade = upgrade
-        self.buffered: list[h11.Event] = []
+        self.buffered: list[bytes] = []
+        """The request body read so far, framed as sent upstream, kept for retries."""
         self.complete = False
         self.labels = ""
         self.pick: Pick[Endpoint] | None = None
@@ -156,17 +142,16 @@ class _Exchange:
     async def buffer_body(self, limit: int) -> None:
         """Read the request body into memory, up to ``limit`` bytes (then stop)."""
         size = 0
+        session, request = self.session, self.request
         while True:
-            event = await self.session._client_body_event()
-            self.buffered.append(event)
-            if isinstance(event, h11.EndOfMessage):
-                if event.headers:  # trailers (rare): hop-by-hop fields removed
-                    trailers = forward_headers(event.headers, allow_upgrade=False).headers
-                    self.buffered[-1] = h11.EndOfMessage(headers=trailers)
+            event = await session.client_body_event()
+            data = frame_body(request, event)
+            if data:
+                self.buffered.append(data)
+            if type(event) is End:
                 self.complete = True
                 return
-            assert isinstance(event, h11.Data)
-            size += len(event.data)
+            size += len(data)
             if size > limit:
                 return
 
@@ -215,7 +200,7 @@ class _Exchange:
     async def _attempt(self, endpoint: Endpoint) -> tuple[int, bool]:
         session, target = self.session, self.target
         metrics = session.context.metrics
-        conn, conn_h11 = await self._connect(endpoint)
+        conn, wire = await self._connect(endpoint)
         self.labels = metrics.http_labels(
             OUTBOUND, self.authority, conn.tls_labels, target.dst_labels(endpoint)
         )
@@ -224,19 +209,17 @@ class _Exchange:
         started = trio.current_time()
         ending = "abort"
         try:
-            conn, conn_h11, status, switched = await self._exchange_fresh(
-                endpoint, conn, conn_h11, started
-            )
+            conn, wire, status, switched = await self._exchange_fresh(endpoint, conn, wire, started)
             if not self.reported:  # 101: no final head went through ``_on_head``
                 self._report(status=status)
             if switched:
                 ending = "tunnel"
                 session.tap.end()
-                await session._tunnel(conn, conn_h11)
+                await session.tunnel(conn, wire)
             else:
                 metrics.response_end(self.labels, status, classify(status, None))
                 session.tap.end()
-                if conn_h11.our_state is h11.DONE and conn_h11.their_state is h11.DONE:
+                if session.wire_reusable(wire):
                     ending = "keep"
         except _FailedHead as failed:
             latency_ms = (trio.current_time() - started) * 1000
@@ -254,45 +237,43 @@ class _Exchange:
             raise
         finally:
             if ending == "keep":
-                target.checkin(endpoint, conn, conn_h11)
+                target.checkin(endpoint, conn, wire)
             elif ending == "abort":
                 conn.abort()
         return status, switched
 
     async def _exchange_fresh(
-        self, endpoint: Endpoint, conn: Conn, conn_h11: h11.Connection, started: float
-    ) -> tuple[Conn, h11.Connection, int, bool]:
+        self, endpoint: Endpoint, conn: Conn, wire: ResponseReader, started: float
+    ) -> tuple[Conn, ResponseReader, int, bool]:
         """``_exchange``; when a pooled connection turns out closed as it is reused (the server
         timed it out just then: the request never reached the application), once more on a new
         connection. Returns the connection used."""
         try:
-            return conn, conn_h11, *await self._exchange(conn, conn_h11, started)
+            return conn, wire, *await self._exchange(conn, wire, started)
         except (UpstreamClosed, UpstreamProtocolError):
-            if not self._stale(conn_h11):
+            if not self._stale(wire):
                 raise
         conn.abort()
         fresh = await self.target.connect(endpoint, self.session.context.metrics)
-        fresh_h11 = h11.Connection(h11.CLIENT)
+        fresh_wire = ResponseReader()
         try:
-            return fresh, fresh_h11, *await self._exchange(fresh, fresh_h11, started)
+            return fresh, fresh_wire, *await self._exchange(fresh, fresh_wire, started)
         except BaseException:
             fresh.abort()
             raise
 
-    def _stale(self, conn_h11: h11.Connection) -> bool:
+    def _stale(self, wire: ResponseReader) -> bool:
         """Whether a closed connection may be retried at once on a new one: it was reused, no
         byte of a response arrived, the request is buffered and idempotent."""
         return (
-            conn_h11.their_http_version is not None  # a response came on it before: reused
-            # h11 calls an end of stream before the head a protocol error (state ERROR)
-            and conn_h11.their_state in {h11.SEND_RESPONSE, h11.ERROR}
-            and not conn_h11.trailing_data[0]  # not one byte of a response
+            wire.responses > 0  # a response came on it before: reused
+            and wire.received == 0  # not one byte of a response
             and not self.reported
             and self.complete
             and self.request.method in _IDEMPOTENT
         )
 
-    async def _connect(self, endpoint: Endpoint) -> tuple[Conn, h11.Connection]:
+    async def _connect(self, endpoint: Endpoint) -> tuple[Conn, ResponseReader]:
         try:
             return await self.target.checkout(endpoint, self.session.context.metrics)
         except UpstreamError as exc:
@@ -301,45 +282,31 @@ class _Exchange:
                 raise _RetryAttempt from exc
             raise
 
-    async def _exchange(
-        self, conn: Conn, conn_h11: h11.Connection, started: float
-    ) -> tuple[int, bool]:
+    async def _exchange(self, conn: Conn, wire: ResponseReader, started: float) -> tuple[int, bool]:
         """Send the request (buffered part, then the rest as it arrives) and relay the answer."""
-        relay = self.session._relay_response
-        await _send(conn, conn_h11, self.head)
-        for event in self.buffered:
-            await _send(conn, conn_h11, event)
+        session, request = self.session, self.request
+        wire.start(head_request=request.method == _HEAD)
+        await conn.send(b"".join([self.head, *self.buffered]))
         if self.complete:
-            return await relay(
-                conn, conn_h11, self.labels, started, self.upgrade, on_head=self._on_head
+            return await session.relay_response(
+                conn, wire, request, self.labels, started, on_head=self._on_head
             )
         with unwrap_groups():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump_rest, conn, conn_h11)
-                result = await relay(
-                    conn, conn_h11, self.labels, started, self.upgrade, on_head=self._on_head
+                nursery.start_soon(self._pump_rest, conn)
+                result = await session.relay_response(
+                    conn, wire, request, self.labels, started, on_head=self._on_head
                 )
                 nursery.cancel_scope.cancel()  # an early response ends the upload
         return result
 
-    async def _pump_rest(self, conn: Conn, conn_h11: h11.Connection) -> None:
+    async def _pump_rest(self, conn: Conn) -> None:
         """After the buffered part: the rest of a body too large to buffer, as it arrives."""
-        session = self.session
-        if self.buffered and isinstance(self.buffered[-1], h11.EndOfMessage):
-            return
+        session, request = self.session, self.request
         while True:
-            event = await session._client_body_event()
-            if isinstance(event, h11.EndOfMessage):
-                headers = forward_headers(event.headers, allow_upgrade=False).headers
-                await _send(conn, conn_h11, h11.EndOfMessage(headers=headers))
+            event = await session.client_body_event()
+            data = frame_body(request, event)
+            if data:
+                await conn.send(data)
+            if type(event) is End:
                 return
-            await _send(conn, conn_h11, event)
-
-
-async def _send(conn: Conn, conn_h11: h11.Connection, event: h11.Event) -> None:
-    try:
-        data = conn_h11.send(event)
-    except h11.LocalProtocolError as exc:
-        raise UpstreamProtocolError(f"cannot forward to upstream: {exc}") from exc
-    if data:
-        await conn.send(data)

@@ -8,8 +8,7 @@ exchange left open (``aborted``: the client went away, a cancellation) before th
 
 from __future__ import annotations
 
-import h11
-
+from proxy.h1 import RequestHead
 from proxy.net import Conn
 from proxy.tap import TapHub, TapStream, next_connection_id
 
@@ -30,7 +29,7 @@ class ExchangeTap:
         """The record of the exchange in progress (``None`` when nobody taps)."""
 
     def start(
-        self, request: h11.Request, authority: bytes, dst: tuple[str, int], upstream: Conn | None
+        self, request: RequestHead, authority: bytes, dst: tuple[str, int], upstream: Conn | None
     ) -> None:
         """Publish the request; ``upstream`` gives the outbound side's server identity, the
         client connection the inbound side's client identity. Once per exchange."""

@@ -25,7 +25,6 @@ import random
 from collections.abc import Callable
 from typing import ClassVar, Final, Protocol
 
-import h11
 import trio
 
 from proxy.balance import (
@@ -41,6 +40,7 @@ from proxy.balance import (
 from proxy.context import OUTBOUND, EndpointConnector
 from proxy.discovery import Endpoint, EndpointView, ProfileView
 from proxy.errors import UpstreamError
+from proxy.h1 import ResponseReader
 from proxy.metrics import Metrics, dst_labels, escape_label
 from proxy.net import Conn, connect, format_address
 from proxy.settings import ProxySettings
@@ -132,7 +132,7 @@ class Target:
         )
         self.users = 0
         self.last_used = trio.current_time()
-        self._pools: dict[Key, list[tuple[Conn, h11.Connection]]] = {}
+        self._pools: dict[Key, list[tuple[Conn, ResponseReader]]] = {}
         self._labels: dict[Key, tuple[Endpoint, str]] = {}
 
     @property
@@ -200,7 +200,7 @@ class Target:
     async def connect(self, endpoint: Endpoint, metrics: Metrics) -> Conn:
         return await self.outbound.connect(endpoint, metrics)
 
-    async def checkout(self, endpoint: Endpoint, metrics: Metrics) -> tuple[Conn, h11.Connection]:
+    async def checkout(self, endpoint: Endpoint, metrics: Metrics) -> tuple[Conn, ResponseReader]:
         """An idle keep-alive connection to ``endpoint`` if one is still good, else a new one."""
         pool = self._pools.get(key_of(endpoint))
         while pool:
@@ -208,9 +208,9 @@ class Target:
             if not conn.readable_now():  # the server closed it (or sent junk) while idle
                 return conn, conn_h11
             conn.close()
-        return await self.connect(endpoint, metrics), h11.Connection(h11.CLIENT)
+        return await self.connect(endpoint, metrics), ResponseReader()
 
-    def checkin(self, endpoint: Endpoint, conn: Conn, conn_h11: h11.Connection) -> None:
+    def checkin(self, endpoint: Endpoint, conn: Conn, conn_h11: ResponseReader) -> None:
         """Keep a connection whose exchange completed for the next request to ``endpoint``."""
         key = key_of(endpoint)
         assert self.endpoints is not None

@@ -21,6 +21,8 @@ def _start(backend_port: int, grace: str) -> tuple[subprocess.Popen[str], int, i
         "MESHLET_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{inbound}",
         "MESHLET_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
         "MESHLET_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{admin}",
+        # not the default 4190: another proxy on this machine may hold it
+        "MESHLET_PROXY_TAP_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
         "MESHLET_PROXY_SHUTDOWN_GRACE_PERIOD": grace,
     }
     process = subprocess.Popen(
