@@ -16,6 +16,7 @@ from .app import create_app
 from .events import ObjectSource
 from .local import LocalFileSource
 from .settings import DestinationSettings, SettingsError, load_settings
+from .shutdown import install_early_handlers
 
 __all__ = ["main"]
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _small_tls_read_buffers()
     app = create_app(settings, source, handle_signals=True)
+    install_early_handlers()  # a graceful stop on SIGTERM exits 0, not -15
     try:
         run_app(app, host=settings.listen_host, port=settings.listen_port, tls=tls)
     except KeyboardInterrupt:

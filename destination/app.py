@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from types import FrameType
-from typing import Any, Final
+from typing import Final
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -27,6 +24,7 @@ from .hub import Api, Hub
 from .index import ClusterState
 from .metrics import DestinationMetrics
 from .settings import DestinationSettings
+from .shutdown import chain_to_server
 
 __all__ = ["create_app"]
 
@@ -59,25 +57,6 @@ def _target_of(request: Request, cluster_domain: str) -> Target | tuple[str, str
     return target
 
 
-def _chain_sigterm(on_term: Callable[[], None]) -> None:
-    """Run ``on_term`` on SIGTERM/SIGINT, then whatever handler was there (uvicorn's).
-
-    Without this, open streams would hold a graceful shutdown for uvicorn's whole grace period.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous = signal.getsignal(sig)
-
-        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
-            loop.call_soon_threadsafe(on_term)
-            if callable(previous):
-                previous(signum, frame)
-
-        signal.signal(sig, handler)
-
-
 def create_app(
     settings: DestinationSettings,
     source: ObjectSource,
@@ -108,7 +87,7 @@ def create_app(
         hub_box.append(hub)
         app.state.hub = hub
         if handle_signals:
-            _chain_sigterm(hub.close)
+            chain_to_server(hub.close)
         task = asyncio.create_task(consume(hub), name="destination-source")
         try:
             yield

@@ -256,8 +256,7 @@ def test_sigterm_closes_streams_with_a_reason_and_exits_promptly(
     stream = open_stream(server, streams, f"/v1/endpoints?authority={WEB}")
     assert stream.next() is not None
     started = time.monotonic()
-    # uvicorn re-raises the signal it caught once it has shut down cleanly.
-    assert server.stop(signal.SIGTERM) in {0, -signal.SIGTERM}
+    assert server.stop(signal.SIGTERM) == 0  # a graceful stop, not death by the signal
     assert time.monotonic() - started < 8
     closing = stream.next()
     assert closing == {"type": "close", "reason": "the destination service is shutting down"}
