@@ -1,15 +1,22 @@
 """Destination: the time from an EndpointSlice change (as the watch delivers it) to the update
 being written on every subscribed stream, and the memory this takes.
 
-Two measurements, each repeated in 3 rounds (medians printed):
+Measurements, each repeated in 3 rounds (medians printed):
 
 * ``in-process``: the hub alone, 1,000 services x 10 endpoints. A slice change is applied as the
-  watch would deliver it; the clock stops when every subscribed stream has yielded its line.
-  "fan-out": all streams on one service; "spread": one stream per service.
+  watch would deliver it; the clock stops when every subscribed stream has its line: written to
+  its sink by the hub itself ("direct", what uvicorn streams get), or yielded by each stream's
+  own generator ("tasks", the path of a stream that is behind). "fan-out": all streams on one
+  service; "spread": one stream per service.
 * ``process``: a real ``meshlet-destination`` watching a fake API server (the test suite's, with
-  the same data) through a kubeconfig, with N real HTTPS streams all on one service, read by
-  asyncio clients in this process. The clock runs from the fake API server emitting the watch
-  event to the last client reading the line. Memory is the server process's RSS.
+  the same data) through a kubeconfig, with N real HTTPS streams. Two clocks per change:
+  - server: the service's own ``destination_fanout_seconds`` (from the hub receiving the watch
+    event to the update handed to the last stream's socket), read from ``/metrics`` after each
+    change (its sum and count move by exactly that one fan-out);
+  - end to end: from the fake API server emitting the watch event to the last client having
+    read the line. The clients are raw TLS sockets in 2 processes of their own
+    (``destination_clients.py``), on the same 2 cores as the server.
+  Memory is the server process's RSS.
 
 Reference (same run): asyncio itself waking N tasks blocked on one Event.
 
@@ -19,7 +26,10 @@ Reference (same run): asyncio itself waking N tasks blocked on one Event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -30,6 +40,8 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +52,8 @@ from destination.hub import Hub
 from destination.index import ClusterState
 from destination.metrics import DestinationMetrics
 from meshlet.devcert import write_self_signed
+
+from .destination_clients import run_worker
 
 ROUNDS = 3
 
@@ -140,13 +154,29 @@ async def _reference(streams: int, changes: int) -> list[float]:
     return samples
 
 
+class _Sink:
+    """A connection that is never behind; counts what the hub writes to it."""
+
+    def __init__(self, counter: list[int], done: asyncio.Event, expected: list[int]) -> None:
+        self.counter, self.done, self.expected = counter, done, expected
+
+    def ready(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> None:
+        self.counter[0] += 1
+        if self.counter[0] == self.expected[0]:
+            self.done.set()
+
+
 async def _in_process(
     services: int,
     endpoints: int,
     streams: int,
     changes: int,
-    fan_out: bool,
     *,
+    fan_out: bool,
+    direct: bool,
     traced: bool = False,
 ) -> tuple[list[float], float]:
     if traced:
@@ -159,19 +189,21 @@ async def _in_process(
     )
     for kind, objects in _objects(services, endpoints).items():
         hub.apply(Relisted(kind, tuple(objects)))  # type: ignore[arg-type]
-    received = 0
+    received = [0]  # lines yielded, plus frames written to sinks
     all_in = asyncio.Event()
+    expected = [streams]
 
     async def reader(service: int) -> None:
-        nonlocal received
-        async for _ in hub.endpoint_lines(ServiceTarget("bench", f"svc-{service}", 80)):
-            received += 1
-            if received == expected:
+        sink = _Sink(received, all_in, expected) if direct else None
+        target = ServiceTarget("bench", f"svc-{service}", 80)
+        async for _ in hub.endpoint_lines(target, sink):
+            received[0] += 1
+            if received[0] == expected[0]:
                 all_in.set()
 
-    expected = streams
     tasks = [asyncio.create_task(reader(0 if fan_out else i % services)) for i in range(streams)]
     await all_in.wait()  # every snapshot
+    await asyncio.sleep(0)  # every generator back to waiting
     memory = 0.0
     if traced:
         memory = tracemalloc.get_traced_memory()[0] / 1024 / 1024
@@ -180,7 +212,7 @@ async def _in_process(
     samples = []
     for generation in range(1, changes + 1):
         service = 0 if fan_out else generation % min(streams, services)
-        expected = received + (streams if fan_out else 1)
+        expected[0] = received[0] + (streams if fan_out else 1)
         all_in.clear()
         start = time.perf_counter()
         # Spread: each service changes once (generation 1 differs from the initial slice).
@@ -190,52 +222,97 @@ async def _in_process(
         )
         await all_in.wait()
         samples.append(time.perf_counter() - start)
+        await asyncio.sleep(0)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     return samples, memory
 
 
+async def _https_get(port: int, context: ssl.SSLContext, path: str) -> tuple[int, bytes]:
+    r, w = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
+    )
+    w.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    data = await r.read()
+    w.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
 async def _wait_ready(port: int, context: ssl.SSLContext) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        try:
-            r, w = await asyncio.open_connection(
-                "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
-            )
-            w.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            ready = (await r.read()).startswith(b"HTTP/1.1 200")
-            w.close()
-            if ready:
+        with contextlib.suppress(OSError):
+            if (await _https_get(port, context, "/readyz"))[0] == 200:
                 return
-        except OSError:
-            pass
         await asyncio.sleep(0.1)
     raise RuntimeError("destination did not become ready")
 
 
-async def _open_streams(
-    port: int, context: ssl.SSLContext, authorities: list[str]
-) -> tuple[list[asyncio.StreamReader], list[asyncio.StreamWriter]]:
-    readers, writers = [], []
-    for authority in authorities:
-        r, w = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
-        )
-        w.write(f"GET /v1/endpoints?authority={authority} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        readers.append(r)
-        writers.append(w)
-    await asyncio.gather(*(_next_update(r) for r in readers))  # the snapshots
-    return readers, writers
+async def _fanout_clock(port: int, context: ssl.SSLContext) -> tuple[float, float]:
+    """``destination_fanout_seconds`` (sum, count) from the server's /metrics."""
+    _, body = await _https_get(port, context, "/metrics")
+    values = {}
+    for line in body.decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("destination_fanout_seconds_sum", "destination_fanout_seconds_count"):
+            values[name] = float(value)
+    return values["destination_fanout_seconds_sum"], values["destination_fanout_seconds_count"]
 
 
-async def _next_update(reader: asyncio.StreamReader) -> float:
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise RuntimeError("stream ended")
-        if line.startswith(b"{") and b'"keepalive"' not in line:
-            return time.perf_counter()
+class _Clients:
+    """The stream readers: ``WORKERS`` processes, each with its share of the streams."""
+
+    WORKERS = 2
+
+    def __init__(self, port: int, cafile: Path, authorities: list[str]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.shares = [authorities[i :: self.WORKERS] for i in range(self.WORKERS)]
+        self.conns: list[Connection] = []
+        self.processes: list[BaseProcess] = []
+        for share in self.shares:
+            mine, theirs = context.Pipe()
+            process = context.Process(
+                target=run_worker, args=(theirs, port, str(cafile), share, 30.0), daemon=True
+            )
+            process.start()
+            self.conns.append(mine)
+            self.processes.append(process)
+
+    async def _recv(self, conn: Connection) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+
+    async def ready(self) -> None:
+        for conn in self.conns:
+            if await self._recv(conn) != "ready":
+                raise RuntimeError("a client worker failed")
+
+    async def arm(self, stream: int | None) -> None:
+        """Wait for the next update on every stream (None) or on one."""
+        for worker, conn in enumerate(self.conns):
+            if stream is None:
+                conn.send(("arm", None))
+            else:
+                mine = stream % self.WORKERS == worker
+                conn.send(("arm", [stream // self.WORKERS] if mine else []))
+        for conn in self.conns:
+            await self._recv(conn)
+
+    async def latest(self) -> float:
+        times = [await self._recv(conn) for conn in self.conns]
+        if None in times:
+            raise RuntimeError("a stream did not get the update within 30 s")
+        return float(max(times))
+
+    def close(self) -> None:
+        for conn, process in zip(self.conns, self.processes, strict=True):
+            with contextlib.suppress(OSError):
+                conn.send(("quit", None))
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 def _start_server(
@@ -264,9 +341,33 @@ def _start_server(
     return subprocess.Popen(argv, env=env), port, files.cert
 
 
+async def _changes(
+    clients: _Clients,
+    fake: Any,
+    server: tuple[int, ssl.SSLContext],
+    changes: list[tuple[int, dict[str, Any]]],
+    *,
+    one_stream: bool,
+) -> tuple[list[float], list[float]]:
+    """Apply each (stream, slice) change; (end-to-end, server) seconds for each."""
+    port, context = server
+    end_to_end, own = [], []
+    clock = await _fanout_clock(port, context)
+    for stream, changed in changes:
+        await clients.arm(stream if one_stream else None)
+        start = time.perf_counter()
+        fake.apply("EndpointSlice", "MODIFIED", changed)
+        end_to_end.append(await clients.latest() - start)
+        before, clock = clock, await _fanout_clock(port, context)
+        if clock[1] - before[1] != 1:
+            raise RuntimeError(f"expected one fan-out per change, got {clock[1] - before[1]}")
+        own.append(clock[0] - before[0])
+    return end_to_end, own
+
+
 async def _process(
     services: int, endpoints: int, streams: int, changes: int
-) -> tuple[list[list[float]], list[list[float]], float, float]:
+) -> tuple[dict[str, list[list[float]]], float, float, str]:
     from tests.destination.dst_fakeapi import FakeApi  # noqa: PLC0415 (the test suite's fake)
 
     fake = FakeApi()
@@ -278,62 +379,68 @@ async def _process(
     directory = Path(tempfile.mkdtemp(prefix="bench-destination-"))
     server, port, ca = _start_server(directory, fake.url, streams)
     context = ssl.create_default_context(cafile=str(ca))
-    writers: list[asyncio.StreamWriter] = []
+    results: dict[str, list[list[float]]] = {}
+    clients: _Clients | None = None
     try:
         await _wait_ready(port, context)
         ready_memory = _rss_mb(server.pid)
         # Fan-out: every stream on svc-0; a change must reach all of them.
-        readers, writers = await _open_streams(
-            port, context, ["svc-0.bench.svc.cluster.local:80"] * streams
-        )
+        clients = _Clients(port, ca, ["svc-0.bench.svc.cluster.local:80"] * streams)
+        await clients.ready()
         memory = _rss_mb(server.pid)
-        fan_out: list[list[float]] = []
         generations = [0] * services
         for _ in range(ROUNDS):
-            samples = []
+            batch = []
             for _ in range(changes):
                 generations[0] += 1
-                pending = [asyncio.create_task(_next_update(r)) for r in readers]
-                await asyncio.sleep(0)
-                start = time.perf_counter()
-                fake.apply("EndpointSlice", "MODIFIED", _slice(0, endpoints, generations[0]))
-                samples.append(max(await asyncio.gather(*pending)) - start)
-            fan_out.append(samples)
+                batch.append((0, _slice(0, endpoints, generations[0])))
+            e2e, own = await _changes(clients, fake, (port, context), batch, one_stream=False)
+            results.setdefault("fan-out e2e", []).append(e2e)
+            results.setdefault("fan-out server", []).append(own)
+        clients.close()
         # Spread: the same number of streams, one per service; a change reaches one stream.
-        for w in writers:
-            w.close()
         authorities = [f"svc-{i % services}.bench.svc.cluster.local:80" for i in range(streams)]
-        readers, writers = await _open_streams(port, context, authorities)
-        spread: list[list[float]] = []
+        clients = _Clients(port, ca, authorities)
+        await clients.ready()
         for round_ in range(ROUNDS):
-            samples = []
+            batch = []
             for change in range(changes):
                 index = (round_ * changes + change) % min(streams, services)
                 generations[index] += 1
-                one = asyncio.create_task(_next_update(readers[index]))
-                await asyncio.sleep(0)
-                start = time.perf_counter()
-                changed = _slice(index, endpoints, generations[index])
-                fake.apply("EndpointSlice", "MODIFIED", changed)
-                samples.append(await one - start)
-            spread.append(samples)
-        return fan_out, spread, ready_memory, memory
+                batch.append((index, _slice(index, endpoints, generations[index])))
+            e2e, own = await _changes(clients, fake, (port, context), batch, one_stream=True)
+            results.setdefault("spread e2e", []).append(e2e)
+            results.setdefault("spread server", []).append(own)
+        _, body = await _https_get(port, context, "/metrics")
+        coalesced = [
+            line
+            for line in body.decode().splitlines()
+            if line.startswith("destination_updates_coalesced_total")
+        ]
+        return results, ready_memory, memory, "; ".join(coalesced) or "no coalesced updates"
     finally:
-        for w in writers:
-            w.close()
+        if clients is not None:
+            clients.close()
         server.send_signal(signal.SIGTERM)
         try:
-            server.wait(timeout=20)
+            code = server.wait(timeout=20)
+            if code != 0:
+                print(f"  (the server exited with status {code} after SIGTERM)")
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
         await fake.stop()
 
 
+def _loop_name() -> str:
+    """The server's event loop (``meshlet-destination`` runs on uvloop when it is installed)."""
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
 def _show(label: str, rounds: list[list[float]]) -> None:
     p50s, p99s = zip(*(_pcts(r) for r in rounds), strict=True)
     p50, p99 = statistics.median(p50s), statistics.median(p99s)
-    print(f"  {label:<52} p50 {p50:8.2f} ms   p99 {p99:8.2f} ms")
+    print(f"  {label:<56} p50 {p50:8.2f} ms   p99 {p99:8.2f} ms")
 
 
 def run(args: list[str]) -> None:
@@ -342,22 +449,31 @@ def run(args: list[str]) -> None:
     streams = 100 if quick else 1000
     changes = 10 if quick else 30
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    print(f"2 cores, {version}; {services} services x {endpoints} endpoints, {streams} streams")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"2 cores, {version}, event loop {_loop_name()}, load average {load}")
+    print(f"  {services} services x {endpoints} endpoints, {streams} streams")
     print(f"  {changes} changes per round, medians of {ROUNDS} rounds")
     reference = [asyncio.run(_reference(streams, changes)) for _ in range(ROUNDS)]
     _show(f"reference: asyncio wakes {streams} tasks", reference)
-    for fan_out in (True, False):
-        results = [
-            asyncio.run(_in_process(services, endpoints, streams, changes, fan_out))
+    for fan_out, direct in ((True, True), (True, False), (False, True)):
+        runs = [
+            asyncio.run(
+                _in_process(services, endpoints, streams, changes, fan_out=fan_out, direct=direct)
+            )
             for _ in range(ROUNDS)
         ]
         what = "fan-out: change -> all streams" if fan_out else "spread: change -> its stream"
-        _show(f"in-process {what}", [samples for samples, _ in results])
-        _, memory = asyncio.run(_in_process(services, endpoints, streams, 0, fan_out, traced=True))
-        print(f"  {'':<52} Python heap, state + {streams} streams: {memory:.1f} MB")
-    rounds, spread, synced, with_streams = asyncio.run(
+        _show(f"in-process {what} ({'direct' if direct else 'tasks'})", [r for r, _ in runs])
+    _, memory = asyncio.run(
+        _in_process(services, endpoints, streams, 0, fan_out=True, direct=True, traced=True)
+    )
+    print(f"  {'':<56} Python heap, state + {streams} streams: {memory:.1f} MB")
+    results, synced, with_streams, coalesced = asyncio.run(
         _process(services, endpoints, streams, changes)
     )
-    _show(f"process fan-out: watch event -> {streams} HTTPS streams", rounds)
-    _show(f"process spread: watch event -> its HTTPS stream ({streams} open)", spread)
-    print(f"  {'':<52} server RSS {synced:.0f} MB synced, {with_streams:.0f} MB with streams")
+    _show(f"process fan-out, server: event -> written on {streams}", results["fan-out server"])
+    _show(f"process fan-out, end to end: -> read by {streams}", results["fan-out e2e"])
+    _show(f"process spread, server ({streams} open)", results["spread server"])
+    _show(f"process spread, end to end ({streams} open)", results["spread e2e"])
+    print(f"  {'':<56} server RSS {synced:.0f} MB synced, {with_streams:.0f} MB with streams")
+    print(f"  {'':<56} {coalesced}")

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Final
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .authority import AuthorityRefused, Target, parse_authority
@@ -25,6 +25,7 @@ from .index import ClusterState
 from .metrics import DestinationMetrics
 from .settings import DestinationSettings
 from .shutdown import chain_to_server
+from .stream import App, LineStream
 
 __all__ = ["create_app"]
 
@@ -97,7 +98,7 @@ def create_app(
             with suppress(asyncio.CancelledError):
                 await task
 
-    app = FastAPI(title="meshlet-destination", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = App(title="meshlet-destination", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.metrics = metrics
 
     def check(request: Request, api: Api) -> Target | Response:
@@ -117,22 +118,16 @@ def create_app(
         target = check(request, "endpoints")
         if isinstance(target, Response):
             return target
-        return StreamingResponse(
-            hub_box[-1].endpoint_lines(target),
-            media_type="application/x-ndjson",
-            headers=_STREAM_HEADERS,
-        )
+        hub = hub_box[-1]
+        return LineStream(lambda sink: hub.endpoint_lines(target, sink), _STREAM_HEADERS)
 
     @app.get("/v1/profiles", response_model=None)
     async def profiles(request: Request) -> Response:
         target = check(request, "profiles")
         if isinstance(target, Response):
             return target
-        return StreamingResponse(
-            hub_box[-1].profile_lines(target),
-            media_type="application/x-ndjson",
-            headers=_STREAM_HEADERS,
-        )
+        hub = hub_box[-1]
+        return LineStream(lambda _: hub.profile_lines(target), _STREAM_HEADERS)
 
     @app.get("/healthz")
     async def healthz() -> PlainTextResponse:

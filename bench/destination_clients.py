@@ -1,0 +1,94 @@
+"""Stream readers for ``bench_destination``, in processes of their own.
+
+Each worker process opens its share of the HTTPS streams with blocking TLS sockets (handshake,
+request, read until the snapshot), then watches them all with one ``selectors`` loop and no HTTP
+parsing: a stream has "got" a change when a decrypted read contains an ``add``, ``remove`` or
+``snapshot`` line. Keeping the readers out of the benchmark's process, and this cheap, makes the
+end-to-end figure measure the server more than the clients (they still share the machine).
+
+The parent drives a worker over a pipe: ``("arm", indices)`` (None: all its streams) is answered
+``"armed"``; when every armed stream has got a change the worker sends the latest
+``time.perf_counter()`` among them (CLOCK_MONOTONIC: comparable across processes on Linux), or
+``None`` after ``timeout`` seconds. ``("quit", None)`` ends it.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import ssl
+import time
+from multiprocessing.connection import Connection
+from typing import Final
+
+__all__ = ["MARKERS", "got_update", "run_worker"]
+
+MARKERS: Final = (b'"type":"add"', b'"type":"remove"', b'"type":"snapshot"')
+_TAIL: Final = 24  # bytes kept from the last read, so a marker split across reads is seen
+
+
+def got_update(data: bytes) -> bool:
+    return any(marker in data for marker in MARKERS)
+
+
+def _open(port: int, context: ssl.SSLContext, authority: str) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+    request = f"GET /v1/endpoints?authority={authority} HTTP/1.1\r\nHost: x\r\n\r\n"
+    tls.sendall(request.encode())
+    seen = b""
+    while not got_update(seen):
+        data = tls.recv(65536)
+        if not data:
+            raise RuntimeError("stream ended before its snapshot")
+        seen = seen[-_TAIL:] + data
+    tls.setblocking(False)
+    return tls
+
+
+def _drain(tls: ssl.SSLSocket, tail: bytes) -> tuple[bytes, bool]:
+    """Read what is there; return the new tail and whether an update line was in it."""
+    found = False
+    while True:
+        try:
+            data = tls.recv(65536)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return tail, found
+        if not data:
+            raise RuntimeError("stream ended")
+        window = tail + data
+        found = found or got_update(window)
+        tail = window[-_TAIL:]
+
+
+def run_worker(
+    conn: Connection, port: int, cafile: str, authorities: list[str], timeout: float
+) -> None:
+    context = ssl.create_default_context(cafile=cafile)
+    streams = [_open(port, context, authority) for authority in authorities]
+    tails = [b""] * len(streams)
+    selector = selectors.DefaultSelector()
+    for index, tls in enumerate(streams):
+        selector.register(tls, selectors.EVENT_READ, index)
+    conn.send("ready")
+    try:
+        while True:
+            command, indices = conn.recv()
+            if command == "quit":
+                return
+            armed = set(range(len(streams)) if indices is None else indices)
+            conn.send("armed")
+            latest = 0.0
+            deadline = time.monotonic() + timeout
+            while armed and time.monotonic() < deadline:
+                for key, _ in selector.select(timeout=0.5):
+                    index = key.data
+                    tails[index], found = _drain(streams[index], tails[index])
+                    if found and index in armed:
+                        latest = time.perf_counter()
+                        armed.discard(index)
+            conn.send(None if armed else latest)
+    finally:
+        selector.close()
+        for tls in streams:
+            tls.close()
