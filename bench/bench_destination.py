@@ -56,6 +56,7 @@ from meshlet.devcert import write_self_signed
 from .destination_clients import run_worker
 
 ROUNDS = 3
+CLIENT_NICE = 10  # the stream readers' priority below the server's (destination_clients.py)
 
 
 def _objects(services: int, endpoints: int) -> dict[str, list[dict[str, Any]]]:
@@ -123,6 +124,12 @@ def _rss_mb(pid: int | str = "self") -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (clock ticks, 10 ms)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pcts(samples: list[float]) -> tuple[float, float]:
@@ -250,15 +257,48 @@ async def _wait_ready(port: int, context: ssl.SSLContext) -> None:
     raise RuntimeError("destination did not become ready")
 
 
-async def _fanout_clock(port: int, context: ssl.SSLContext) -> tuple[float, float]:
-    """``destination_fanout_seconds`` (sum, count) from the server's /metrics."""
-    _, body = await _https_get(port, context, "/metrics")
-    values = {}
-    for line in body.decode().splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("destination_fanout_seconds_sum", "destination_fanout_seconds_count"):
-            values[name] = float(value)
-    return values["destination_fanout_seconds_sum"], values["destination_fanout_seconds_count"]
+class _Metrics:
+    """``/metrics`` over one kept-alive HTTPS connection (no handshake per reading)."""
+
+    def __init__(self, port: int, context: ssl.SSLContext) -> None:
+        self.port, self.context = port, context
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def text(self) -> str:
+        try:
+            return await self._get()
+        except (asyncio.IncompleteReadError, ConnectionError):  # uvicorn's 5 s idle timeout
+            self.close()
+            self.reader = self.writer = None
+            return await self._get()
+
+    async def _get(self) -> str:
+        if self.reader is None or self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(
+                "127.0.0.1", self.port, ssl=self.context, server_hostname="127.0.0.1"
+            )
+        self.writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return (await self.reader.readexactly(length)).decode()
+
+    async def fanout_clock(self) -> tuple[float, float]:
+        """``destination_fanout_seconds`` (sum, count)."""
+        values = {}
+        for line in (await self.text()).splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("destination_fanout_seconds_sum", "destination_fanout_seconds_count"):
+                values[name] = float(value)
+        return values["destination_fanout_seconds_sum"], values["destination_fanout_seconds_count"]
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 class _Clients:
@@ -266,7 +306,7 @@ class _Clients:
 
     WORKERS = 2
 
-    def __init__(self, port: int, cafile: Path, authorities: list[str]) -> None:
+    def __init__(self, port: int, cafile: Path, authorities: list[str], nice: int) -> None:
         context = multiprocessing.get_context("spawn")
         self.shares = [authorities[i :: self.WORKERS] for i in range(self.WORKERS)]
         self.conns: list[Connection] = []
@@ -274,7 +314,7 @@ class _Clients:
         for share in self.shares:
             mine, theirs = context.Pipe()
             process = context.Process(
-                target=run_worker, args=(theirs, port, str(cafile), share, 30.0), daemon=True
+                target=run_worker, args=(theirs, port, str(cafile), share, 30.0, nice), daemon=True
             )
             process.start()
             self.conns.append(mine)
@@ -344,21 +384,20 @@ def _start_server(
 async def _changes(
     clients: _Clients,
     fake: Any,
-    server: tuple[int, ssl.SSLContext],
+    metrics: _Metrics,
     changes: list[tuple[int, dict[str, Any]]],
     *,
     one_stream: bool,
 ) -> tuple[list[float], list[float]]:
     """Apply each (stream, slice) change; (end-to-end, server) seconds for each."""
-    port, context = server
     end_to_end, own = [], []
-    clock = await _fanout_clock(port, context)
+    clock = await metrics.fanout_clock()
     for stream, changed in changes:
         await clients.arm(stream if one_stream else None)
         start = time.perf_counter()
         fake.apply("EndpointSlice", "MODIFIED", changed)
         end_to_end.append(await clients.latest() - start)
-        before, clock = clock, await _fanout_clock(port, context)
+        before, clock = clock, await metrics.fanout_clock()
         if clock[1] - before[1] != 1:
             raise RuntimeError(f"expected one fan-out per change, got {clock[1] - before[1]}")
         own.append(clock[0] - before[0])
@@ -381,26 +420,34 @@ async def _process(
     context = ssl.create_default_context(cafile=str(ca))
     results: dict[str, list[list[float]]] = {}
     clients: _Clients | None = None
+    metrics = _Metrics(port, context)
     try:
         await _wait_ready(port, context)
         ready_memory = _rss_mb(server.pid)
-        # Fan-out: every stream on svc-0; a change must reach all of them.
-        clients = _Clients(port, ca, ["svc-0.bench.svc.cluster.local:80"] * streams)
-        await clients.ready()
-        memory = _rss_mb(server.pid)
+        # Fan-out: every stream on svc-0; a change must reach all of them. Readers below the
+        # server's priority, then at the same priority.
         generations = [0] * services
-        for _ in range(ROUNDS):
-            batch = []
-            for _ in range(changes):
-                generations[0] += 1
-                batch.append((0, _slice(0, endpoints, generations[0])))
-            e2e, own = await _changes(clients, fake, (port, context), batch, one_stream=False)
-            results.setdefault("fan-out e2e", []).append(e2e)
-            results.setdefault("fan-out server", []).append(own)
-        clients.close()
+        memory = 0.0
+        for phase, nice in (("fan-out", CLIENT_NICE), ("fan-out same priority", 0)):
+            clients = _Clients(port, ca, ["svc-0.bench.svc.cluster.local:80"] * streams, nice)
+            await clients.ready()
+            memory = max(memory, _rss_mb(server.pid))
+            for _ in range(ROUNDS):
+                batch = []
+                for _ in range(changes):
+                    generations[0] += 1
+                    batch.append((0, _slice(0, endpoints, generations[0])))
+                cpu = _cpu_seconds(server.pid)
+                e2e, own = await _changes(clients, fake, metrics, batch, one_stream=False)
+                # per change; includes the watch event and one /metrics request
+                cpu = (_cpu_seconds(server.pid) - cpu) / changes
+                results.setdefault(f"{phase} cpu", []).append([cpu])
+                results.setdefault(f"{phase} e2e", []).append(e2e)
+                results.setdefault(f"{phase} server", []).append(own)
+            clients.close()
         # Spread: the same number of streams, one per service; a change reaches one stream.
         authorities = [f"svc-{i % services}.bench.svc.cluster.local:80" for i in range(streams)]
-        clients = _Clients(port, ca, authorities)
+        clients = _Clients(port, ca, authorities, CLIENT_NICE)
         await clients.ready()
         for round_ in range(ROUNDS):
             batch = []
@@ -408,17 +455,19 @@ async def _process(
                 index = (round_ * changes + change) % min(streams, services)
                 generations[index] += 1
                 batch.append((index, _slice(index, endpoints, generations[index])))
-            e2e, own = await _changes(clients, fake, (port, context), batch, one_stream=True)
+            e2e, own = await _changes(clients, fake, metrics, batch, one_stream=True)
             results.setdefault("spread e2e", []).append(e2e)
             results.setdefault("spread server", []).append(own)
-        _, body = await _https_get(port, context, "/metrics")
-        coalesced = [
+        paths = [
             line
-            for line in body.decode().splitlines()
-            if line.startswith("destination_updates_coalesced_total")
+            for line in (await metrics.text()).splitlines()
+            if line.startswith(
+                ("destination_updates_coalesced_total", "destination_fanout_streams")
+            )
         ]
-        return results, ready_memory, memory, "; ".join(coalesced) or "no coalesced updates"
+        return results, ready_memory, memory, "; ".join(paths)
     finally:
+        metrics.close()
         if clients is not None:
             clients.close()
         server.send_signal(signal.SIGTERM)
@@ -468,12 +517,20 @@ def run(args: list[str]) -> None:
         _in_process(services, endpoints, streams, 0, fan_out=True, direct=True, traced=True)
     )
     print(f"  {'':<56} Python heap, state + {streams} streams: {memory:.1f} MB")
-    results, synced, with_streams, coalesced = asyncio.run(
+    results, synced, with_streams, paths = asyncio.run(
         _process(services, endpoints, streams, changes)
     )
-    _show(f"process fan-out, server: event -> written on {streams}", results["fan-out server"])
-    _show(f"process fan-out, end to end: -> read by {streams}", results["fan-out e2e"])
-    _show(f"process spread, server ({streams} open)", results["spread server"])
-    _show(f"process spread, end to end ({streams} open)", results["spread e2e"])
+    for phase in ("fan-out", "fan-out same priority"):
+        readers = "readers at nice 0" if phase.endswith("priority") else f"nice {CLIENT_NICE}"
+        print(f"  process {phase.removesuffix(' same priority')}, {readers}:")
+        _show(f"  server: watch event -> written on {streams} streams", results[f"{phase} server"])
+        _show(f"  end to end: API server -> read by {streams} clients", results[f"{phase} e2e"])
+        cpu = statistics.median(r[0] for r in results[f"{phase} cpu"]) * 1000
+        print(f"  {'':<56} server CPU per change: {cpu:.1f} ms")
+    print(f"  process spread (readers at nice {CLIENT_NICE}):")
+    _show(
+        f"  server: watch event -> written on its stream ({streams} open)", results["spread server"]
+    )
+    _show("  end to end: API server -> read by its client", results["spread e2e"])
     print(f"  {'':<56} server RSS {synced:.0f} MB synced, {with_streams:.0f} MB with streams")
-    print(f"  {'':<56} {coalesced}")
+    print(f"  {paths}")

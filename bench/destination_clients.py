@@ -6,6 +6,11 @@ parsing: a stream has "got" a change when a decrypted read contains an ``add``, 
 ``snapshot`` line. Keeping the readers out of the benchmark's process, and this cheap, makes the
 end-to-end figure measure the server more than the clients (they still share the machine).
 
+Workers run at a lower priority (``nice``) by default: on this shared machine the readers would
+otherwise preempt the server in the middle of a fan-out, each woken by the write that the server
+just made, which the proxies (on other nodes) never do. The benchmark also runs them at the
+server's priority, for comparison.
+
 The parent drives a worker over a pipe: ``("arm", indices)`` (None: all its streams) is answered
 ``"armed"``; when every armed stream has got a change the worker sends the latest
 ``time.perf_counter()`` among them (CLOCK_MONOTONIC: comparable across processes on Linux), or
@@ -14,6 +19,7 @@ The parent drives a worker over a pipe: ``("arm", indices)`` (None: all its stre
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 import ssl
@@ -61,9 +67,10 @@ def _drain(tls: ssl.SSLSocket, tail: bytes) -> tuple[bytes, bool]:
         tail = window[-_TAIL:]
 
 
-def run_worker(
-    conn: Connection, port: int, cafile: str, authorities: list[str], timeout: float
+def run_worker(  # noqa: PLR0917 (a process target: positional arguments)
+    conn: Connection, port: int, cafile: str, authorities: list[str], timeout: float, nice: int
 ) -> None:
+    os.nice(nice)
     context = ssl.create_default_context(cafile=cafile)
     streams = [_open(port, context, authority) for authority in authorities]
     tails = [b""] * len(streams)

@@ -56,6 +56,16 @@ def _small_tls_read_buffers() -> None:
     asyncio.sslproto.SSLProtocol.max_size = 32 * 1024
 
 
+def _event_loop() -> str:
+    """uvloop when it is installed (its TLS and socket writes are compiled), else asyncio's."""
+    try:
+        import uvloop  # noqa: PLC0415 (optional)
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -77,10 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, TLSFilesError, _StartupError, ValueError, OSError) as error:
         print(f"meshlet-destination: {error}", file=sys.stderr)
         return 2
-    log.info(
-        "serving on %s:%d, source %s", settings.listen_host, settings.listen_port, settings.source
-    )
     _small_tls_read_buffers()
+    log.info(
+        "serving on %s:%d, source %s, event loop %s",
+        settings.listen_host,
+        settings.listen_port,
+        settings.source,
+        _event_loop(),
+    )
     app = create_app(settings, source, handle_signals=True)
     install_early_handlers()  # a graceful stop on SIGTERM exits 0, not -15
     try:

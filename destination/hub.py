@@ -104,6 +104,7 @@ class _Subscription:
 
     def defer(self, fanout: _Fanout) -> bool:
         """Leave this change to the stream's task; True when one was pending (coalesced)."""
+        self.idle = False  # from now on the task owes the writes, until it waits again
         fanout.remaining += 1
         self.owed.append(fanout)
         if len(self.owed) > _MAX_OWED:
@@ -144,9 +145,12 @@ class Hub:
         # Streams on the same target share one computed view and one encoded diff: with
         # 1,000 proxies watching a service, a change is computed and serialised once.
         self._sent_counters: dict[tuple[str, str], Any] = {}
-        self._targets: dict[Target, int] = {}
+        # target -> (the one equal Target object all its streams share, number of streams)
+        self._targets: dict[Target, tuple[Target, int]] = {}
         self._views: dict[Target, EndpointSet] = {}
         self._diffs: dict[Target, _Diff] = {}
+        self._direct_count = metrics.fanout_streams.labels("direct")
+        self._task_count = metrics.fanout_streams.labels("task")
 
     # -- the source side --------------------------------------------------------------------
 
@@ -180,37 +184,49 @@ class Hub:
         woken: set[_Subscription] = set()
         for topic in touched:
             woken.update(self._subscriptions.get(topic, ()))
+        self._views.clear()  # recomputed on demand, once per target
         if not woken:
             return
-        for subscription in woken:
-            self._views.pop(subscription.target, None)
         fanout = _Fanout(self._touched_at)
-        written: list[_Diff] = []
         now = asyncio.get_running_loop().time()
+        # The hot loop: with N streams on one target, one diff and N writes of the same bytes.
+        target: Target | None = None
+        previous: EndpointSet | None = None
+        diff: _Diff | None = None
+        direct = 0
         for subscription in woken:
             sink = subscription.sink
+            if sink is None or not subscription.idle or not sink.ready():
+                if subscription.defer(fanout):
+                    self.metrics.updates_coalesced.labels(subscription.api).inc()
+                continue
+            # (equal targets are one object, see _subscribe)
             if (
-                sink is not None
-                and subscription.idle
-                and not subscription.dirty.is_set()
-                and sink.ready()
+                diff is None
+                or subscription.target is not target
+                or subscription.previous is not previous
             ):
-                diff = self._diff(subscription.target, subscription.previous)
-                if diff.frame:
-                    sink.write(diff.frame)
-                    subscription.wrote_at = now
-                    if not diff.uses:
-                        written.append(diff)
-                    diff.uses += 1
-                subscription.previous = diff.current
-            elif subscription.defer(fanout):
-                self.metrics.updates_coalesced.labels(subscription.api).inc()
-        for diff in written:
-            for kind, _ in diff.lines:
-                self._counter("endpoints", kind).inc(diff.uses)
-            diff.uses = 0
+                if diff is not None:
+                    self._count_direct(diff)
+                target, previous = subscription.target, subscription.previous
+                diff = self._diff(target, previous)
+            if diff.frame:
+                sink.write(diff.frame)
+                subscription.wrote_at = now
+                diff.uses += 1
+            subscription.previous = diff.current
+            direct += 1
+        if diff is not None:
+            self._count_direct(diff)
+        self._direct_count.inc(direct)
+        self._task_count.inc(len(woken) - direct)
         if not fanout.remaining:
             self._timed(fanout)
+
+    def _count_direct(self, diff: _Diff) -> None:
+        for kind, _ in diff.lines:
+            self._counter("endpoints", kind).inc(diff.uses)
+        diff.uses = 0
 
     def _timed(self, fanout: _Fanout) -> None:
         self.metrics.fanout_seconds.observe(time.perf_counter() - fanout.started)
@@ -220,6 +236,7 @@ class Hub:
         self.closing = True
         for subscriptions in self._subscriptions.values():
             for subscription in subscriptions:
+                subscription.idle = False
                 subscription.dirty.set()
 
     # -- the stream side --------------------------------------------------------------------
@@ -228,18 +245,20 @@ class Hub:
     def _subscribe(
         self, api: Api, target: Target, sink: Sink | None = None
     ) -> Iterator[_Subscription]:
+        target, streams = self._targets.get(target, (target, 0))
+        self._targets[target] = (target, streams + 1)
         subscription = _Subscription(api, target, sink)
         for topic in subscription.topics:
             self._subscriptions[topic].add(subscription)
         self.active += 1
-        self._targets[target] = self._targets.get(target, 0) + 1
         self.metrics.streams_active.labels(api).inc()
         try:
             yield subscription
         finally:
             self.active -= 1
-            self._targets[target] -= 1
-            if not self._targets[target]:
+            streams = self._targets[target][1] - 1
+            self._targets[target] = (target, streams)
+            if not streams:
                 del self._targets[target]
                 self._views.pop(target, None)
                 self._diffs.pop(target, None)

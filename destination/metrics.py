@@ -54,6 +54,14 @@ class DestinationMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
             registry=self.registry,
         )
+        self.fanout_streams = Counter(
+            "destination_fanout_streams",
+            "Stream updates by who wrote them: 'direct' (the hub, straight to the connection) "
+            "or 'task' (the stream's own task: a connection behind on flow control, a profile "
+            "stream, or a server without direct writes).",
+            ["path"],
+            registry=self.registry,
+        )
         self.requests_refused = Counter(
             "destination_requests_refused",
             "Stream requests refused with 4xx/503, by reason.",

@@ -48,12 +48,13 @@ class Sink(Protocol):
 class DirectWriter:
     """Writes chunks to the transport under a uvicorn httptools response already started."""
 
-    __slots__ = ("_cycle", "_flow", "_transport")
+    __slots__ = ("_cycle", "_flow", "_is_closing", "write")
 
     def __init__(self, cycle: Any, transport: Any, flow: Any) -> None:
         self._cycle = cycle
-        self._transport = transport
         self._flow = flow
+        self._is_closing = transport.is_closing
+        self.write: Callable[[bytes], None] = transport.write  # no Python frame per write
 
     @classmethod
     def of(cls, send: Any) -> DirectWriter | None:
@@ -77,12 +78,7 @@ class DirectWriter:
         return cls(cycle, transport, flow)
 
     def ready(self) -> bool:
-        return not (
-            self._flow.write_paused or self._cycle.disconnected or self._transport.is_closing()
-        )
-
-    def write(self, data: bytes) -> None:
-        self._transport.write(data)
+        return not (self._flow.write_paused or self._cycle.disconnected or self._is_closing())
 
 
 class LineStream(Response):
