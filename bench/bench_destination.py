@@ -462,7 +462,7 @@ async def _process(
             line
             for line in (await metrics.text()).splitlines()
             if line.startswith(
-                ("destination_updates_coalesced_total", "destination_fanout_streams")
+                ("destination_updates_coalesced_total", "destination_fanout_streams_total")
             )
         ]
         return results, ready_memory, memory, "; ".join(paths)

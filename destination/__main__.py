@@ -51,7 +51,8 @@ def _small_tls_read_buffers() -> None:
     asyncio's ``SSLProtocol`` allocates ``max_size`` bytes per connection for reads. This
     server holds thousands of long-lived streams that receive one small request each, so those
     buffers would be most of its memory (1,000 streams: ~250 MB). 32 KiB still holds two
-    full TLS records.
+    full TLS records. (uvloop's own TLS protocol mallocs its buffer without touching it, so
+    there the untouched pages cost no memory either.)
     """
     asyncio.sslproto.SSLProtocol.max_size = 32 * 1024
 
