@@ -26,13 +26,9 @@ Reference (same run): asyncio itself waking N tasks blocked on one Event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
-import json
-import multiprocessing
 import os
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -40,8 +36,6 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +45,9 @@ from destination.events import KINDS, Changed, Relisted
 from destination.hub import Hub
 from destination.index import ClusterState
 from destination.metrics import DestinationMetrics
-from meshlet.devcert import write_self_signed
 
-from .destination_clients import run_worker
+from .destination_clients import Clients
+from .destination_server import Metrics, cpu_seconds, rss_mb, start_server, wait_ready
 
 ROUNDS = 3
 CLIENT_NICE = 10  # the stream readers' priority below the server's (destination_clients.py)
@@ -117,19 +111,6 @@ def _slice(service: int, endpoints: int, generation: int) -> dict[str, Any]:
             for e in range(count)
         ],
     }
-
-
-def _rss_mb(pid: int | str = "self") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (clock ticks, 10 ms)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pcts(samples: list[float]) -> tuple[float, float]:
@@ -236,155 +217,10 @@ async def _in_process(
     return samples, memory
 
 
-async def _https_get(port: int, context: ssl.SSLContext, path: str) -> tuple[int, bytes]:
-    r, w = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
-    )
-    w.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    data = await r.read()
-    w.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
-
-
-async def _wait_ready(port: int, context: ssl.SSLContext) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if (await _https_get(port, context, "/readyz"))[0] == 200:
-                return
-        await asyncio.sleep(0.1)
-    raise RuntimeError("destination did not become ready")
-
-
-class _Metrics:
-    """``/metrics`` over one kept-alive HTTPS connection (no handshake per reading)."""
-
-    def __init__(self, port: int, context: ssl.SSLContext) -> None:
-        self.port, self.context = port, context
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def text(self) -> str:
-        try:
-            return await self._get()
-        except (asyncio.IncompleteReadError, ConnectionError):  # uvicorn's 5 s idle timeout
-            self.close()
-            self.reader = self.writer = None
-            return await self._get()
-
-    async def _get(self) -> str:
-        if self.reader is None or self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(
-                "127.0.0.1", self.port, ssl=self.context, server_hostname="127.0.0.1"
-            )
-        self.writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        return (await self.reader.readexactly(length)).decode()
-
-    async def fanout_clock(self) -> tuple[float, float]:
-        """``destination_fanout_seconds`` (sum, count)."""
-        values = {}
-        for line in (await self.text()).splitlines():
-            name, _, value = line.partition(" ")
-            if name in ("destination_fanout_seconds_sum", "destination_fanout_seconds_count"):
-                values[name] = float(value)
-        return values["destination_fanout_seconds_sum"], values["destination_fanout_seconds_count"]
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-class _Clients:
-    """The stream readers: ``WORKERS`` processes, each with its share of the streams."""
-
-    WORKERS = 2
-
-    def __init__(self, port: int, cafile: Path, authorities: list[str], nice: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.shares = [authorities[i :: self.WORKERS] for i in range(self.WORKERS)]
-        self.conns: list[Connection] = []
-        self.processes: list[BaseProcess] = []
-        for share in self.shares:
-            mine, theirs = context.Pipe()
-            process = context.Process(
-                target=run_worker, args=(theirs, port, str(cafile), share, 30.0, nice), daemon=True
-            )
-            process.start()
-            self.conns.append(mine)
-            self.processes.append(process)
-
-    async def _recv(self, conn: Connection) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-
-    async def ready(self) -> None:
-        for conn in self.conns:
-            if await self._recv(conn) != "ready":
-                raise RuntimeError("a client worker failed")
-
-    async def arm(self, stream: int | None) -> None:
-        """Wait for the next update on every stream (None) or on one."""
-        for worker, conn in enumerate(self.conns):
-            if stream is None:
-                conn.send(("arm", None))
-            else:
-                mine = stream % self.WORKERS == worker
-                conn.send(("arm", [stream // self.WORKERS] if mine else []))
-        for conn in self.conns:
-            await self._recv(conn)
-
-    async def latest(self) -> float:
-        times = [await self._recv(conn) for conn in self.conns]
-        if None in times:
-            raise RuntimeError("a stream did not get the update within 30 s")
-        return float(max(times))
-
-    def close(self) -> None:
-        for conn, process in zip(self.conns, self.processes, strict=True):
-            with contextlib.suppress(OSError):
-                conn.send(("quit", None))
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-
-
-def _start_server(
-    directory: Path, api_url: str, streams: int
-) -> tuple[subprocess.Popen[bytes], int, Path]:
-    files = write_self_signed(directory, ["127.0.0.1"])
-    kubeconfig = directory / "kubeconfig"
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "fake", "cluster": {"server": api_url}}],
-        "users": [{"name": "bench", "user": {"token": "not-a-secret"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "bench"}}],
-        "current-context": "fake",
-    }
-    kubeconfig.write_text(json.dumps(config))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHLET_")}
-    env["KUBECONFIG"] = str(kubeconfig)
-    argv = [sys.executable, "-m", "destination", "--source", "kubernetes"]
-    argv += ["--tls-cert", str(files.cert), "--tls-key", str(files.key)]
-    argv += ["--listen-addr", f"127.0.0.1:{port}", "--max-streams", str(streams + 10)]
-    argv += ["--log-level", "warn"]
-    return subprocess.Popen(argv, env=env), port, files.cert
-
-
 async def _changes(
-    clients: _Clients,
+    clients: Clients,
     fake: Any,
-    metrics: _Metrics,
+    metrics: Metrics,
     changes: list[tuple[int, dict[str, Any]]],
     *,
     one_stream: bool,
@@ -416,38 +252,38 @@ async def _process(
     fake.history.clear()
     await fake.start()
     directory = Path(tempfile.mkdtemp(prefix="bench-destination-"))
-    server, port, ca = _start_server(directory, fake.url, streams)
+    server, port, ca = start_server(directory, fake.url, streams)
     context = ssl.create_default_context(cafile=str(ca))
     results: dict[str, list[list[float]]] = {}
-    clients: _Clients | None = None
-    metrics = _Metrics(port, context)
+    clients: Clients | None = None
+    metrics = Metrics(port, context)
     try:
-        await _wait_ready(port, context)
-        ready_memory = _rss_mb(server.pid)
+        await wait_ready(port, context)
+        ready_memory = rss_mb(server.pid)
         # Fan-out: every stream on svc-0; a change must reach all of them. Readers below the
         # server's priority, then at the same priority.
         generations = [0] * services
         memory = 0.0
         for phase, nice in (("fan-out", CLIENT_NICE), ("fan-out same priority", 0)):
-            clients = _Clients(port, ca, ["svc-0.bench.svc.cluster.local:80"] * streams, nice)
+            clients = Clients(port, ca, ["svc-0.bench.svc.cluster.local:80"] * streams, nice)
             await clients.ready()
-            memory = max(memory, _rss_mb(server.pid))
+            memory = max(memory, rss_mb(server.pid))
             for _ in range(ROUNDS):
                 batch = []
                 for _ in range(changes):
                     generations[0] += 1
                     batch.append((0, _slice(0, endpoints, generations[0])))
-                cpu = _cpu_seconds(server.pid)
+                cpu = cpu_seconds(server.pid)
                 e2e, own = await _changes(clients, fake, metrics, batch, one_stream=False)
                 # per change; includes the watch event and one /metrics request
-                cpu = (_cpu_seconds(server.pid) - cpu) / changes
+                cpu = (cpu_seconds(server.pid) - cpu) / changes
                 results.setdefault(f"{phase} cpu", []).append([cpu])
                 results.setdefault(f"{phase} e2e", []).append(e2e)
                 results.setdefault(f"{phase} server", []).append(own)
             clients.close()
         # Spread: the same number of streams, one per service; a change reaches one stream.
         authorities = [f"svc-{i % services}.bench.svc.cluster.local:80" for i in range(streams)]
-        clients = _Clients(port, ca, authorities, CLIENT_NICE)
+        clients = Clients(port, ca, authorities, CLIENT_NICE)
         await clients.ready()
         for round_ in range(ROUNDS):
             batch = []

@@ -11,23 +11,28 @@ otherwise preempt the server in the middle of a fan-out, each woken by the write
 just made, which the proxies (on other nodes) never do. The benchmark also runs them at the
 server's priority, for comparison.
 
-The parent drives a worker over a pipe: ``("arm", indices)`` (None: all its streams) is answered
-``"armed"``; when every armed stream has got a change the worker sends the latest
-``time.perf_counter()`` among them (CLOCK_MONOTONIC: comparable across processes on Linux), or
-``None`` after ``timeout`` seconds. ``("quit", None)`` ends it.
+The parent (``Clients``) drives each worker over a pipe: ``("arm", indices)`` (None: all its
+streams) is answered ``"armed"``; when every armed stream has got a change the worker sends the
+latest ``time.perf_counter()`` among them (CLOCK_MONOTONIC: comparable across processes on
+Linux), or ``None`` after ``timeout`` seconds. ``("quit", None)`` ends it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import multiprocessing
 import os
 import selectors
 import socket
 import ssl
 import time
 from multiprocessing.connection import Connection
-from typing import Final
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Final
 
-__all__ = ["MARKERS", "got_update", "run_worker"]
+__all__ = ["MARKERS", "Clients", "got_update", "run_worker"]
 
 MARKERS: Final = (b'"type":"add"', b'"type":"remove"', b'"type":"snapshot"')
 _TAIL: Final = 24  # bytes kept from the last read, so a marker split across reads is seen
@@ -99,3 +104,57 @@ def run_worker(  # noqa: PLR0917 (a process target: positional arguments)
         selector.close()
         for tls in streams:
             tls.close()
+
+
+class Clients:
+    """The stream readers: ``WORKERS`` processes, each with its share of the streams."""
+
+    WORKERS = 2
+
+    def __init__(self, port: int, cafile: Path, authorities: list[str], nice: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.shares = [authorities[i :: self.WORKERS] for i in range(self.WORKERS)]
+        self.conns: list[Connection] = []
+        self.processes: list[BaseProcess] = []
+        for share in self.shares:
+            mine, theirs = context.Pipe()
+            process = context.Process(
+                target=run_worker, args=(theirs, port, str(cafile), share, 30.0, nice), daemon=True
+            )
+            process.start()
+            self.conns.append(mine)
+            self.processes.append(process)
+
+    async def _recv(self, conn: Connection) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+
+    async def ready(self) -> None:
+        for conn in self.conns:
+            if await self._recv(conn) != "ready":
+                raise RuntimeError("a client worker failed")
+
+    async def arm(self, stream: int | None) -> None:
+        """Wait for the next update on every stream (None) or on one."""
+        for worker, conn in enumerate(self.conns):
+            if stream is None:
+                conn.send(("arm", None))
+            else:
+                mine = stream % self.WORKERS == worker
+                conn.send(("arm", [stream // self.WORKERS] if mine else []))
+        for conn in self.conns:
+            await self._recv(conn)
+
+    async def latest(self) -> float:
+        times = [await self._recv(conn) for conn in self.conns]
+        if None in times:
+            raise RuntimeError("a stream did not get the update within 30 s")
+        return float(max(times))
+
+    def close(self) -> None:
+        for conn, process in zip(self.conns, self.processes, strict=True):
+            with contextlib.suppress(OSError):
+                conn.send(("quit", None))
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
