@@ -301,8 +301,8 @@ class Hub:
         subscription.writing = []
         while True:
             subscription.idle = True
-            silence = self.keepalive_interval - (loop.time() - subscription.wrote_at)
-            woken = await _within(subscription.dirty.wait(), silence)
+            until_keepalive = self.keepalive_interval - (loop.time() - subscription.wrote_at)
+            woken = await _within(subscription.dirty.wait(), until_keepalive)
             subscription.idle = False
             if woken:
                 break
