@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import shutil
 import signal
 import ssl
 import statistics
@@ -315,6 +316,7 @@ async def _process(
             server.kill()
             server.wait()
         await fake.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _loop_name() -> str:
