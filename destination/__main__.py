@@ -16,6 +16,7 @@ from .app import create_app
 from .events import ObjectSource
 from .local import LocalFileSource
 from .settings import DestinationSettings, SettingsError, load_settings
+from .shutdown import install_early_handlers
 
 __all__ = ["main"]
 
@@ -50,9 +51,20 @@ def _small_tls_read_buffers() -> None:
     asyncio's ``SSLProtocol`` allocates ``max_size`` bytes per connection for reads. This
     server holds thousands of long-lived streams that receive one small request each, so those
     buffers would be most of its memory (1,000 streams: ~250 MB). 32 KiB still holds two
-    full TLS records.
+    full TLS records. (uvloop's own TLS protocol mallocs its buffer without touching it, so
+    there the untouched pages cost no memory either.)
     """
     asyncio.sslproto.SSLProtocol.max_size = 32 * 1024
+
+
+def _event_loop() -> str:
+    """uvloop when it is installed (its TLS and socket writes are compiled), else asyncio's."""
+    try:
+        import uvloop  # noqa: PLC0415 (optional)
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,11 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, TLSFilesError, _StartupError, ValueError, OSError) as error:
         print(f"meshlet-destination: {error}", file=sys.stderr)
         return 2
-    log.info(
-        "serving on %s:%d, source %s", settings.listen_host, settings.listen_port, settings.source
-    )
     _small_tls_read_buffers()
+    log.info(
+        "serving on %s:%d, source %s, event loop %s",
+        settings.listen_host,
+        settings.listen_port,
+        settings.source,
+        _event_loop(),
+    )
     app = create_app(settings, source, handle_signals=True)
+    install_early_handlers()  # a graceful stop on SIGTERM exits 0, not -15
     try:
         run_app(app, host=settings.listen_host, port=settings.listen_port, tls=tls)
     except KeyboardInterrupt:

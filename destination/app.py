@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from types import FrameType
-from typing import Any, Final
+from typing import Final
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .authority import AuthorityRefused, Target, parse_authority
@@ -27,6 +24,8 @@ from .hub import Api, Hub
 from .index import ClusterState
 from .metrics import DestinationMetrics
 from .settings import DestinationSettings
+from .shutdown import chain_to_server
+from .stream import App, LineStream
 
 __all__ = ["create_app"]
 
@@ -59,25 +58,6 @@ def _target_of(request: Request, cluster_domain: str) -> Target | tuple[str, str
     return target
 
 
-def _chain_sigterm(on_term: Callable[[], None]) -> None:
-    """Run ``on_term`` on SIGTERM/SIGINT, then whatever handler was there (uvicorn's).
-
-    Without this, open streams would hold a graceful shutdown for uvicorn's whole grace period.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous = signal.getsignal(sig)
-
-        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
-            loop.call_soon_threadsafe(on_term)
-            if callable(previous):
-                previous(signum, frame)
-
-        signal.signal(sig, handler)
-
-
 def create_app(
     settings: DestinationSettings,
     source: ObjectSource,
@@ -108,7 +88,7 @@ def create_app(
         hub_box.append(hub)
         app.state.hub = hub
         if handle_signals:
-            _chain_sigterm(hub.close)
+            chain_to_server(hub.close)
         task = asyncio.create_task(consume(hub), name="destination-source")
         try:
             yield
@@ -118,7 +98,7 @@ def create_app(
             with suppress(asyncio.CancelledError):
                 await task
 
-    app = FastAPI(title="meshlet-destination", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = App(title="meshlet-destination", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.metrics = metrics
 
     def check(request: Request, api: Api) -> Target | Response:
@@ -138,22 +118,16 @@ def create_app(
         target = check(request, "endpoints")
         if isinstance(target, Response):
             return target
-        return StreamingResponse(
-            hub_box[-1].endpoint_lines(target),
-            media_type="application/x-ndjson",
-            headers=_STREAM_HEADERS,
-        )
+        hub = hub_box[-1]
+        return LineStream(lambda sink: hub.endpoint_lines(target, sink), _STREAM_HEADERS)
 
     @app.get("/v1/profiles", response_model=None)
     async def profiles(request: Request) -> Response:
         target = check(request, "profiles")
         if isinstance(target, Response):
             return target
-        return StreamingResponse(
-            hub_box[-1].profile_lines(target),
-            media_type="application/x-ndjson",
-            headers=_STREAM_HEADERS,
-        )
+        hub = hub_box[-1]
+        return LineStream(lambda _: hub.profile_lines(target), _STREAM_HEADERS)
 
     @app.get("/healthz")
     async def healthz() -> PlainTextResponse:

@@ -1,12 +1,21 @@
-"""The hub: applies source events to the state and wakes the streams whose targets they touch.
+"""The hub: applies source events to the state and writes the changes to the streams they touch.
 
 Theory of operation: a stream holds no queue. It holds the last view it wrote (the endpoint set,
-or the profile) and one "dirty" flag (an ``asyncio.Event``). A change sets the flag of every
-subscription on a touched topic; the stream then recomputes its target's view from the state and
-writes the difference from what it wrote last. A reader that is slow (or stalled: the server's
-writes block on TCP flow control) simply misses intermediate states: whatever happened while it
-was behind is folded into one diff, counted as ``destination_updates_coalesced``. Memory per
-stream is bounded by the size of one view, never by the rate of change.
+or the profile), a "dirty" flag (an ``asyncio.Event``) and, for endpoint streams served by
+uvicorn, a ``Sink`` that writes straight to its connection (see ``stream.py``). Events applied in
+the same loop turn are folded into one fan-out (``_notify``): for every stream on a touched
+topic whose task is idle and whose connection is not behind, the hub computes the target's view
+and its diff once, encodes and chunk-frames it once, and writes those same bytes to each sink in
+one loop. Every other stream (a profile stream, a connection paused by TCP flow control, a stream
+whose task is still writing) gets its flag set; its task then recomputes its target's view and
+writes the difference from what it wrote last. A reader that is slow (or stalled) simply misses
+intermediate states: whatever happened while it was behind is folded into one diff, counted as
+``destination_updates_coalesced``. Memory per stream is bounded by one view, never by the rate of
+change.
+
+``destination_fanout_seconds`` times each fan-out from the hub receiving the watch event to the
+update written on the last stream it touched (a stream left to its task counts when its task has
+written it; a fan-out reaching a stream more than ``_MAX_OWED`` changes behind is not timed).
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, Literal
 
@@ -25,6 +35,7 @@ from .events import KINDS, Relisted, SourceError, SourceEvent
 from .index import ClusterState, Topic, topics_for
 from .metrics import DestinationMetrics
 from .model import Kind
+from .stream import Sink, chunk
 
 __all__ = ["Api", "Hub", "encode_line"]
 
@@ -32,23 +43,72 @@ log = logging.getLogger("meshlet.destination")
 
 Api = Literal["endpoints", "profiles"]
 KEEPALIVE: Final = {"type": "keepalive"}
+_MAX_OWED: Final = 8  # fan-outs a lagging stream keeps timing for (older ones go untimed)
 
 
 def encode_line(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
-class _Subscription:
-    __slots__ = ("api", "dirty", "target", "topics")
+class _Fanout:
+    """One fan-out on its way: when it started, and how many streams' tasks still owe it."""
 
-    def __init__(self, api: Api, target: Target) -> None:
+    __slots__ = ("remaining", "started")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.remaining = 0
+
+
+class _Diff:
+    """The lines from one view to the next, encoded once for every stream on the target."""
+
+    __slots__ = ("current", "frame", "lines", "previous", "uses")
+
+    def __init__(
+        self, previous: EndpointSet | None, current: EndpointSet, lines: list[tuple[str, bytes]]
+    ) -> None:
+        self.previous = previous
+        self.current = current
+        self.lines = lines
+        self.frame = chunk(b"".join(line for _, line in lines)) if lines else b""
+        self.uses = 0  # direct writes in the fan-out under way (for updates_sent)
+
+
+class _Subscription:
+    __slots__ = (
+        "api",
+        "dirty",
+        "idle",
+        "owed",
+        "previous",
+        "sink",
+        "target",
+        "topics",
+        "writing",
+        "wrote_at",
+    )
+
+    def __init__(self, api: Api, target: Target, sink: Sink | None) -> None:
         self.api: Api = api
         self.target = target
         self.topics = topics_for(target)
         self.dirty = asyncio.Event()
+        self.sink = sink
+        self.idle = False  # the task waits for a change: the hub may write to the sink itself
+        self.previous: EndpointSet | None = None  # the view last written (endpoint streams)
+        self.owed: list[_Fanout] = []  # fan-outs handed to the task, not yet picked up
+        self.writing: list[_Fanout] = []  # fan-outs the task is writing now
+        # loop time of the last line written (keepalives fill silences)
+        self.wrote_at = asyncio.get_running_loop().time()
 
-    def notify(self) -> bool:
-        """Mark the stream dirty; True when it already was (this change is coalesced)."""
+    def defer(self, fanout: _Fanout) -> bool:
+        """Leave this change to the stream's task; True when one was pending (coalesced)."""
+        self.idle = False  # from now on the task owes the writes, until it waits again
+        fanout.remaining += 1
+        self.owed.append(fanout)
+        if len(self.owed) > _MAX_OWED:
+            del self.owed[0]
         if self.dirty.is_set():
             return True
         self.dirty.set()
@@ -80,15 +140,17 @@ class Hub:
         self._listed: set[Kind] = set()
         self._subscriptions: dict[Topic, set[_Subscription]] = defaultdict(set)
         self._touched: set[Topic] = set()
+        self._touched_at = 0.0
         self.active = 0
         # Streams on the same target share one computed view and one encoded diff: with
         # 1,000 proxies watching a service, a change is computed and serialised once.
         self._sent_counters: dict[tuple[str, str], Any] = {}
-        self._targets: dict[Target, int] = {}
+        # target -> (the one equal Target object all its streams share, number of streams)
+        self._targets: dict[Target, tuple[Target, int]] = {}
         self._views: dict[Target, EndpointSet] = {}
-        self._diffs: dict[
-            Target, tuple[EndpointSet | None, EndpointSet, list[tuple[str, bytes]]]
-        ] = {}
+        self._diffs: dict[Target, _Diff] = {}
+        self._direct_count = metrics.fanout_streams.labels("direct")
+        self._task_count = metrics.fanout_streams.labels("task")
 
     # -- the source side --------------------------------------------------------------------
 
@@ -112,7 +174,8 @@ class Hub:
                 self.synced.set()
         if applied.topics and not self._touched:
             # Events applied in the same loop turn (a local file's four relists, a burst from
-            # one watch read) wake each stream once.
+            # one watch read) make one fan-out.
+            self._touched_at = time.perf_counter()
             asyncio.get_running_loop().call_soon(self._notify)
         self._touched |= applied.topics
 
@@ -121,34 +184,81 @@ class Hub:
         woken: set[_Subscription] = set()
         for topic in touched:
             woken.update(self._subscriptions.get(topic, ()))
+        self._views.clear()  # recomputed on demand, once per target
+        if not woken:
+            return
+        fanout = _Fanout(self._touched_at)
+        now = asyncio.get_running_loop().time()
+        # The hot loop: with N streams on one target, one diff and N writes of the same bytes.
+        target: Target | None = None
+        previous: EndpointSet | None = None
+        diff: _Diff | None = None
+        direct = 0
         for subscription in woken:
-            self._views.pop(subscription.target, None)
-            if subscription.notify():
-                self.metrics.updates_coalesced.labels(subscription.api).inc()
+            sink = subscription.sink
+            if sink is None or not subscription.idle or not sink.ready():
+                if subscription.defer(fanout):
+                    self.metrics.updates_coalesced.labels(subscription.api).inc()
+                continue
+            # (equal targets are one object, see _subscribe)
+            if (
+                diff is None
+                or subscription.target is not target
+                or subscription.previous is not previous
+            ):
+                if diff is not None:
+                    self._count_direct(diff)
+                target, previous = subscription.target, subscription.previous
+                diff = self._diff(target, previous)
+            if diff.frame:
+                sink.write(diff.frame)
+                subscription.wrote_at = now
+                diff.uses += 1
+            subscription.previous = diff.current
+            direct += 1
+        if diff is not None:
+            self._count_direct(diff)
+        self._direct_count.inc(direct)
+        self._task_count.inc(len(woken) - direct)
+        if not fanout.remaining:
+            self._timed(fanout)
+
+    def _count_direct(self, diff: _Diff) -> None:
+        for kind, _ in diff.lines:
+            self._counter("endpoints", kind).inc(diff.uses)
+        diff.uses = 0
+
+    def _timed(self, fanout: _Fanout) -> None:
+        self.metrics.fanout_seconds.observe(time.perf_counter() - fanout.started)
 
     def close(self) -> None:
         """End every stream with a ``close`` line (the server is shutting down)."""
         self.closing = True
         for subscriptions in self._subscriptions.values():
             for subscription in subscriptions:
-                subscription.notify()
+                subscription.idle = False
+                subscription.dirty.set()
 
     # -- the stream side --------------------------------------------------------------------
 
     @contextmanager
-    def _subscribe(self, api: Api, target: Target) -> Iterator[_Subscription]:
-        subscription = _Subscription(api, target)
+    def _subscribe(
+        self, api: Api, target: Target, sink: Sink | None = None
+    ) -> Iterator[_Subscription]:
+        target, streams = self._targets.get(target, (target, 0))
+        self._targets[target] = (target, streams + 1)
+        subscription = _Subscription(api, target, sink)
         for topic in subscription.topics:
             self._subscriptions[topic].add(subscription)
         self.active += 1
-        self._targets[target] = self._targets.get(target, 0) + 1
         self.metrics.streams_active.labels(api).inc()
         try:
             yield subscription
         finally:
             self.active -= 1
-            self._targets[target] -= 1
-            if not self._targets[target]:
+            streams = self._targets[target][1] - 1
+            self._targets[target] = (target, streams)
+            if not streams:
                 del self._targets[target]
                 self._views.pop(target, None)
                 self._diffs.pop(target, None)
@@ -175,11 +285,32 @@ class Hub:
             if not await _within(self.synced.wait(), self.keepalive_interval):
                 yield self._sent(api, KEEPALIVE)
 
-    async def _next_change(self, subscription: _Subscription) -> AsyncIterator[bytes]:
-        """Wait for the flag, writing keepalives meanwhile; clear it before the recompute."""
-        while not await _within(subscription.dirty.wait(), self.keepalive_interval):
-            yield self._sent(subscription.api, KEEPALIVE)
+    async def _next_change(self, subscription: _Subscription, wrote: bool) -> AsyncIterator[bytes]:
+        """Wait for the flag, writing keepalives after silences; clear it before the recompute.
+
+        Entered once the lines of the last change are written (the consumer asked for more):
+        the fan-outs they carried are delivered. While waiting, the hub may write to the sink.
+        """
+        loop = asyncio.get_running_loop()
+        if wrote:
+            subscription.wrote_at = loop.time()
+        for fanout in subscription.writing:
+            fanout.remaining -= 1
+            if not fanout.remaining:
+                self._timed(fanout)
+        subscription.writing = []
+        while True:
+            subscription.idle = True
+            until_keepalive = self.keepalive_interval - (loop.time() - subscription.wrote_at)
+            woken = await _within(subscription.dirty.wait(), until_keepalive)
+            subscription.idle = False
+            if woken:
+                break
+            if loop.time() - subscription.wrote_at >= self.keepalive_interval:
+                subscription.wrote_at = loop.time()
+                yield self._sent(subscription.api, KEEPALIVE)
         subscription.dirty.clear()
+        subscription.writing, subscription.owed = subscription.owed, []
 
     def _closing_line(self, api: Api) -> bytes:
         return self._sent(
@@ -192,33 +323,37 @@ class Hub:
             view = self._views[target] = self.state.endpoints(target)
         return view
 
-    def _diff(
-        self, target: Target, previous: EndpointSet | None, current: EndpointSet
-    ) -> list[tuple[str, bytes]]:
+    def _diff(self, target: Target, previous: EndpointSet | None) -> _Diff:
+        current = self._view(target)
         cached = self._diffs.get(target)
-        if cached is not None and cached[0] is previous and cached[1] is current:
-            return cached[2]
+        if cached is not None and cached.previous is previous and cached.current is current:
+            return cached
         lines = [(m["type"], encode_line(m)) for m in diff_lines(previous, current)]
-        self._diffs[target] = (previous, current, lines)
-        return lines
+        diff = self._diffs[target] = _Diff(previous, current, lines)
+        return diff
 
-    async def endpoint_lines(self, target: Target) -> AsyncIterator[bytes]:
-        """The NDJSON stream for ``GET /v1/endpoints``: a snapshot, then diffs, forever."""
-        with self._subscribe("endpoints", target) as subscription:
+    async def endpoint_lines(
+        self, target: Target, sink: Sink | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """The NDJSON stream for ``GET /v1/endpoints``: a snapshot, then diffs, forever.
+
+        With a ``sink``, the hub writes changes to it directly while this generator waits
+        (the consumer must have written every line yielded before it asks for the next).
+        """
+        with self._subscribe("endpoints", target, sink) as subscription:
             async for line in self._until_synced("endpoints"):
                 yield line
-            previous: EndpointSet | None = None
             while not self.closing:
-                current = self._view(target)
-                for kind, line in self._diff(target, previous, current):
+                diff = self._diff(target, subscription.previous)
+                for kind, line in diff.lines:
                     self._counter("endpoints", kind).inc()
                     yield line
-                previous = current
-                async for line in self._next_change(subscription):
+                subscription.previous = diff.current
+                async for line in self._next_change(subscription, bool(diff.lines)):
                     yield line
             yield self._closing_line("endpoints")
 
-    async def profile_lines(self, target: Target) -> AsyncIterator[bytes]:
+    async def profile_lines(self, target: Target) -> AsyncGenerator[bytes, None]:
         """The NDJSON stream for ``GET /v1/profiles``: the profile, again whenever it changes."""
         with self._subscribe("profiles", target) as subscription:
             async for line in self._until_synced("profiles"):
@@ -226,9 +361,10 @@ class Hub:
             previous: dict[str, Any] | None = None
             while not self.closing:
                 current = self.state.profile(target)
-                if current != previous:
+                wrote = current != previous
+                if wrote:
                     yield self._sent("profiles", {"type": "profile", **current})
                 previous = current
-                async for line in self._next_change(subscription):
+                async for line in self._next_change(subscription, wrote):
                     yield line
             yield self._closing_line("profiles")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["DestinationMetrics"]
 
@@ -45,6 +45,21 @@ class DestinationMetrics:
             "Changes folded into a pending one because the stream had not caught up yet "
             "(a slow reader gets the latest state, never a growing queue).",
             ["api"],
+            registry=self.registry,
+        )
+        self.fanout_seconds = Histogram(
+            "destination_fanout_seconds",
+            "From a change reaching the hub (as the watch delivered it) to its update written "
+            "on every stream it touches.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+            registry=self.registry,
+        )
+        self.fanout_streams = Counter(
+            "destination_fanout_streams",
+            "Stream updates by who wrote them: 'direct' (the hub, straight to the connection) "
+            "or 'task' (the stream's own task: a connection behind on flow control, a profile "
+            "stream, or a server without direct writes).",
+            ["path"],
             registry=self.registry,
         )
         self.requests_refused = Counter(

@@ -30,6 +30,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_WITHOUT_UVLOOP = (
+    "import sys; sys.modules['uvloop'] = None; "
+    "from destination.__main__ import main; sys.exit(main())"
+)
+
+
 @dataclass
 class DestinationProcess:
     directory: Path
@@ -37,6 +43,7 @@ class DestinationProcess:
     port: int
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    without_uvloop: bool = False  # run on asyncio's own event loop (uvloop made unimportable)
 
     @property
     def ca(self) -> Path:
@@ -47,10 +54,12 @@ class DestinationProcess:
         return f"https://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        run = ["-m", "destination"]
+        if self.without_uvloop:
+            run = ["-c", _WITHOUT_UVLOOP]
         argv = [
             sys.executable,
-            "-m",
-            "destination",
+            *run,
             "--source",
             str(self.yaml_file),
             "--tls-cert",
@@ -112,12 +121,14 @@ class DestinationProcess:
 
 @contextmanager
 def destination(
-    tmp: Path, yaml_text: str, extra_args: list[str] | None = None
+    tmp: Path, yaml_text: str, extra_args: list[str] | None = None, *, without_uvloop: bool = False
 ) -> Iterator[DestinationProcess]:
     write_self_signed(tmp, ["localhost", "127.0.0.1", DESTINATION_NAME])
     yaml_file = tmp / "local.yaml"
     yaml_file.write_text(yaml_text)
-    server = DestinationProcess(tmp, yaml_file, free_port(), extra_args or [])
+    server = DestinationProcess(
+        tmp, yaml_file, free_port(), extra_args or [], without_uvloop=without_uvloop
+    )
     try:
         server.start()
         yield server

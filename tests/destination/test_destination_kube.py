@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -434,6 +435,10 @@ async def test_the_real_service_on_the_kubernetes_source(fake: FakeApi, tmp_path
         status, metrics = await _https_get(port, files.cert, "/metrics")
         assert status == 200
         assert 'destination_api_errors_total{kind="EndpointSlice",reason="gone"}' in metrics
+        # SIGTERM: the stream is closed with a reason, the watches stop, the exit status is 0.
+        server.send_signal(signal.SIGTERM)
+        assert (await next_line())["type"] == "close"
+        assert await asyncio.wait_for(server.wait(), 15) == 0
     finally:
         for process in (curl, server):
             if process is not None and process.returncode is None:
@@ -442,3 +447,4 @@ async def test_the_real_service_on_the_kubernetes_source(fake: FakeApi, tmp_path
         assert server.stderr is not None
         log = (await server.stderr.read()).decode()
         assert "test-token" not in log  # the token never reaches a log
+        assert "Traceback" not in log
