@@ -7,6 +7,7 @@ trailers ``grpc-status: 0``; ``/reset`` resets the stream (``RST_STREAM`` CANCEL
 answer; ``/slow`` waits ``slow_seconds``, ``/timeout`` one second. ``refuse_next`` refuses
 that many streams with RST_STREAM REFUSED_STREAM; ``goaway_after`` sends GOAWAY (last stream =
 the current one) after that many requests on a connection. ``hits`` counts requests by path.
+Answers to ``/`` carry the request's ``meshlet-client-id`` as ``x-client-id``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class H2Backend:
         lock = trio.Lock()
         bodies: dict[int, bytearray] = {}
         paths: dict[int, str] = {}
+        clients: dict[int, bytes] = {}
         served = 0
         goaway = bytearray()  # sent raw: h2 would stop serving the streams still in flight
 
@@ -69,8 +71,9 @@ class H2Backend:
         async def answer(stream_id: int) -> None:
             path = paths.pop(stream_id, "/")
             body = bytes(bodies.pop(stream_id, b""))
+            client_id = clients.pop(stream_id, b"")
             try:
-                await self._answer(conn, stream_id, path, body, flush)
+                await self._answer(conn, stream_id, path, body, flush, client_id)
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 return
             await flush()
@@ -93,6 +96,7 @@ class H2Backend:
                             self.hits[path] += 1
                             served += 1
                             paths[event.stream_id] = path
+                            clients[event.stream_id] = headers.get(b"meshlet-client-id", b"")
                             bodies[event.stream_id] = bytearray()
                             if self.goaway_after and served == self.goaway_after:
                                 last = event.stream_id.to_bytes(4, "big")
@@ -113,13 +117,14 @@ class H2Backend:
         finally:
             await stream.aclose()
 
-    async def _answer(
+    async def _answer(  # noqa: PLR0917 - the stream's state, passed on
         self,
         conn: h2.connection.H2Connection,
         stream_id: int,
         path: str,
         body: bytes,
         flush: Callable[[], Awaitable[None]],
+        client_id: bytes = b"",
     ) -> None:
         if path == "/reset":
             conn.reset_stream(stream_id, 0x8)
@@ -150,5 +155,6 @@ class H2Backend:
             return
         status = self.fail_status if self.fail_status and path != "/slow" else 200
         text = f"{self.name}\n".encode()
-        conn.send_headers(stream_id, [(b":status", str(status).encode())])
+        head = [(b":status", str(status).encode()), (b"x-client-id", client_id)]
+        conn.send_headers(stream_id, head)
         conn.send_data(stream_id, text, end_stream=True)
