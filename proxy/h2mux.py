@@ -40,6 +40,7 @@ from proxy.discovery import Endpoint
 from proxy.errors import ProxyError, UpstreamClosed, UpstreamError, unwrap_groups
 from proxy.h2peer import (
     CANCEL,
+    MAX_CONCURRENT,
     NO_ERROR,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
@@ -87,12 +88,13 @@ async def serve_h2_mesh(client: Conn, prefix: bytes, route: Route, context: Prox
 class _Link:
     """A socket and the HTTP/2 peer speaking over it; ``flush`` sends what the peer queued."""
 
-    __slots__ = ("conn", "peer", "sending")
+    __slots__ = ("conn", "last_read", "peer", "sending")
 
     def __init__(self, conn: Conn, peer: Peer) -> None:
         self.conn = conn
         self.peer = peer
         self.sending = False
+        self.last_read = trio.current_time()
 
     async def flush(self) -> None:
         if self.sending:
@@ -111,11 +113,12 @@ class _Link:
 class Upstream(_Link):
     """One HTTP/2 connection to an endpoint, carrying streams of one client connection."""
 
-    __slots__ = ("closed", "closing", "endpoint", "streams")
+    __slots__ = ("closed", "closing", "endpoint", "streams", "target")
 
-    def __init__(self, conn: Conn, endpoint: Endpoint) -> None:
+    def __init__(self, conn: Conn, endpoint: Endpoint, target: Target) -> None:
         super().__init__(conn, Peer(client_side=True))
         self.endpoint = endpoint
+        self.target = target
         self.streams: dict[int, MuxStream] = {}
         self.closing = False  # GOAWAY received, ids exhausted, or the connection broke
         self.closed = False
@@ -165,6 +168,7 @@ class _Mux:
                     self.nursery = nursery
                     nursery.start_soon(self._client_loop, prefix)
                     nursery.start_soon(self._drain_on_shutdown)
+                    nursery.start_soon(self._keepalive)
                     await self.done.wait()
                     nursery.cancel_scope.cancel()
         finally:
@@ -204,6 +208,7 @@ class _Mux:
                 if self.closing and not self.streams:
                     break
                 data = await self.down.conn.receive()
+                self.down.last_read = trio.current_time()
         except ProxyError as exc:
             log.debug("outbound h2 client connection: %s", exc)
         self.done.set()
@@ -255,6 +260,9 @@ class _Mux:
                 authority = value
         if not method or (not path and method != b"CONNECT"):
             self.down.peer.reset(event.stream_id, PROTOCOL_ERROR)
+            return
+        if len(self.streams) >= MAX_CONCURRENT:  # what we advertised: the client must wait
+            self.down.peer.reset(event.stream_id, REFUSED_STREAM)
             return
         stream = MuxStream(
             event.stream_id,
@@ -536,7 +544,7 @@ class _Mux:
         finally:
             del self.connecting[key]
             event.set()
-        up = Upstream(conn, endpoint)
+        up = Upstream(conn, endpoint, target)
         up.peer.initiate()
         self.ups.setdefault(key, []).append(up)
         assert self.nursery is not None
@@ -554,8 +562,15 @@ class _Mux:
                 self._maybe_close(up)
 
     def _maybe_close(self, up: Upstream) -> None:
-        if up.streams or not up.closing:
+        """Close ``up`` once idle if it takes no new streams (GOAWAY, or its endpoint was
+        removed from discovery)."""
+        if up.streams:
             return
+        if not up.closing:
+            endpoints = up.target.endpoints
+            if endpoints is None or key_of(up.endpoint) in endpoints.current().endpoints:
+                return
+            up.closing = True
         ups = self.ups.get(key_of(up.endpoint), [])
         if up in ups:
             ups.remove(up)
@@ -571,6 +586,7 @@ class _Mux:
                 data = await up.conn.receive()
                 if not data:
                     break
+                up.last_read = trio.current_time()
                 try:
                     events = up.peer.feed(data)
                 except PeerError as exc:
@@ -718,6 +734,33 @@ class _Mux:
         except ProxyError as exc:
             log.debug("outbound h2 client connection: %s", exc)
             self.done.set()
+
+    async def _keepalive(self) -> None:
+        """A PING to a connection silent for the keepalive interval; still silent after the
+        keepalive timeout: an upstream is closed (its streams fail over), the client ends all."""
+        interval = self.context.settings.http2_keepalive_interval
+        timeout = self.context.settings.http2_keepalive_timeout
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            links: list[_Link] = [self.down, *(u for ups in self.ups.values() for u in ups)]
+            silent = [link for link in links if now - link.last_read >= interval]
+            if not silent:
+                continue
+            for link in silent:
+                link.peer.ping()
+            await self._flush()
+            await trio.sleep(timeout)
+            for link in silent:
+                if link.last_read > now:
+                    continue
+                if link is self.down:
+                    log.info("outbound h2 client did not answer a PING")
+                    self.done.set()
+                    return
+                assert isinstance(link, Upstream)
+                log.info("outbound h2 upstream %s did not answer a PING", link.endpoint.address)
+                link.close()  # its reader fails over its streams
 
     async def _drain_on_shutdown(self) -> None:
         await self.context.lifecycle.draining.wait()

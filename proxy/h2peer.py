@@ -36,6 +36,7 @@ from proxy.h2relay import PREFACE
 __all__ = [
     "CANCEL",
     "INITIAL_WINDOW",
+    "MAX_CONCURRENT",
     "MAX_FRAME_SIZE",
     "NO_ERROR",
     "PROTOCOL_ERROR",
@@ -60,14 +61,14 @@ FLOW_CONTROL_ERROR: Final = 0x3
 FRAME_SIZE_ERROR: Final = 0x6
 REFUSED_STREAM: Final = 0x7
 CANCEL: Final = 0x8
-_S_HEADER_TABLE_SIZE, _S_ENABLE_PUSH, _S_MAX_CONCURRENT = 0x1, 0x2, 0x3
+_S_HEADER_TABLE_SIZE, _S_ENABLE_PUSH, _SMAX_CONCURRENT = 0x1, 0x2, 0x3
 _S_INITIAL_WINDOW, _S_MAX_FRAME = 0x4, 0x5
 MAX_FRAME_SIZE: Final = 16384  # the default: what the proxy advertises and sends
 INITIAL_WINDOW: Final = 65535  # per stream, both ways (the default, so no SETTINGS race)
 _CONNECTION_WINDOW: Final = 1 << 20  # what the proxy advertises for the whole connection
 _MAX_WINDOW: Final = 2**31 - 1
 _MAX_BLOCK: Final = 1 << 18  # a header block (with CONTINUATIONs) larger than this is refused
-_MAX_CONCURRENT: Final = 100  # streams a client may open to the proxy at once
+MAX_CONCURRENT: Final = 100  # streams a client may open to the proxy at once
 
 
 class PeerError(Exception):
@@ -177,7 +178,7 @@ class Peer:
         if self.client_side:
             settings += _S_ENABLE_PUSH.to_bytes(2, "big") + (0).to_bytes(4, "big")
         else:
-            settings += _S_MAX_CONCURRENT.to_bytes(2, "big") + _MAX_CONCURRENT.to_bytes(4, "big")
+            settings += _SMAX_CONCURRENT.to_bytes(2, "big") + MAX_CONCURRENT.to_bytes(4, "big")
         self.out += _frame(_SETTINGS, 0, 0, bytes(settings))
         increment = _CONNECTION_WINDOW - INITIAL_WINDOW
         self.out += _frame(_WINDOW_UPDATE, 0, 0, increment.to_bytes(4, "big"))
@@ -308,7 +309,7 @@ class Peer:
                 for sid in self._send_streams:
                     self._send_streams[sid] += delta
                 events.append(WindowOpened(0))
-            elif key == _S_MAX_CONCURRENT:
+            elif key == _SMAX_CONCURRENT:
                 self.peer_max_concurrent = value
             elif key == _S_MAX_FRAME:
                 if not MAX_FRAME_SIZE <= value <= 2**24 - 1:
@@ -403,6 +404,10 @@ class Peer:
     def reset(self, stream_id: int, code: int) -> None:
         self.out += _frame(_RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
         self.close_stream(stream_id)
+
+    def ping(self) -> None:
+        """A keepalive PING (the peer's ACK is any read: nothing to match)."""
+        self.out += _frame(_PING, 0, 0, b"meshlet!")
 
     def goaway(self, last_stream_id: int, code: int = NO_ERROR) -> None:
         self.out += _frame(
