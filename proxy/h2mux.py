@@ -28,6 +28,7 @@ connections to endpoints discovery removed take no new streams and are closed wh
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from typing import Final
@@ -73,6 +74,9 @@ _UPSTREAM_ID_LIMIT: Final = 2**31 - 1000  # open a fresh connection before ids r
 async def serve_h2_mesh(client: Conn, prefix: bytes, route: Route, context: ProxyContext) -> None:
     """An outbound HTTP/2 connection: per stream to a discovered destination, else relayed."""
     assert context.outbound is not None
+    if not context.settings.outbound_http2_per_stream:
+        await _serve_per_connection(client, prefix, route, context)
+        return
     target = await context.outbound.resolve(format_address(route.target), http=True)
     if target is None:
         await serve_http2(client, prefix, route, context)
@@ -83,6 +87,22 @@ async def serve_h2_mesh(client: Conn, prefix: bytes, route: Route, context: Prox
     finally:
         target.users -= 1
         target.last_used = trio.current_time()
+
+
+async def _serve_per_connection(
+    client: Conn, prefix: bytes, route: Route, context: ProxyContext
+) -> None:
+    """``MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM=false``: one endpoint for the whole connection
+    (a ``Lease``), its frames relayed."""
+    assert context.outbound is not None
+    lease = await context.outbound.lease(route.target)
+    if lease is not None:
+        route = dataclasses.replace(route, connector=lease.connect, dst_labels=lease.dst_labels)
+    try:
+        await serve_http2(client, prefix, route, context)
+    finally:
+        if lease is not None:
+            lease.finish()
 
 
 class _Link:

@@ -219,3 +219,63 @@ async def test_removed_endpoint_drains_and_gets_no_new_streams(h2mesh: H2Mesh) -
     assert [a.status for a in slow] == [200] * 6  # in flight on the removed one: finished
     assert "web-2" not in seen
     assert removed.total == before
+
+
+@pytest.mark.parametrize("h2mesh", [{"outbound_http2_per_stream": False}], indirect=True)
+async def test_per_connection_mode_relays_one_connection_to_one_endpoint(h2mesh: H2Mesh) -> None:
+    answers = await _answers(h2mesh, ["/"] * 12)
+    assert {a.status for a in answers} == {200}
+    assert len({a.text for a in answers}) == 1  # the whole connection went to one endpoint
+    assert sum(b.connections for b in h2mesh.backends) == 1
+
+
+async def test_a_silent_upstream_is_found_by_keepalive(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """An endpoint that accepts and never answers (not even SETTINGS or PING): the PING goes
+    unanswered, the connection is closed and the stream gets 502 instead of hanging."""
+    silent = await trio.open_tcp_listeners(0, host="127.0.0.5")
+    port = silent[0].socket.getsockname()[1]
+    held: list[trio.SocketStream] = []
+
+    async def hold(stream: trio.SocketStream) -> None:
+        held.append(stream)
+        await trio.sleep_forever()
+
+    nursery.start_soon(trio.serve_listeners, hold, silent)
+    backend = H2Backend("silent", "127.0.0.5", port=port)
+    with destination(tmp_path, render_yaml([backend])) as server:
+        settings = ProxySettings(
+            inbound_listen=Address("127.0.0.1", 0),
+            outbound_listen=Address("127.0.0.1", 0),
+            admin_listen=Address("127.0.0.1", 0),
+            http2_keepalive_interval=0.3,
+            http2_keepalive_timeout=0.2,
+        )
+        discovery_settings = DiscoverySettings(
+            host="127.0.0.1",
+            port=server.port,
+            server_name=DESTINATION_NAME,
+            trust_anchors_pem=server.ca.read_text(),
+        )
+        async with DiscoveryClient(discovery_settings) as discovery:
+            outbound = Outbound(settings, discovery, rng=random.Random(7))
+            context = ProxyContext(settings, Metrics(), Lifecycle(), outbound=outbound)
+            async with trio.open_nursery() as inner:
+                addresses = await inner.start(
+                    functools.partial(
+                        run_proxy,
+                        settings,
+                        resolver=lambda _sock: (SERVICE_IP, SERVICE_PORT),
+                        context=context,
+                        tap=None,
+                    )
+                )
+                mesh = H2Mesh([backend], server, context, addresses, [])
+                with trio.fail_after(5):
+                    answers = await _answers(mesh, ["/"], authority=f"{SERVICE_IP}:{SERVICE_PORT}")
+                inner.cancel_scope.cancel()
+    assert answers[0].status == 502
+    assert answers[0].headers[b"meshlet-proxy-error"] == b"upstream_closed"
+    for stream in held:
+        await stream.aclose()
