@@ -294,8 +294,7 @@ class _Mux:
             now=trio.current_time(),
         )
         self.streams[event.stream_id] = stream
-        assert self.nursery is not None
-        self.nursery.start_soon(self._run_stream, stream)
+        self._start(stream)
 
     def _client_reset(self, stream: MuxStream, code: int) -> None:
         stream.cancelled = True
@@ -310,14 +309,21 @@ class _Mux:
 
     # -- attempts ---------------------------------------------------------------------------------
 
-    async def _begin(self, stream: MuxStream) -> None:
-        """The stream's target (the Service its ``:authority`` names, else the connection's),
-        its route and its attempts."""
-        target = self.target
-        service = self.outbound.service_authority(stream.authority) if stream.authority else None
-        if service is not None and service != target.authority:
-            target = await self.outbound.resolve(service, http=True) or target
+    def _known_target(self, authority: bytes) -> Target | None:
+        """The stream's target when it needs no wait: the Service its ``:authority`` names
+        (resolved and with its profile), else the connection's; ``None``: resolve first."""
+        service = self.outbound.service_authority(authority) if authority else None
+        if service is None or service == self.target.authority:
+            return self.target
+        target = self.outbound.targets.get(service)
+        if target is None or not target.ready.is_set() or target.profile is None:
+            return None
+        return target if target.known else self.target
+
+    def _begin(self, stream: MuxStream, target: Target) -> None:
+        """The stream's target, route and attempts (``_finish`` releases the target)."""
         stream.target = target
+        stream.begun = True
         target.users += 1
         attempts = stream.attempts = target.begin(stream.method, stream.path, stream.started)
         if attempts.route.name:
@@ -326,13 +332,50 @@ class _Mux:
             )
             self.metrics.route_request(stream.route_labels)
 
+    def _start(self, stream: MuxStream) -> None:
+        """Send the stream at once when nothing needs waiting for (target, endpoint and its
+        connection at hand, no route timeout to time): no task, and its HEADERS leave with the
+        same write as the other streams of this read. Otherwise a task does it."""
+        target = self._known_target(stream.authority)
+        if target is not None:
+            self._begin(stream, target)
+            if stream.attempts.deadline is None:
+                now = trio.current_time()
+                target.sync(now)
+                choice = stream.attempts.pick(now)
+                if isinstance(choice, Pick):
+                    stream.pick, stream.reported = choice, False
+                    for up in self.ups.get(key_of(choice.endpoint), ()):
+                        if up.has_room():
+                            self._open(stream, up, choice.endpoint)
+                            return
+        self._spawn(stream)
+
+    def _spawn(self, stream: MuxStream) -> None:
+        assert self.nursery is not None
+        stream.task = True
+        stream.wake = trio.Event()
+        self.nursery.start_soon(self._run_stream, stream)
+
+    def _retry(self, stream: MuxStream) -> None:
+        """Another attempt: the stream's task picks again (started now if it had none)."""
+        stream.next_retry = True
+        if stream.task:
+            stream.wake.set()
+        else:
+            self._spawn(stream)
+
     async def _run_stream(self, stream: MuxStream) -> None:
-        await self._begin(stream)
-        try:
-            await self._run_attempts(stream)
-        finally:
-            stream.target.users -= 1
-            stream.target.last_used = trio.current_time()
+        if not stream.begun:
+            target = self._known_target(stream.authority)
+            if target is None:
+                service = self.outbound.service_authority(stream.authority)
+                assert service is not None
+                target = await self.outbound.resolve(service, http=True) or self.target
+            if stream.finished:
+                return
+            self._begin(stream, target)
+        await self._run_attempts(stream)
 
     async def _run_attempts(self, stream: MuxStream) -> None:
         if stream.finished:
@@ -363,10 +406,12 @@ class _Mux:
     async def _attempts(self, stream: MuxStream) -> None:
         target = stream.target
         while not stream.finished:
-            choice = await target.pick(stream.attempts.pick)
-            if not isinstance(choice, Pick):
-                raise no_endpoint_error(choice, target.authority)
-            stream.pick, stream.reported = choice, False
+            if stream.pick is None or stream.reported:  # else ``_start`` picked already
+                choice = await target.pick(stream.attempts.pick)
+                if not isinstance(choice, Pick):
+                    raise no_endpoint_error(choice, target.authority)
+                stream.pick, stream.reported = choice, False
+            choice = stream.pick
             endpoint = choice.endpoint
             try:
                 up = await self._upstream(endpoint, target)
@@ -463,8 +508,7 @@ class _Mux:
             stream.up = None
         decision = self._report(stream, outcome=outcome)
         if isinstance(decision, Retry) and not stream.finished:
-            stream.next_retry = True
-            stream.wake.set()
+            self._retry(stream)
         elif reset is not None:
             self.down.peer.reset(stream.sid, reset)
             stream.cancelled = True  # nothing more to send either way
@@ -532,6 +576,9 @@ class _Mux:
             self.metrics.route_response(
                 stream.route_labels, stream.status, classification, latency_ms
             )
+        if stream.begun:
+            stream.target.users -= 1
+            stream.target.last_used = trio.current_time()
         stream.wake.set()
         if stream.scope is not None and stream.cancelled:
             stream.scope.cancel()
@@ -715,8 +762,7 @@ class _Mux:
         if isinstance(decision, Retry) and not stream.finished:
             self.metrics.response_end(stream.labels, status, "failure")
             self._drop_attempt(stream, CANCEL)
-            stream.next_retry = True
-            stream.wake.set()
+            self._retry(stream)
             return
         stream.committed = True
         stream.status = status

@@ -69,6 +69,7 @@ class MuxStream:
         "attempt_started",
         "attempts",
         "authority",
+        "begun",
         "body",
         "body_size",
         "cancelled",
@@ -98,6 +99,7 @@ class MuxStream:
         "status",
         "tap",
         "target",
+        "task",
         "trailers",
         "up",
         "up_id",
@@ -119,6 +121,8 @@ class MuxStream:
         self.headers = headers
         self.attempts: Attempts[Endpoint]  # set once the stream's target is resolved
         self.target: Target
+        self.task = False  # a task runs its attempts (picks that wait, connects, timeouts)
+        self.begun = False  # target, route and attempts set
         self.method, self.path, self.authority = method, path, authority
         self.started = now
         self.attempt_started = now
