@@ -500,7 +500,8 @@ class _Mux:
     ) -> None:
         """The attempt ended before a response head: retry, or answer ``exc`` (or pass the
         upstream's RST_STREAM ``reset`` on)."""
-        self.metrics.response_end(stream.labels, exc.status, "failure")
+        if outcome is Outcome.CONNECT_FAILED and stream.overflow:
+            outcome = Outcome.FAILURE  # part of its body is gone: it cannot be sent again
         up = stream.up
         if up is not None:
             up.streams.pop(stream.up_id, None)
@@ -508,6 +509,7 @@ class _Mux:
             stream.up = None
         decision = self._report(stream, outcome=outcome)
         if isinstance(decision, Retry) and not stream.finished:
+            self.metrics.response_end(stream.labels, exc.status, "failure")  # this attempt's
             self._retry(stream)
         elif reset is not None:
             self.down.peer.reset(stream.sid, reset)
