@@ -27,10 +27,8 @@ connections to endpoints discovery removed take no new streams and are closed wh
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
 from typing import Final
 
 import trio
@@ -55,20 +53,19 @@ from proxy.h2peer import (
     WindowOpened,
 )
 from proxy.h2stream import MuxStream, forwardable, grpc_status, status_of
+from proxy.h2upstream import Link, Upstream, Upstreams
 from proxy.http2 import serve_http2
 from proxy.metrics import classify
 from proxy.net import Conn, format_address
 from proxy.outbound import RouteTimeout, Target, no_endpoint_error
 from proxy.tap import next_connection_id
 
-__all__ = ["Upstream", "serve_h2_mesh"]
+__all__ = ["serve_h2_mesh"]
 
 log = logging.getLogger(__name__)
 
 _MAX_STREAM_ID: Final = 2**31 - 1
 _INTERNAL_ERROR: Final = 0x2
-_MAX_UPSTREAM_STREAMS: Final = 1000  # per upstream connection, whatever the peer allows
-_UPSTREAM_ID_LIMIT: Final = 2**31 - 1000  # open a fresh connection before ids run out
 
 
 async def serve_h2_mesh(client: Conn, prefix: bytes, route: Route, context: ProxyContext) -> None:
@@ -105,67 +102,9 @@ async def _serve_per_connection(
             lease.finish()
 
 
-class _Link:
-    """A socket and the HTTP/2 peer speaking over it; ``flush`` sends what the peer queued."""
-
-    __slots__ = ("conn", "last_read", "peer", "sending")
-
-    def __init__(self, conn: Conn, peer: Peer) -> None:
-        self.conn = conn
-        self.peer = peer
-        self.sending = False
-        self.last_read = trio.current_time()
-
-    async def flush(self) -> None:
-        if self.sending:
-            return  # the task already sending picks these bytes up
-        out = self.peer.out
-        self.sending = True
-        try:
-            while out:
-                data = bytes(out)
-                out.clear()
-                await self.conn.send(data)
-        finally:
-            self.sending = False
-
-
-class Upstream(_Link):
-    """One HTTP/2 connection to an endpoint, carrying streams of one client connection."""
-
-    __slots__ = ("closed", "closing", "endpoint", "streams", "target")
-
-    def __init__(self, conn: Conn, endpoint: Endpoint, target: Target) -> None:
-        super().__init__(conn, Peer(client_side=True))
-        self.endpoint = endpoint
-        self.target = target
-        self.streams: dict[int, MuxStream] = {}
-        self.closing = False  # GOAWAY received, ids exhausted, or the connection broke
-        self.closed = False
-
-    def close(self) -> None:
-        """Close once (best effort to send what is queued, a GOAWAY included)."""
-        if self.closed:
-            return
-        self.closed = True
-        if self.peer.out and not self.sending:
-            with contextlib.suppress(OSError):  # non-blocking: what fits, or nothing
-                os.write(self.conn.stream.socket.fileno(), bytes(self.peer.out))
-        self.peer.out.clear()
-        self.conn.close()
-
-    def has_room(self) -> bool:
-        peer = self.peer
-        return (
-            not self.closing
-            and peer.open_streams < min(peer.peer_max_concurrent, _MAX_UPSTREAM_STREAMS)
-            and peer.next_stream_id < _UPSTREAM_ID_LIMIT
-        )
-
-
 class _Mux:
     def __init__(self, client: Conn, target: Target, context: ProxyContext) -> None:
-        self.down = _Link(client, Peer(client_side=False))
+        self.down = Link(client, Peer(client_side=False))
         self.target = target
         self.context = context
         assert context.outbound is not None
@@ -173,8 +112,7 @@ class _Mux:
         self.metrics = context.metrics
         self.limit = context.settings.outbound_retry_buffer_bytes
         self.streams: dict[int, MuxStream] = {}
-        self.ups: dict[tuple[str, int], list[Upstream]] = {}
-        self.connecting: dict[tuple[str, int], trio.Event] = {}
+        self.ups = Upstreams()
         self.closing = False
         self.done = trio.Event()
         self.nursery: trio.Nursery | None = None
@@ -194,9 +132,7 @@ class _Mux:
         finally:
             for stream in list(self.streams.values()):
                 self._abandon(stream, Outcome.CANCELLED)
-            for ups in self.ups.values():
-                for up in ups:
-                    up.close()
+            self.ups.close_all()
         await self._close_client()
 
     async def _close_client(self) -> None:
@@ -345,10 +281,10 @@ class _Mux:
                 choice = stream.attempts.pick(now)
                 if isinstance(choice, Pick):
                     stream.pick, stream.reported = choice, False
-                    for up in self.ups.get(key_of(choice.endpoint), ()):
-                        if up.has_room():
-                            self._open(stream, up, choice.endpoint)
-                            return
+                    up = self.ups.with_room(key_of(choice.endpoint))
+                    if up is not None:
+                        self._open(stream, up, choice.endpoint)
+                        return
         self._spawn(stream)
 
     def _spawn(self, stream: MuxStream) -> None:
@@ -597,56 +533,15 @@ class _Mux:
     # -- upstream connections ---------------------------------------------------------------------
 
     async def _upstream(self, endpoint: Endpoint, target: Target) -> Upstream:
-        key = key_of(endpoint)
-        while True:
-            for up in self.ups.get(key, ()):
-                if up.has_room():
-                    return up
-            pending = self.connecting.get(key)
-            if pending is None:
-                break
-            await pending.wait()
-        self._close_removed(target)
-        event = self.connecting[key] = trio.Event()
-        try:
-            conn = await target.connect(endpoint, self.metrics)
-        finally:
-            del self.connecting[key]
-            event.set()
-        up = Upstream(conn, endpoint, target)
-        up.peer.initiate()
-        self.ups.setdefault(key, []).append(up)
-        assert self.nursery is not None
-        self.nursery.start_soon(self._upstream_loop, up)
+        """An upstream connection to ``endpoint`` with room for a stream (opened if needed)."""
+        up, opened = await self.ups.get(endpoint, target, self.metrics, self.target)
+        if opened:
+            assert self.nursery is not None
+            self.nursery.start_soon(self._upstream_loop, up)
         return up
 
-    def _close_removed(self, target: Target) -> None:
-        """Idle connections to endpoints discovery no longer lists are closed."""
-        if target is not self.target or target.endpoints is None:
-            return
-        current = target.endpoints.current().endpoints
-        for key in [k for k in self.ups if k not in current]:
-            for up in list(self.ups[key]):
-                up.closing = True
-                self._maybe_close(up)
-
     def _maybe_close(self, up: Upstream) -> None:
-        """Close ``up`` once idle if it takes no new streams (GOAWAY, or its endpoint was
-        removed from discovery)."""
-        if up.streams:
-            return
-        if not up.closing:
-            endpoints = up.target.endpoints
-            if endpoints is None or key_of(up.endpoint) in endpoints.current().endpoints:
-                return
-            up.closing = True
-        ups = self.ups.get(key_of(up.endpoint), [])
-        if up in ups:
-            ups.remove(up)
-            if not ups:
-                del self.ups[key_of(up.endpoint)]
-            up.peer.goaway(0)
-            up.close()
+        self.ups.maybe_close(up)
 
     async def _upstream_loop(self, up: Upstream) -> None:
         reason: UpstreamError = UpstreamClosed("upstream closed the connection")
@@ -675,11 +570,7 @@ class _Mux:
 
     def _upstream_gone(self, up: Upstream, reason: UpstreamError) -> None:
         up.closing = True
-        ups = self.ups.get(key_of(up.endpoint), [])
-        if up in ups:
-            ups.remove(up)
-            if not ups:
-                del self.ups[key_of(up.endpoint)]
+        self.ups.forget(up)
         for stream in list(up.streams.values()):
             if stream.committed:
                 up.streams.pop(stream.up_id, None)
@@ -791,13 +682,12 @@ class _Mux:
 
     async def _flush(self) -> None:
         try:
-            for ups in list(self.ups.values()):
-                for up in ups:
-                    if up.peer.out:
-                        try:
-                            await up.flush()
-                        except UpstreamError:
-                            up.closing = True  # its reader sees the end and fails its streams
+            for up in self.ups.all():
+                if up.peer.out:
+                    try:
+                        await up.flush()
+                    except UpstreamError:
+                        up.closing = True  # its reader sees the end and fails its streams
             await self.down.flush()
         except ProxyError as exc:
             log.debug("outbound h2 client connection: %s", exc)
@@ -811,7 +701,7 @@ class _Mux:
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
-            links: list[_Link] = [self.down, *(u for ups in self.ups.values() for u in ups)]
+            links: list[Link] = [self.down, *self.ups.all()]
             silent = [link for link in links if now - link.last_read >= interval]
             if not silent:
                 continue

@@ -22,7 +22,7 @@ from proxy.h2peer import Peer
 from proxy.tap import TapStream
 
 if TYPE_CHECKING:
-    from proxy.h2mux import Upstream
+    from proxy.h2upstream import Upstream
     from proxy.outbound import Target
 
 __all__ = ["HOP_BY_HOP", "MuxStream", "forwardable", "grpc_status", "status_of"]
