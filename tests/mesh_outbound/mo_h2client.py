@@ -38,6 +38,8 @@ class H2Client:
         self.window_open = trio.Event()
         self.closed = False
         self.lock = trio.Lock()
+        self._pending = bytearray()
+        self.goaway: int | None = None  # the last stream id of a GOAWAY received
 
     @classmethod
     async def connect(cls, nursery: trio.Nursery, port: int) -> H2Client:
@@ -61,7 +63,7 @@ class H2Client:
                 data = b""
             if not data:
                 break
-            for event in self.conn.receive_data(data):
+            for event in self.conn.receive_data(self._without_goaway(data)):
                 answer = self.answers.get(getattr(event, "stream_id", 0))
                 if isinstance(event, h2.events.ResponseReceived) and answer is not None:
                     answer.headers = dict(event.headers)
@@ -85,6 +87,23 @@ class H2Client:
         self.closed = True
         for answer in self.answers.values():
             answer.done.set()
+
+    def _without_goaway(self, data: bytes) -> bytes:
+        """``data`` minus GOAWAY frames, which are only recorded (``goaway``): after one, h2
+        refuses every frame, also those of the streams the GOAWAY lets finish."""
+        self._pending += data
+        out = bytearray()
+        while len(self._pending) >= 9:
+            end = 9 + int.from_bytes(self._pending[:3], "big")
+            if len(self._pending) < end:
+                break
+            frame = bytes(self._pending[:end])
+            del self._pending[:end]
+            if frame[3] == 0x7:
+                self.goaway = int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF
+            else:
+                out += frame
+        return bytes(out)
 
     async def request(
         self,

@@ -279,3 +279,26 @@ async def test_a_silent_upstream_is_found_by_keepalive(
     assert answers[0].headers[b"meshlet-proxy-error"] == b"upstream_closed"
     for stream in held:
         await stream.aclose()
+
+
+async def test_draining_lets_streams_in_flight_finish_then_closes(h2mesh: H2Mesh) -> None:
+    for backend in h2mesh.backends:
+        backend.slow_seconds = 0.5
+    async with trio.open_nursery() as nursery:
+        client = await H2Client.connect(nursery, h2mesh.port)
+        answers: list[Any] = []
+
+        async def slow() -> None:
+            answers.append(await client.request("/slow"))
+
+        for _ in range(3):
+            nursery.start_soon(slow)
+        await trio.sleep(0.2)
+        h2mesh.context.lifecycle.drain()  # SIGTERM: GOAWAY to the client, streams finish
+        with trio.fail_after(5):
+            while not client.closed:
+                await trio.sleep(0.05)
+        await client.aclose()
+        assert client.goaway == 2**31 - 1  # the shutdown notice: nothing in flight refused
+    assert [a.status for a in answers] == [200, 200, 200]
+    assert h2mesh.balancer_pending() == 0
