@@ -21,6 +21,7 @@ from proxy.discovery import DiscoveryClient, DiscoverySettings
 from proxy.metrics import Metrics
 from proxy.outbound import Outbound
 from proxy.settings import Address, ProxySettings
+from proxy.tap import TapEnd, TapFilter, TapRequest, TapResponse
 from tests.destination.dst_server import (
     DESTINATION_NAME,
     DestinationProcess,
@@ -302,3 +303,20 @@ async def test_draining_lets_streams_in_flight_finish_then_closes(h2mesh: H2Mesh
         assert client.goaway == 2**31 - 1  # the shutdown notice: nothing in flight refused
     assert [a.status for a in answers] == [200, 200, 200]
     assert h2mesh.balancer_pending() == 0
+
+
+async def test_streams_are_tapped_with_their_endpoint(h2mesh: H2Mesh) -> None:
+    subscriber = h2mesh.context.tap.subscribe(TapFilter())
+    answers = await _answers(h2mesh, ["/grpc"], method="POST", body=b"x")
+    assert answers[0].status == 200
+    events = subscriber.take()
+    assert [type(e) for e in events] == [TapRequest, TapResponse, TapEnd]
+    started, response, end = events
+    assert isinstance(started, TapRequest)
+    assert isinstance(end, TapEnd)
+    assert (started.method, started.path, started.direction) == ("POST", "/grpc", "outbound")
+    ports = {f"{b.host}:{b.port}" for b in h2mesh.backends}
+    assert started.dst in ports  # the endpoint picked for this stream
+    assert isinstance(response, TapResponse)
+    assert response.status == 200
+    assert (end.grpc_status, end.error, end.response_bytes) == (0, "", 5)
