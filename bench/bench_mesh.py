@@ -6,7 +6,10 @@ meshlet-destination in local mode in a node namespace, and four pods:
 - ``meshed``: h2load -> client pod's meshlet-proxy (outbound) -> mTLS -> server pod's
   meshlet-proxy (inbound) -> nginx in the server pod; the Service VIP is in discovery, so the
   client proxy picks the endpoint and dials it with the server's identity;
-- ``direct``: h2load in an unmeshed pod -> nginx in an unmeshed pod (same bridge, no proxies).
+- ``direct``: h2load in an unmeshed pod -> nginx in an unmeshed pod (same bridge, no proxies);
+- ``per-conn`` (h2c, last): the meshed path again with the client proxy restarted with
+  ``MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM=false`` (one endpoint per connection, frames relayed
+  as on the inbound side), the same-run reference for the cost of per-stream routing.
 
 Per protocol (HTTP/1.1 and h2c, prior knowledge) and path: p50/p99 latency (h2load's per-request
 log) and each proxy's CPU (cores, /proc utime+stime over the run) and RSS at a fixed 1,000
@@ -155,6 +158,14 @@ def run(args: list[str]) -> None:
             print(f"warm-up requests the server proxy took over mTLS from the client: "
                   f"{page.total('request_total', **meshed):.0f}")  # fmt: skip
             _report(paths, runs=runs, seconds=seconds, requests=saturation_requests, root=root)
+            # h2c once more with the client proxy in per-connection mode (frame relay).
+            _restart_per_connection(mesh_node, client)
+            pod, _, url_h2, _ = paths["meshed"]
+            _h2load(pod, ["-n", "200", "-c", "2", url_h2])  # warm-up
+            pids = [client.proxy.pid, server.proxy.pid]
+            print("client proxy with MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM=false:")
+            _row("per-conn", pod, url_h2, False, pids, runs=runs, seconds=seconds,
+                 requests=saturation_requests, root=root)  # fmt: skip
         finally:
             try:
                 node.close()
@@ -182,26 +193,59 @@ def _report(
         p99s = {}
         for name, (pod, url_h1, url_h2, pids) in paths.items():
             url = url_h1 if h1 else url_h2
-            samples = [
-                _fixed_rate(
-                    pod, url, h1, seconds=seconds, pids=pids, log=root / f"log-{name}-{h1}-{index}"
-                )
-                for index in range(runs)
-            ]
-            rates = [_saturation(pod, url, h1, requests) for _ in range(runs)]
-            cores = " / ".join(
-                f"{statistics.median(s.cores[i] for s in samples):.3f}" for i in range(len(pids))
-            )
-            rss = " / ".join(
-                f"{statistics.median(s.rss_mb[i] for s in samples):.1f}" for i in range(len(pids))
-            )
-            p99s[name] = statistics.median(s.p99_ms for s in samples)
-            print(
-                f"{'http/1.1' if h1 else 'h2c':8} {name:7} "
-                f"{statistics.median(s.p50_ms for s in samples):7.2f} {p99s[name]:7.2f} "
-                f"{cores or '-':>13} {rss or '-':>11} "
-                f"{statistics.median(s.achieved for s in samples):10.0f} "
-                f"{statistics.median(rates):10.0f}",
-                flush=True,
+            p99s[name] = _row(
+                name, pod, url, h1, pids, runs=runs, seconds=seconds, requests=requests, root=root
             )
         print(f"  p99 added by the two proxies: {p99s['meshed'] - p99s['direct']:.2f} ms")
+
+
+def _row(
+    name: str,
+    pod: Any,
+    url: str,
+    h1: bool,
+    pids: list[int],
+    *,
+    runs: int,
+    seconds: int,
+    requests: int,
+    root: Path,
+) -> float:
+    """Measure and print one row; return its median p99 (ms)."""
+    samples = [
+        _fixed_rate(pod, url, h1, seconds=seconds, pids=pids, log=root / f"log-{name}-{h1}-{i}")
+        for i in range(runs)
+    ]
+    rates = [_saturation(pod, url, h1, requests) for _ in range(runs)]
+    cores = " / ".join(
+        f"{statistics.median(s.cores[i] for s in samples):.3f}" for i in range(len(pids))
+    )
+    rss = " / ".join(
+        f"{statistics.median(s.rss_mb[i] for s in samples):.1f}" for i in range(len(pids))
+    )
+    p99 = statistics.median(s.p99_ms for s in samples)
+    print(
+        f"{'http/1.1' if h1 else 'h2c':8} {name:7} "
+        f"{statistics.median(s.p50_ms for s in samples):7.2f} {p99:7.2f} "
+        f"{cores or '-':>13} {rss or '-':>11} "
+        f"{statistics.median(s.achieved for s in samples):10.0f} "
+        f"{statistics.median(rates):10.0f}",
+        flush=True,
+    )
+    return p99
+
+
+def _restart_per_connection(mesh_node: Any, client: Any) -> None:
+    """The client's proxy again, with ``MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM=false``: HTTP/2
+    picks one endpoint per connection and relays frames (the same-run reference for the cost of
+    per-stream routing)."""
+    client.proxy.stop()
+    env = {**client.env, "MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM": "false"}
+    client.proxy = client.pod.spawn(
+        [importlib.import_module("tests.harness.mesh").PROXY],
+        uid=importlib.import_module("meshlet.names").PROXY_UID,
+        env=env,
+        capture=False,
+        label="meshlet-proxy in client (per connection)",
+    )
+    mesh_node.wait_ready([client])

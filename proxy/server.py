@@ -10,8 +10,9 @@ original destination and the listen address: inbound connections go to the appli
 loopback (``127.0.0.1:<original port>``: loopback is exempt from the iptables redirect),
 outbound ones to their original destination, unless the outbound mesh client
 (``context.outbound``, ``proxy/outbound.py``) knows it: then HTTP/1 picks an endpoint per request
-(``proxy/http1mesh.py``) and HTTP/2 and opaque TCP one per connection (``_dispatch``: a ``Lease``
-becomes the ``Route``'s connector). The protocol shells only see a ``Route``.
+(``proxy/http1mesh.py``), HTTP/2 one per stream (``proxy/h2mux.py``) and opaque TCP one per
+connection (``_dispatch``: a ``Lease`` becomes the ``Route``'s connector). The protocol shells
+only see a ``Route``.
 
 Inbound mutual TLS (``proxy/tlsglue.py``): when identity is on, a connection whose first bytes
 are a ClientHello naming this proxy's identity is terminated (client certificate required) and
@@ -45,6 +46,7 @@ from proxy.context import (
 )
 from proxy.detect import Protocol, detect
 from proxy.errors import NoOriginalDestination, ProxyError
+from proxy.h2mux import serve_h2_mesh
 from proxy.http1 import serve_http1
 from proxy.http2 import serve_http2
 from proxy.metrics import TLS_DISABLED, Metrics, TcpConnection
@@ -253,11 +255,12 @@ async def _dispatch(
     if protocol is Protocol.HTTP1:
         await serve_http1(client, prefix, route, context)  # picks per request (mesh) itself
         return
+    if protocol is Protocol.HTTP2 and context.outbound is not None and route.direction == OUTBOUND:
+        await serve_h2_mesh(client, prefix, route, context)  # per stream when discovered
+        return
     lease = None
     if context.outbound is not None and route.direction == OUTBOUND:
-        # HTTP/2 and opaque TCP: one endpoint per connection (the HTTP/2 relay pairs frames of
-        # one client connection with one upstream connection; per-request HTTP/2 balancing
-        # needs a per-stream relay).
+        # Opaque TCP: one endpoint per connection.
         lease = await context.outbound.lease(route.target)
         if lease is not None:
             route = dataclasses.replace(route, connector=lease.connect, dst_labels=lease.dst_labels)

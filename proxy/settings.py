@@ -120,6 +120,11 @@ class ProxySettings:
     closed). Enough for a few hundred requests/s of short exchanges per endpoint without a
     connect each; bounded so a burst does not leave thousands of sockets open."""
 
+    outbound_http2_per_stream: bool = True
+    """Whether outbound HTTP/2 to a discovered destination is balanced per stream (each request
+    its own endpoint, route, retries: ``proxy/h2mux.py``); ``False`` picks one endpoint per client
+    connection and relays its frames (cheaper per request, balanced only across connections)."""
+
     outbound_retry_buffer_bytes: int = 65536
     """Bytes of an HTTP/1 request body kept for a retry (Linkerd's 64 KiB); a longer body is
     streamed and the request is never retried after it was sent (a failed connect still is)."""
@@ -258,6 +263,7 @@ _FIELDS: Final = {
     "OUTBOUND_FAILFAST_TIMEOUT": ("outbound_failfast_timeout", _positive_duration),
     "OUTBOUND_DISCOVERY_IDLE_TIMEOUT": ("outbound_discovery_idle_timeout", _positive_duration),
     "OUTBOUND_MAX_IDLE_PER_ENDPOINT": ("outbound_max_idle_per_endpoint", _count),
+    "OUTBOUND_HTTP2_PER_STREAM": ("outbound_http2_per_stream", _bool),
     "OUTBOUND_RETRY_BUFFER_BYTES": ("outbound_retry_buffer_bytes", _count),
     "HTTP2_KEEPALIVE_INTERVAL": ("http2_keepalive_interval", _positive_duration),
     "HTTP2_KEEPALIVE_TIMEOUT": ("http2_keepalive_timeout", _positive_duration),

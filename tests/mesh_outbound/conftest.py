@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import trio
@@ -50,7 +50,15 @@ profiles:
 """
 
 
-def render_yaml(backends: list[Backend], *, meshed: bool = False) -> str:
+class Listed(Protocol):
+    """What the YAML needs of a backend (HTTP/1 ``Backend`` or HTTP/2 ``H2Backend``)."""
+
+    name: str
+    host: str
+    port: int
+
+
+def render_yaml(backends: Sequence[Listed], *, meshed: bool = False) -> str:
     flag = str(meshed).lower()
     listed = "".join(
         f"\n      - {{address: {b.host}, port: {b.port}, pod: {b.name}, meshed: {flag}}}"
@@ -83,7 +91,7 @@ class Mesh:
     def port(self) -> int:
         return self.addresses.outbound[1]
 
-    def set_endpoints(self, backends: list[Backend], *, meshed: bool = False) -> None:
+    def set_endpoints(self, backends: Sequence[Listed], *, meshed: bool = False) -> None:
         write_yaml(self.destination.yaml_file, render_yaml(backends, meshed=meshed))
 
     def by_name(self) -> dict[str, Backend]:

@@ -1,4 +1,4 @@
-"""HTTP/2 to a discovered destination: one endpoint per connection, dst labels, failfast 503."""
+"""HTTP/2 to a discovered destination (static view, nginx): dst labels, picks, failfast 503."""
 
 from __future__ import annotations
 

@@ -55,8 +55,11 @@ def test_outbound_settings_are_read_and_validated() -> None:
             "MESHLET_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT": "1m",
             "MESHLET_PROXY_OUTBOUND_MAX_IDLE_PER_ENDPOINT": "4",
             "MESHLET_PROXY_OUTBOUND_RETRY_BUFFER_BYTES": "0",
+            "MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM": "false",
         }
     )
+    assert settings.outbound_http2_per_stream is False
+    assert load_settings({}).outbound_http2_per_stream is True
     assert settings.outbound_failfast_timeout == 0.25
     assert settings.outbound_discovery_idle_timeout == 60
     assert settings.outbound_max_idle_per_endpoint == 4
