@@ -34,6 +34,7 @@ from typing import Final, cast
 
 import trio
 
+from proxy.authz import Authorizer
 from proxy.context import (
     INBOUND,
     ORIGINAL_DESTINATION,
@@ -52,6 +53,7 @@ from proxy.mtls import ClientTlsError, NoLocalIdentity
 from proxy.mtls.transport import TransportHeaderError, parse_transport_header
 from proxy.net import Conn, format_address
 from proxy.origdst import OriginalDestinationError, original_destination
+from proxy.policy import InboundPolicy
 from proxy.settings import Address
 from proxy.tcp import splice
 from proxy.tlsglue import NOT_PROVIDED_BY_DISCOVERY, MeshTls
@@ -124,6 +126,10 @@ async def serve_proxy(
         else settings.outbound_connect_timeout
     )
     log.info("%s listener on %s", direction, bound_listen)
+    authorizer = None
+    if direction == INBOUND:
+        policy = InboundPolicy(settings.default_inbound_policy, settings.cluster_networks)
+        authorizer = Authorizer(policy, context.metrics, timeout=settings.detect_timeout)
 
     async def handle(stream: trio.SocketStream) -> None:
         await _handle(
@@ -135,6 +141,7 @@ async def serve_proxy(
             resolver=resolver,
             picker=picker,
             mesh=mesh,
+            authorizer=authorizer,
         )
 
     try:
@@ -182,6 +189,7 @@ async def _handle(
     resolver: Resolver,
     picker: EndpointPicker,
     mesh: MeshTls,
+    authorizer: Authorizer | None,
 ) -> None:
     try:
         original = resolver(stream.socket)
@@ -211,9 +219,8 @@ async def _handle(
             protocol = Protocol.OPAQUE
         elif direction == INBOUND and protocol is Protocol.TLS and mesh.enabled:
             client, protocol, prefix = await _terminate_tls(client, prefix, mesh, context, original)
-        if not client.stats.labels:
-            _open_record(client, metrics, direction, original)
-        await _dispatch(protocol, client, prefix, route, context)
+        if await _admitted(client, protocol, prefix, metrics, direction, original, authorizer):
+            await _dispatch(protocol, client, prefix, route, context)
     except (ClientTlsError, NoLocalIdentity, TransportHeaderError) as exc:
         # A refused meshed connection is news (a misconfigured or hostile peer): say why.
         log.info(
@@ -232,6 +239,22 @@ async def _handle(
         if not client.stats.labels:
             _open_record(client, metrics, direction, original)
         client.close()
+
+
+async def _admitted(  # noqa: PLR0917 (the connection's state, passed on)
+    client: Conn,
+    protocol: Protocol,
+    prefix: bytes,
+    metrics: Metrics,
+    direction: str,
+    original: tuple[str, int],
+    authorizer: Authorizer | None,
+) -> bool:
+    """Open the connection's metric record (its TLS state is final now), then apply the inbound
+    policy, decided once from that state (``proxy/authz.py``); False: refused and answered."""
+    if not client.stats.labels:
+        _open_record(client, metrics, direction, original)
+    return authorizer is None or await authorizer.check(client, protocol, prefix, original)
 
 
 def _plaintext_route(

@@ -15,7 +15,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from meshlet import __version__
-from meshlet.names import CONFIG_ANNOTATION_PREFIX, DEFAULT_OPAQUE_PORTS, PROXY_UID
+from meshlet.names import (
+    CONFIG_ANNOTATION_PREFIX,
+    DEFAULT_INBOUND_POLICY,
+    DEFAULT_OPAQUE_PORTS,
+    INBOUND_POLICIES,
+    PROXY_UID,
+)
 
 __all__ = [
     "LOG_LEVELS",
@@ -23,6 +29,7 @@ __all__ = [
     "ConfigValueError",
     "ProxyConfig",
     "parse_image",
+    "parse_inbound_policy",
     "parse_log_level",
     "parse_ports",
     "parse_quantity",
@@ -106,6 +113,13 @@ def parse_log_level(text: str) -> str:
     return text
 
 
+def parse_inbound_policy(text: str) -> str:
+    """The proxy's default inbound policy (Linkerd's values, docs/mesh-tls.md)."""
+    if text not in INBOUND_POLICIES:
+        raise ConfigValueError(f"{text!r} is not one of {', '.join(INBOUND_POLICIES)}")
+    return text
+
+
 def parse_uid(text: str) -> int:
     """A non-root user id: the proxy must not be root, and iptables exempts exactly this uid."""
     try:
@@ -134,6 +148,7 @@ class ProxyConfig:
     skip_outbound_ports: str = ""
     opaque_ports: str = ",".join(map(str, DEFAULT_OPAQUE_PORTS))
     proxy_uid: int = PROXY_UID
+    default_inbound_policy: str = DEFAULT_INBOUND_POLICY
 
 
 # annotation setting name -> (ProxyConfig field, parser)
@@ -150,6 +165,7 @@ _OVERRIDES: dict[str, tuple[str, _Parser]] = {
     "skip-outbound-ports": ("skip_outbound_ports", parse_ports),
     "opaque-ports": ("opaque_ports", parse_ports),
     "proxy-uid": ("proxy_uid", parse_uid),
+    "default-inbound-policy": ("default_inbound_policy", parse_inbound_policy),
 }
 OVERRIDE_NAMES = tuple(_OVERRIDES)
 assert {field for field, _ in _OVERRIDES.values()} == {f.name for f in fields(ProxyConfig)}

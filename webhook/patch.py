@@ -143,6 +143,7 @@ def _proxy_env(inbound_ports: str, config: ProxyConfig, mesh: MeshParams) -> lis
         _env("OUTBOUND_CONNECT_TIMEOUT", "1s"),
         _env("SHUTDOWN_GRACE_PERIOD", "30s"),
         _env("SHUTDOWN_ENDPOINT_ENABLED", "false"),
+        _env("DEFAULT_INBOUND_POLICY", config.default_inbound_policy),
         _env("IDENTITY_DIR", IDENTITY_DIR),
         _env("IDENTITY_TOKEN_FILE", f"{TOKEN_DIR}/{TOKEN_FILE_NAME}"),
     ]
