@@ -118,7 +118,11 @@ async def _run(  # noqa: PLR0917 (run_proxy's arguments, passed on)
     lifecycle = context.lifecycle
     async with trio.open_nursery() as process:
         admin = await process.start(functools.partial(serve_admin, context, mesh=mesh))
-        tap_address = None if tap is None else await process.start(serve_tap, context.tap, tap)
+        tap_address = None
+        if tap is not None:
+            tls = None if mesh.identity is None else mesh.identity.tap_server_context
+            serve = functools.partial(serve_tap, context.tap, tap, tls_context=tls)
+            tap_address = await process.start(serve)
         process.start_soon(_watch_signals, lifecycle, process.cancel_scope)
         if mesh.identity is not None:
             log.info("identity %s: waiting for the first certificate", mesh.local_name)

@@ -283,7 +283,7 @@ _FIELDS: Final = {
     "SERVICE_ACCOUNT": ("service_account", _text),
 }
 # Read by other parts of the mesh (tap, identity, discovery): kept in ``extra`` silently.
-_KNOWN_ELSEWHERE: Final = ("TAP_LISTEN_ADDR", "IDENTITY_", "DESTINATION_")
+_KNOWN_ELSEWHERE: Final = ("TAP_", "IDENTITY_", "DESTINATION_")
 
 
 def unknown_variables(settings: ProxySettings) -> list[str]:

@@ -120,6 +120,7 @@ class IdentityClient:
         self._csr = build_csr(self._key, settings.local_name)
         self._anchors = x509.load_pem_x509_certificates(settings.trust_anchors_pem.encode())
         self._current: _Contexts | None = None
+        self._tap: tuple[_Contexts, ssl.SSLContext] | None = None
         self._alpn = list(alpn_protocols)
 
     # -- what the proxy uses ------------------------------------------------------------------
@@ -141,6 +142,23 @@ class IdentityClient:
     def client_context(self) -> ssl.SSLContext:
         """For meshed connections out; wrap with ``server_hostname=<peer identity>``."""
         return self._get().client
+
+    def tap_server_context(self) -> ssl.SSLContext | None:
+        """For the tap listener (``proxy/tapserver.py``): our certificate, a client certificate
+        verified when sent but optional (a client without one is judged by its address).
+        Built on first use after each renewal; ``None`` before the first certificate."""
+        current = self._current
+        if current is None:
+            return None
+        if self._tap is None or self._tap[0] is not current:
+            directory = self.settings.identity_dir
+            context = server_context(
+                self.settings.trust_anchors_pem, directory / "crt.pem", directory / "key.p8"
+            )
+            context.verify_mode = ssl.CERT_OPTIONAL
+            context.num_tickets = 0
+            self._tap = (current, context)
+        return self._tap[1]
 
     def _get(self) -> _Contexts:
         if self._current is None:
