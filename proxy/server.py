@@ -49,8 +49,8 @@ from proxy.errors import NoOriginalDestination, ProxyError
 from proxy.http1 import serve_http1
 from proxy.http2 import serve_http2
 from proxy.metrics import TLS_DISABLED, Metrics, TcpConnection
-from proxy.mtls import ClientTlsError, NoLocalIdentity
-from proxy.mtls.transport import TransportHeaderError, parse_transport_header
+from proxy.mtls import MeshTlsError
+from proxy.mtls.transport import TransportHeaderError, read_transport_header
 from proxy.net import Conn, format_address
 from proxy.origdst import OriginalDestinationError, original_destination
 from proxy.policy import InboundPolicy
@@ -221,7 +221,7 @@ async def _handle(
             client, protocol, prefix = await _terminate_tls(client, prefix, mesh, context, original)
         if await _admitted(client, protocol, prefix, metrics, direction, original, authorizer):
             await _dispatch(protocol, client, prefix, route, context)
-    except (ClientTlsError, NoLocalIdentity, TransportHeaderError) as exc:
+    except MeshTlsError as exc:
         # A refused meshed connection is news (a misconfigured or hostile peer): say why.
         log.info(
             "%s connection from %s refused (%s): %s",
@@ -334,16 +334,9 @@ async def _accept_transport(  # noqa: PLR0917 (the connection's state, passed on
     if meshed is None:
         raise TransportHeaderError("a connection to the proxy port that is not mTLS to this proxy")
     _open_record(meshed, context.metrics, INBOUND, original)
-    data = b""
-    with trio.move_on_after(context.settings.detect_timeout):
-        while (parsed := parse_transport_header(data)) is None:
-            chunk = await meshed.receive()
-            if not chunk:
-                break
-            data += chunk
-    if parsed is None:
-        raise TransportHeaderError(f"no transport header from {meshed.peer_id}")
-    port, rest = parsed
+    port, rest = await read_transport_header(
+        meshed.receive, b"", timeout=context.settings.detect_timeout
+    )
     if port == original[1]:
         raise TransportHeaderError(f"the transport header names the proxy's own port {port}")
     route = Route(INBOUND, ("127.0.0.1", port), context.settings.inbound_connect_timeout)
