@@ -79,7 +79,9 @@ class Authorizer:
         )
         port = original[1]
         if protocol is Protocol.HTTP1:
-            await self._refuse_http1(client, prefix, verdict, port)
+            if not await self._refuse_http1(client, prefix, verdict, port):
+                # No request head arrived (or not a valid one): nothing to answer, closed.
+                self.counters.deny_tcp(port, verdict.reason, client.tls_labels)
         elif protocol is Protocol.HTTP2:
             error = Unauthorized(f"unauthorized: {verdict.text}")
 
@@ -93,7 +95,8 @@ class Authorizer:
             self.counters.deny_tcp(port, verdict.reason, client.tls_labels)
         return False
 
-    async def _refuse_http1(self, client: Conn, prefix: bytes, verdict: Verdict, port: int) -> None:
+    async def _refuse_http1(self, client: Conn, prefix: bytes, verdict: Verdict, port: int) -> bool:
+        """Answer the first request 403; False when no request head arrived to answer."""
         server = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
         server.receive_data(prefix)
         authority = b""
@@ -102,16 +105,16 @@ class Authorizer:
                 try:
                     event = server.next_event()
                 except h11.RemoteProtocolError:
-                    return  # not HTTP after all: nothing to answer, the connection closes
+                    return False  # not HTTP after all
                 if event is h11.NEED_DATA:
                     server.receive_data(await client.receive())
                     continue
                 if not isinstance(event, h11.Request):
-                    return
+                    return False
                 authority = next((v for n, v in event.headers if n == b"host"), b"")
                 break
         if server.their_state is not h11.SEND_BODY and server.their_state is not h11.DONE:
-            return  # no request head within the timeout
+            return False  # no request head within the timeout
         labels = self._metrics.http_labels("inbound", authority, tls=client.tls_labels)
         self._metrics.request(labels)
         self.counters.deny_http(port, verdict.reason, client.tls_labels)
@@ -130,6 +133,7 @@ class Authorizer:
         self._metrics.response_headers(labels, Unauthorized.status, 0.0)
         self._metrics.response_end(labels, Unauthorized.status, classify(Unauthorized.status, None))
         await _drain(client)
+        return True
 
 
 async def _drain(client: Conn) -> None:

@@ -71,6 +71,17 @@ async def test_all_authenticated_refuses_plaintext_http_and_admits_meshed_client
     ) in metrics, metrics
     assert re.search(r'response_total\{direction="inbound",[^}]*status_code="403"', metrics)
     assert re.search(r'request_total\{direction="inbound",[^}]*tls="true"', metrics)
+    # A request head that never completes: nothing to answer; closed and counted as TCP.
+    stream = await trio.open_tcp_stream(*server.inbound)
+    async with stream:
+        await stream.send_all(b"GET /headers HTTP/1.1\r\nhost: x\r\n")
+        await stream.send_eof()
+        with trio.fail_after(15):
+            assert await stream.receive_some(1024) == b""
+    assert (
+        f'inbound_tcp_authz_deny_total{{direction="inbound",srv_port="{app_port}",'
+        f'policy="all-authenticated",reason="unauthenticated",{PLAIN}}} 1'
+    ) in await server.metrics()
 
 
 async def test_all_authenticated_refuses_plaintext_http2(
