@@ -147,6 +147,8 @@ def _proxy_env(inbound_ports: str, config: ProxyConfig, mesh: MeshParams) -> lis
         _env("IDENTITY_DIR", IDENTITY_DIR),
         _env("IDENTITY_TOKEN_FILE", f"{TOKEN_DIR}/{TOKEN_FILE_NAME}"),
     ]
+    if config.tap_authorized_identities:
+        env.append(_env("TAP_AUTHORIZED_IDENTITIES", config.tap_authorized_identities))
     if mesh.trust_anchors_pem is not None:
         env.append(_env("IDENTITY_TRUST_ANCHORS", mesh.trust_anchors_pem))
     env += [
