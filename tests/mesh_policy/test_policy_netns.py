@@ -17,6 +17,7 @@ while the meshed client gets through, over mTLS, on both ports.
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 from collections.abc import Iterator
@@ -103,16 +104,20 @@ def _curl(member: MeshPod, url: str) -> tuple[int, dict[str, str], str]:
 
 
 def _echo(member: MeshPod, address: tuple[str, int]) -> bytes:
-    """Send a line and half-close; everything read back until the connection ends."""
+    """Send a line and half-close; everything read back until the connection ends (a refused
+    connection may already be closed, even reset, when the line is sent)."""
     received = b""
     with member.pod.connect(address, timeout=10) as sock:
-        sock.sendall(b"ping over tcp\n")
-        sock.shutdown(socket.SHUT_WR)
         try:
+            sock.sendall(b"ping over tcp\n")
+            sock.shutdown(socket.SHUT_WR)
             while chunk := sock.recv(65536):
                 received += chunk
-        except ConnectionResetError:
+        except (BrokenPipeError, ConnectionResetError):
             pass
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
     return received
 
 
