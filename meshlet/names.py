@@ -11,12 +11,15 @@ from typing import Final
 __all__ = [
     "ANNOTATION_DOMAIN",
     "CONFIG_ANNOTATION_PREFIX",
+    "DEFAULT_CLUSTER_NETWORKS",
     "DEFAULT_CONTROL_PLANE_NS",
+    "DEFAULT_INBOUND_POLICY",
     "DEFAULT_OPAQUE_PORTS",
     "DEFAULT_TRUST_DOMAIN",
     "DESTINATION_PORT",
     "IDENTITY_PORT",
     "IDENTITY_TOKEN_AUDIENCE",
+    "INBOUND_POLICIES",
     "INJECT_ANNOTATION",
     "INJECT_LABEL",
     "PROXY_ADMIN_PORT",
@@ -57,6 +60,24 @@ PROXY_INIT_CONTAINER_NAME: Final = "meshlet-init"
 
 # Server-speaks-first protocols whose ports skip protocol detection (Linkerd's default list).
 DEFAULT_OPAQUE_PORTS: Final = (25, 587, 3306, 4444, 5432, 6379, 9300, 11211)
+
+# The proxy's default inbound policy (Linkerd's config.linkerd.io/default-inbound-policy values,
+# without ``audit``) and the networks the ``cluster-*`` policies accept (Linkerd's default).
+INBOUND_POLICIES: Final = (
+    "all-unauthenticated",
+    "all-authenticated",
+    "cluster-unauthenticated",
+    "cluster-authenticated",
+    "deny",
+)
+DEFAULT_INBOUND_POLICY: Final = "all-unauthenticated"
+DEFAULT_CLUSTER_NETWORKS: Final = (
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fd00::/8",
+)
 
 
 def workload_identity(

@@ -10,6 +10,10 @@ serves loopback clients only, so run it in the pod or through
     end id=3:1 proxy=in src=10.0.0.9:4100 dst=10.0.0.2:80 tls=true duration=25µs response-length=2B
 
 ``-o wide`` adds the scheme and the TLS identities; ``-o json`` prints the server's NDJSON as is.
+
+From outside the pod, tap over mTLS with a mesh certificate whose identity the proxy lists in
+``MESHLET_PROXY_TAP_AUTHORIZED_IDENTITIES``: ``--cert``/``--key`` (PEM), ``--cacert`` (the
+mesh's trust anchors) and ``--identity`` (the proxy's own identity, checked on its certificate).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import io
 import json
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Iterator
 from typing import Final
@@ -126,7 +131,50 @@ def _arguments() -> argparse.ArgumentParser:
         help=f"most requests per second to show ({DEFAULT_MAX_RPS:g})",
     )
     parser.add_argument("-o", "--output", choices=("wide", "json"), help="output format")
+    tls = parser.add_argument_group(
+        "mTLS", "tap from outside the pod with an authorized mesh identity"
+    )
+    tls.add_argument("--cert", help="client certificate chain (PEM) carrying your mesh identity")
+    tls.add_argument("--key", help="its private key (PEM)")
+    tls.add_argument("--cacert", help="the mesh's trust anchors (PEM)")
+    tls.add_argument(
+        "--identity",
+        help="the proxy's mesh identity; its certificate must carry it (default: any identity "
+        "under --cacert)",
+    )
     return parser
+
+
+class _MeshConnection(http.client.HTTPConnection):
+    """HTTP over TLS whose server name is a mesh identity, not the address dialled."""
+
+    def __init__(
+        self, host: str, port: int, *, context: ssl.SSLContext, identity: str | None
+    ) -> None:
+        super().__init__(host, port, timeout=_CONNECT_TIMEOUT)
+        self._context = context
+        self._identity = identity
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._identity)
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The client context for ``--cert``/``--key``/``--cacert``, or None (plaintext)."""
+    given = [args.cert, args.key, args.cacert]
+    if not any(given) and args.identity is None:
+        return None
+    if not all(given):
+        raise TapCommandError("--cert, --key and --cacert go together (mTLS)")
+    try:
+        context = ssl.create_default_context(cafile=args.cacert)
+        context.load_cert_chain(args.cert, args.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TapCommandError(f"cannot load the TLS files: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = args.identity is not None
+    return context
 
 
 def _query(args: argparse.Namespace) -> str:
@@ -145,9 +193,15 @@ def _query(args: argparse.Namespace) -> str:
     return urlencode(params)
 
 
-def _open(host: str, port: int, query: str) -> http.client.HTTPResponse:
+def _open(
+    host: str, port: int, query: str, tls: tuple[ssl.SSLContext, str | None] | None = None
+) -> http.client.HTTPResponse:
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    connection = http.client.HTTPConnection(host, port, timeout=_CONNECT_TIMEOUT)
+    connection = (
+        http.client.HTTPConnection(host, port, timeout=_CONNECT_TIMEOUT)
+        if tls is None
+        else _MeshConnection(host, port, context=tls[0], identity=tls[1])
+    )
     try:
         connection.request("GET", f"/tap?{query}", headers={"accept": "application/x-ndjson"})
         response = connection.getresponse()
@@ -159,6 +213,12 @@ def _open(host: str, port: int, query: str) -> http.client.HTTPResponse:
         raise TapCommandError(f"{where} did not answer within {_CONNECT_TIMEOUT:g}s") from None
     except socket.gaierror as exc:
         raise TapCommandError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise TapCommandError(
+            f"{where}'s certificate is not trusted: {exc.verify_message}"
+        ) from None
+    except ssl.SSLError as exc:
+        raise TapCommandError(f"TLS with {where} failed: {exc.reason or exc}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise TapCommandError(f"cannot reach {where}: {exc}") from None
     if response.status != 200:
@@ -196,7 +256,9 @@ def _run(args: argparse.Namespace) -> None:
         host, port = parse_target(args.address)
     except ValueError as exc:
         raise TapCommandError(str(exc)) from None
-    response = _open(host, port, _query(args))
+    context = _tls_context(args)
+    tls = None if context is None else (context, args.identity)
+    response = _open(host, port, _query(args), tls)
     for line, record in _records(response):
         if args.output == "json":
             sys.stdout.write(line.decode("utf-8", "replace").rstrip("\n") + "\n")

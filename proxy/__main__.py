@@ -52,7 +52,14 @@ from proxy.settings import (
 from proxy.tapserver import TapSettings, load_tap_settings, serve_tap
 from proxy.tlsglue import MeshTls, load_mesh_tls
 
-__all__ = ["ProxyAddresses", "load_discovery", "main", "run_proxy", "set_up_logging"]
+__all__ = [
+    "ProxyAddresses",
+    "check_policy",
+    "load_discovery",
+    "main",
+    "run_proxy",
+    "set_up_logging",
+]
 
 log = logging.getLogger("proxy")
 _LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
@@ -116,7 +123,11 @@ async def _run(  # noqa: PLR0917 (run_proxy's arguments, passed on)
     lifecycle = context.lifecycle
     async with trio.open_nursery() as process:
         admin = await process.start(functools.partial(serve_admin, context, mesh=mesh))
-        tap_address = None if tap is None else await process.start(serve_tap, context.tap, tap)
+        tap_address = None
+        if tap is not None:
+            tls = None if mesh.identity is None else mesh.identity.tap_server_context
+            serve = functools.partial(serve_tap, context.tap, tap, tls_context=tls)
+            tap_address = await process.start(serve)
         process.start_soon(_watch_signals, lifecycle, process.cancel_scope)
         if mesh.identity is not None:
             log.info("identity %s: waiting for the first certificate", mesh.local_name)
@@ -181,6 +192,7 @@ def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver
         settings = load_settings(os.environ)
         tap = load_tap_settings(settings)
         mesh = load_mesh_tls(settings)
+        check_policy(settings, mesh)
         discovery = load_discovery(settings)
     except SettingsError as exc:
         print(f"meshlet-proxy: {exc}", file=sys.stderr)
@@ -201,6 +213,17 @@ def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver
         log.error("cannot listen: %s", bind_error)
         return 1
     return 0
+
+
+def check_policy(settings: ProxySettings, mesh: MeshTls) -> None:
+    """``SettingsError`` when the inbound policy requires client identities while this proxy
+    has none configured: no client could ever be admitted, surely a mistake."""
+    policy = settings.default_inbound_policy
+    if policy.value.endswith("-authenticated") and not mesh.enabled:
+        raise SettingsError(
+            f"{PREFIX}DEFAULT_INBOUND_POLICY={policy.value} requires identity "
+            f"({PREFIX}IDENTITY_*): without it no client can authenticate"
+        )
 
 
 def load_discovery(settings: ProxySettings) -> DiscoverySettings | None:

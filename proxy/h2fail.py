@@ -8,6 +8,8 @@ again. Request headers are validated by h2 like any server's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import h2.events as ev
 import h2.exceptions
 from h2.config import H2Configuration
@@ -28,8 +30,10 @@ async def serve_h2_errors(
     *,
     direction: str,
     metrics: Metrics,
+    on_request: Callable[[], None] | None = None,
 ) -> None:
-    """No upstream: answer each request with ``exc``'s status, then GOAWAY, then close."""
+    """No upstream: answer each request with ``exc``'s status, then GOAWAY, then close.
+    ``on_request`` is called for each request answered (the inbound policy counts them)."""
     h2c = H2Connection(H2Configuration(client_side=False, header_encoding=None))
     h2c.initiate_connection()
     data = prefix
@@ -46,6 +50,8 @@ async def serve_h2_errors(
                 metrics.response_headers(labels, exc.status, 0.0)
                 metrics.response_end(labels, exc.status, "failure")
                 _send_error(h2c, event.stream_id, exc)
+                if on_request is not None:
+                    on_request()
                 answered = event.stream_id
         out = h2c.data_to_send()
         if answered:

@@ -35,6 +35,7 @@ from typing import Final, cast
 
 import trio
 
+from proxy.authz import Authorizer
 from proxy.context import (
     INBOUND,
     ORIGINAL_DESTINATION,
@@ -50,10 +51,11 @@ from proxy.h2mux import serve_h2_mesh
 from proxy.http1 import serve_http1
 from proxy.http2 import serve_http2
 from proxy.metrics import TLS_DISABLED, Metrics, TcpConnection
-from proxy.mtls import ClientTlsError, NoLocalIdentity
-from proxy.mtls.transport import TransportHeaderError, parse_transport_header
+from proxy.mtls import MeshTlsError
+from proxy.mtls.transport import TransportHeaderError, read_transport_header
 from proxy.net import Conn, format_address
 from proxy.origdst import OriginalDestinationError, original_destination
+from proxy.policy import InboundPolicy
 from proxy.settings import Address
 from proxy.tcp import splice
 from proxy.tlsglue import NOT_PROVIDED_BY_DISCOVERY, MeshTls
@@ -126,6 +128,10 @@ async def serve_proxy(
         else settings.outbound_connect_timeout
     )
     log.info("%s listener on %s", direction, bound_listen)
+    authorizer = None
+    if direction == INBOUND:
+        policy = InboundPolicy(settings.default_inbound_policy, settings.cluster_networks)
+        authorizer = Authorizer(policy, context.metrics, timeout=settings.detect_timeout)
 
     async def handle(stream: trio.SocketStream) -> None:
         await _handle(
@@ -137,6 +143,7 @@ async def serve_proxy(
             resolver=resolver,
             picker=picker,
             mesh=mesh,
+            authorizer=authorizer,
         )
 
     try:
@@ -184,6 +191,7 @@ async def _handle(
     resolver: Resolver,
     picker: EndpointPicker,
     mesh: MeshTls,
+    authorizer: Authorizer | None,
 ) -> None:
     try:
         original = resolver(stream.socket)
@@ -213,10 +221,9 @@ async def _handle(
             protocol = Protocol.OPAQUE
         elif direction == INBOUND and protocol is Protocol.TLS and mesh.enabled:
             client, protocol, prefix = await _terminate_tls(client, prefix, mesh, context, original)
-        if not client.stats.labels:
-            _open_record(client, metrics, direction, original)
-        await _dispatch(protocol, client, prefix, route, context)
-    except (ClientTlsError, NoLocalIdentity, TransportHeaderError) as exc:
+        if await _admitted(client, protocol, prefix, metrics, direction, original, authorizer):
+            await _dispatch(protocol, client, prefix, route, context)
+    except MeshTlsError as exc:
         # A refused meshed connection is news (a misconfigured or hostile peer): say why.
         log.info(
             "%s connection from %s refused (%s): %s",
@@ -234,6 +241,22 @@ async def _handle(
         if not client.stats.labels:
             _open_record(client, metrics, direction, original)
         client.close()
+
+
+async def _admitted(  # noqa: PLR0917 (the connection's state, passed on)
+    client: Conn,
+    protocol: Protocol,
+    prefix: bytes,
+    metrics: Metrics,
+    direction: str,
+    original: tuple[str, int],
+    authorizer: Authorizer | None,
+) -> bool:
+    """Open the connection's metric record (its TLS state is final now), then apply the inbound
+    policy, decided once from that state (``proxy/authz.py``); False: refused and answered."""
+    if not client.stats.labels:
+        _open_record(client, metrics, direction, original)
+    return authorizer is None or await authorizer.check(client, protocol, prefix, original)
 
 
 def _plaintext_route(
@@ -314,16 +337,9 @@ async def _accept_transport(  # noqa: PLR0917 (the connection's state, passed on
     if meshed is None:
         raise TransportHeaderError("a connection to the proxy port that is not mTLS to this proxy")
     _open_record(meshed, context.metrics, INBOUND, original)
-    data = b""
-    with trio.move_on_after(context.settings.detect_timeout):
-        while (parsed := parse_transport_header(data)) is None:
-            chunk = await meshed.receive()
-            if not chunk:
-                break
-            data += chunk
-    if parsed is None:
-        raise TransportHeaderError(f"no transport header from {meshed.peer_id}")
-    port, rest = parsed
+    port, rest = await read_transport_header(
+        meshed.receive, b"", timeout=context.settings.detect_timeout
+    )
     if port == original[1]:
         raise TransportHeaderError(f"the transport header names the proxy's own port {port}")
     route = Route(INBOUND, ("127.0.0.1", port), context.settings.inbound_connect_timeout)

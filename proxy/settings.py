@@ -20,6 +20,13 @@ from typing import Final
 from meshlet import names
 from meshlet.durations import DurationError, parse_duration
 from meshlet.logs import LogFormat
+from proxy.policy import (
+    DEFAULT_CLUSTER_NETWORKS,
+    DefaultInboundPolicy,
+    Network,
+    parse_cluster_networks,
+    parse_policy,
+)
 
 __all__ = [
     "Address",
@@ -135,6 +142,15 @@ class ProxySettings:
     http2_keepalive_timeout: float = 3.0
     """Seconds to wait for the PING's acknowledgement before closing the connection as dead
     (Linkerd's 3 s)."""
+
+    default_inbound_policy: DefaultInboundPolicy = DefaultInboundPolicy.ALL_UNAUTHENTICATED
+    """Who may reach the application through the inbound listener (``proxy/policy.py``,
+    docs/mesh-tls.md "Inbound policy"). Linkerd's default, ``all-unauthenticated``: a mesh must
+    not break unmeshed clients until the operator says so."""
+
+    cluster_networks: tuple[Network, ...] = DEFAULT_CLUSTER_NETWORKS
+    """Client networks the ``cluster-*`` policies accept (Linkerd's default: the private
+    ranges, where pod and node addresses live)."""
 
     log_level: str = "info"
     """trace, debug, info, warn or error."""
@@ -267,6 +283,8 @@ _FIELDS: Final = {
     "OUTBOUND_RETRY_BUFFER_BYTES": ("outbound_retry_buffer_bytes", _count),
     "HTTP2_KEEPALIVE_INTERVAL": ("http2_keepalive_interval", _positive_duration),
     "HTTP2_KEEPALIVE_TIMEOUT": ("http2_keepalive_timeout", _positive_duration),
+    "DEFAULT_INBOUND_POLICY": ("default_inbound_policy", parse_policy),
+    "CLUSTER_NETWORKS": ("cluster_networks", parse_cluster_networks),
     "LOG_LEVEL": ("log_level", _log_level),
     "LOG_FORMAT": ("log_format", _log_format),
     "POD_NAME": ("pod_name", _text),
@@ -276,7 +294,7 @@ _FIELDS: Final = {
     "WORKLOAD": ("workload", _text),
 }
 # Read by other parts of the mesh (tap, identity, discovery): kept in ``extra`` silently.
-_KNOWN_ELSEWHERE: Final = ("TAP_LISTEN_ADDR", "IDENTITY_", "DESTINATION_")
+_KNOWN_ELSEWHERE: Final = ("TAP_", "IDENTITY_", "DESTINATION_")
 
 
 def unknown_variables(settings: ProxySettings) -> list[str]:

@@ -1,9 +1,16 @@
 """The tap server (4190): ``GET /tap?<filters>`` streams the proxy's live requests as NDJSON.
 
 ``decide`` is the pure part (method, target, who asks → a ``TapQuery`` or a refusal with its
-status); ``serve_tap`` is the Trio/h11 shell. Only loopback clients may tap (403 otherwise):
-until authorization by mTLS identity exists, whoever can reach a pod's loopback (its own
-containers, ``kubectl port-forward``) is who may see its traffic. One line per event
+status); ``serve_tap`` is the Trio/h11 shell. Who may tap (403 otherwise), as Linkerd's rule
+that tap is served only to the identity in ``LINKERD2_PROXY_TAP_SVC_NAME``:
+
+- a client that proved a mesh identity over mTLS (a connection starting with a TLS handshake,
+  terminated with this proxy's certificate, client certificate verified against the trust
+  anchors) when that identity is in ``MESHLET_PROXY_TAP_AUTHORIZED_IDENTITIES``;
+- a plaintext (or certificate-less TLS) client on loopback: whoever can reach a pod's loopback
+  (its own containers, ``kubectl port-forward``).
+
+One line per event
 (``proxy.tap.encode_event``); a ``lost`` line reports the subscriber's cumulative ``dropped`` and
 ``rate_limited`` counts whenever they change. The session ends when the client closes its end.
 
@@ -14,34 +21,38 @@ Query parameters (each at most once): ``direction`` (``inbound``/``outbound``), 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
-from dataclasses import dataclass
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import parse_qsl
 
 import h11
 import trio
 
 from meshlet import names
+from proxy.identity.tls import peer_identity
+from proxy.mtls.streams import PrefixedStream
 from proxy.settings import PREFIX, Address, ProxySettings, SettingsError, parse_address
-from proxy.tap import (
-    DEFAULT_MAX_RPS,
-    MAX_RPS_LIMIT,
-    Subscriber,
-    TapFilter,
-    TapHub,
-    TapLimitError,
-    encode_event,
+from proxy.tap import Subscriber, TapHub, TapLimitError, encode_event
+from proxy.tapdecide import (
+    TapQuery,
+    TapRefusal,
+    decide,
+    is_loopback,
+    parse_identities,
+    parse_tap_query,
 )
 
 __all__ = [
     "TapQuery",
     "TapRefusal",
     "TapSettings",
+    "TapTlsContext",
     "decide",
     "load_tap_settings",
+    "parse_identities",
     "parse_tap_query",
     "serve_tap",
 ]
@@ -49,13 +60,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _MAX_REQUEST: Final = 8192  # bytes of request head; the tap takes no body
-_MAX_VALUE: Final = 1024  # longest filter value
-_PARAMETERS: Final = frozenset({"direction", "authority", "path", "method", "status", "max_rps"})
-_DIRECTIONS: Final = frozenset({"inbound", "outbound"})
-_STATUS_CLASSES: Final = {f"{n}xx": n for n in range(1, 6)}
 _TEXT: Final = b"text/plain; charset=utf-8"
 _NDJSON: Final = b"application/x-ndjson"
 _DEFAULT_LISTEN: Final = Address("0.0.0.0", names.PROXY_TAP_PORT)  # noqa: S104
+_TLS_HANDSHAKE: Final = 0x16  # the first byte of a TLS record carrying a ClientHello
+TapTlsContext = Callable[[], ssl.SSLContext | None]
+"""The server context for mTLS tap clients (``IdentityClient.tap_server_context``: this proxy's
+certificate, client certificates verified but optional); ``None`` while there is no certificate."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,126 +79,38 @@ class TapSettings:
     write_timeout: float = 30.0
     """Seconds one write may block on a client that stopped reading before the session ends
     (meanwhile its buffer fills and events are dropped, never the proxy slowed)."""
+    authorized_identities: frozenset[str] = field(default_factory=frozenset)
+    """``MESHLET_PROXY_TAP_AUTHORIZED_IDENTITIES``: mesh identities that may tap over mTLS from
+    anywhere (Linkerd's ``LINKERD2_PROXY_TAP_SVC_NAME``, as a list). Empty: loopback only."""
 
 
 def load_tap_settings(settings: ProxySettings) -> TapSettings:
     """The tap's settings from the proxy's (``settings.extra``: ``ProxySettings`` leaves
-    ``TAP_LISTEN_ADDR`` to the tap); ``SettingsError`` names a bad variable."""
+    ``TAP_*`` to the tap); ``SettingsError`` names a bad variable."""
+    values: dict[str, object] = {}
     text = settings.extra.get("TAP_LISTEN_ADDR")
-    if text is None:
-        return TapSettings()
-    try:
-        return TapSettings(listen=parse_address(text))
-    except ValueError as exc:
-        raise SettingsError(f"{PREFIX}TAP_LISTEN_ADDR: {exc}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class TapQuery:
-    filter: TapFilter
-    max_rps: float
-
-
-@dataclass(frozen=True, slots=True)
-class TapRefusal:
-    status: int
-    message: str
-
-
-class _QueryError(ValueError):
-    pass
-
-
-def parse_tap_query(query: str) -> TapQuery:
-    """``direction=inbound&path=/api`` → the filter and rate; ``ValueError`` says what is wrong."""
-    try:
-        pairs = parse_qsl(
-            query,
-            keep_blank_values=True,
-            strict_parsing=bool(query),
-            max_num_fields=len(_PARAMETERS),
-        )
-    except ValueError as exc:
-        raise _QueryError(f"malformed query string: {exc}") from None
-    values: dict[str, str] = {}
-    for key, value in pairs:
-        if key not in _PARAMETERS:
-            raise _QueryError(f"unknown parameter {key!r}; known: {', '.join(sorted(_PARAMETERS))}")
-        if key in values:
-            raise _QueryError(f"parameter {key!r} given twice")
-        if not value or len(value) > _MAX_VALUE:
-            raise _QueryError(f"parameter {key!r} must have 1 to {_MAX_VALUE} characters")
-        values[key] = value
-    direction = values.get("direction")
-    if direction is not None and direction not in _DIRECTIONS:
-        raise _QueryError("direction must be inbound or outbound")
-    path = values.get("path")
-    if path is not None and not path.startswith("/"):
-        raise _QueryError("path must start with /")
-    method = values.get("method")
-    if method is not None and not (method.isascii() and method.isalpha()):
-        raise _QueryError("method must be letters, such as GET")
-    status = values.get("status")
-    if status is not None and status.lower() not in _STATUS_CLASSES:
-        raise _QueryError("status must be a class: 1xx, 2xx, 3xx, 4xx or 5xx")
-    authority = values.get("authority")
-    tap_filter = TapFilter(
-        direction=direction,
-        authority=authority.lower().encode() if authority is not None else None,
-        path_prefix=path.encode() if path is not None else None,
-        method=method.upper().encode() if method is not None else None,
-        status_class=_STATUS_CLASSES[status.lower()] if status is not None else None,
-    )
-    return TapQuery(tap_filter, _max_rps(values.get("max_rps")))
-
-
-def _max_rps(text: str | None) -> float:
-    if text is None:
-        return DEFAULT_MAX_RPS
-    try:
-        rate = float(text)
-    except ValueError:
-        raise _QueryError(f"max_rps {text!r} is not a number") from None
-    if not 0 < rate <= MAX_RPS_LIMIT:  # also rejects nan
-        raise _QueryError(f"max_rps must be more than 0 and at most {MAX_RPS_LIMIT:g}")
-    return rate
-
-
-def decide(method: bytes, target: bytes, *, peer_loopback: bool) -> TapQuery | TapRefusal:
-    """What the tap server does with ``method target`` from a (non-)loopback peer."""
-    path, _, query = target.partition(b"?")
-    if not peer_loopback:
-        return TapRefusal(403, "tap is only served to clients on loopback")
-    if path != b"/tap":
-        return TapRefusal(404, "not found; the tap is GET /tap")
-    if method != b"GET":
-        return TapRefusal(405, "method not allowed; use GET")
-    try:
-        return parse_tap_query(query.decode("ascii"))
-    except UnicodeDecodeError:
-        return TapRefusal(400, "the query string must be ASCII (percent-encoded)")
-    except ValueError as exc:
-        return TapRefusal(400, str(exc))
-
-
-def _is_loopback(address: object) -> bool:
-    try:
-        host = address[0] if isinstance(address, tuple) else str(address)
-        ip = ipaddress.ip_address(host)
-    except (ValueError, IndexError):
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
+    if text is not None:
+        try:
+            values["listen"] = parse_address(text)
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}TAP_LISTEN_ADDR: {exc}") from None
+    text = settings.extra.get("TAP_AUTHORIZED_IDENTITIES")
+    if text is not None:
+        try:
+            values["authorized_identities"] = parse_identities(text)
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}TAP_AUTHORIZED_IDENTITIES: {exc}") from None
+    return TapSettings(**values)  # type: ignore[arg-type]
 
 
 async def serve_tap(
     hub: TapHub,
     settings: TapSettings,
     *,
+    tls_context: TapTlsContext | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the tap until cancelled."""
+    """Serve the tap until cancelled; ``tls_context`` (identity on) lets mTLS clients in."""
     listeners = await trio.open_tcp_listeners(settings.listen.port, host=settings.listen.host)
     bound = listeners[0].socket.getsockname()
     log.info("tap listener on %s:%s", bound[0], bound[1])
@@ -195,7 +118,7 @@ async def serve_tap(
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
-            await _serve_connection(stream, hub, settings)
+            await _serve_connection(stream, hub, settings, tls_context)
         except (trio.TooSlowError, trio.BrokenResourceError, OSError, h11.ProtocolError) as exc:
             log.debug("tap connection ended: %s", exc)
         except Exception:
@@ -207,58 +130,105 @@ async def serve_tap(
     await trio.serve_listeners(handle, listeners)
 
 
-async def _serve_connection(stream: trio.SocketStream, hub: TapHub, settings: TapSettings) -> None:
+@dataclass(slots=True)
+class _Client:
+    """One tap connection: the stream to speak HTTP on (TLS or not) and who is at the end."""
+
+    stream: trio.abc.Stream
+    peer: tuple[str, int]
+    client_id: str | None = None
+
+
+async def _accept(
+    stream: trio.SocketStream, tls_context: TapTlsContext | None
+) -> tuple[_Client, bytes] | None:
+    """Read the first bytes; a TLS handshake is terminated (client certificate optional, verified
+    when sent). ``None``: the client closed, or sent TLS this proxy cannot serve."""
+    peer = stream.socket.getpeername()
+    client = _Client(stream, (str(peer[0]), int(peer[1])))
+    first = bytes(await stream.receive_some(_MAX_REQUEST))
+    if not first or first[0] != _TLS_HANDSHAKE:
+        return (client, first) if first else None
+    context = tls_context() if tls_context is not None else None
+    if context is None:
+        log.info("TLS tap connection from %s:%s: no certificate to serve it with", *client.peer)
+        return None
+    tls = trio.SSLStream(PrefixedStream(first, stream), context, server_side=True)
+    try:
+        await tls.do_handshake()
+    except trio.BrokenResourceError as exc:
+        log.info("TLS tap connection from %s:%s refused: %s", *client.peer, exc.__cause__ or exc)
+        return None
+    client.stream = tls
+    client.client_id = peer_identity(tls)
+    return client, b""
+
+
+async def _serve_connection(
+    stream: trio.SocketStream,
+    hub: TapHub,
+    settings: TapSettings,
+    tls_context: TapTlsContext | None,
+) -> None:
     connection = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_REQUEST)
     try:
         with trio.fail_after(settings.request_timeout):
-            request = await _read_request(stream, connection)
+            accepted = await _accept(stream, tls_context)
+            if accepted is None:
+                return
+            client, first = accepted
+            if first:  # b"" would tell h11 the client closed
+                connection.receive_data(first)
+            request = await _read_request(client.stream, connection)
     except h11.RemoteProtocolError as exc:
-        await _refuse(
-            stream, connection, TapRefusal(exc.error_status_hint, "malformed HTTP/1.1 request")
-        )
+        refusal = TapRefusal(exc.error_status_hint, "malformed HTTP/1.1 request")
+        await _refuse(client.stream, connection, refusal)
         return
     if request is None:
         return
     decision = decide(
-        request.method, request.target, peer_loopback=_is_loopback(stream.socket.getpeername())
+        request.method,
+        request.target,
+        peer_loopback=is_loopback(client.peer),
+        client_id=client.client_id,
+        authorized=settings.authorized_identities,
     )
     if isinstance(decision, TapRefusal):
-        await _refuse(stream, connection, decision)
+        if decision.status == 403:
+            who = client.client_id or "no mesh identity"
+            log.info("tap refused to %s:%s (%s): %s", *client.peer, who, decision.message)
+        await _refuse(client.stream, connection, decision)
         return
     try:
         subscriber = hub.subscribe(decision.filter, max_rps=decision.max_rps)
     except TapLimitError as exc:
-        await _refuse(stream, connection, TapRefusal(503, str(exc)))
+        await _refuse(client.stream, connection, TapRefusal(503, str(exc)))
         return
-    peer = stream.socket.getpeername()
-    log.info("tap session from %s:%s: %s", peer[0], peer[1], request.target.decode("ascii"))
+    who = f" ({client.client_id})" if client.client_id else ""
+    target = request.target.decode("ascii")
+    log.info("tap session from %s:%s%s: %s", *client.peer, who, target)
     try:
-        await _stream_events(stream, connection, subscriber, settings)
+        await _stream_events(client.stream, connection, subscriber, settings)
     finally:
         hub.unsubscribe(subscriber)
         log.info(
             "tap session from %s:%s ended (%d dropped, %d rate-limited)",
-            peer[0],
-            peer[1],
+            *client.peer,
             subscriber.dropped,
             subscriber.rate_limited,
         )
 
 
-async def _read_request(
-    stream: trio.SocketStream, connection: h11.Connection
-) -> h11.Request | None:
+async def _read_request(stream: trio.abc.Stream, connection: h11.Connection) -> h11.Request | None:
     while True:
         event = connection.next_event()
         if event is h11.NEED_DATA:
-            connection.receive_data(await stream.receive_some(_MAX_REQUEST))
+            connection.receive_data(bytes(await stream.receive_some(_MAX_REQUEST)))
             continue
         return event if isinstance(event, h11.Request) else None
 
 
-async def _refuse(
-    stream: trio.SocketStream, connection: h11.Connection, refusal: TapRefusal
-) -> None:
+async def _refuse(stream: trio.abc.Stream, connection: h11.Connection, refusal: TapRefusal) -> None:
     body = f"{refusal.message}\n".encode()
     headers = [
         (b"content-type", _TEXT),
@@ -285,7 +255,7 @@ class _Waker:
 
 
 async def _stream_events(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     connection: h11.Connection,
     subscriber: Subscriber,
     settings: TapSettings,
@@ -323,7 +293,7 @@ async def _stream_events(
                 return
 
 
-async def _cancel_on_client_close(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+async def _cancel_on_client_close(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
     """The client sends nothing after its request: any read result means it is gone."""
     try:
         while await stream.receive_some(_MAX_REQUEST):

@@ -55,7 +55,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-NO_TLS_FROM_REMOTE: Final = 'tls="no_identity",no_tls_reason="no_tls_from_remote"'
+NO_TLS_FROM_REMOTE: Final = TlsLabels.plaintext(NoTlsReason.NO_TLS_FROM_REMOTE).text
 """Inbound, identity on: the client spoke plaintext (or TLS for the application), Linkerd's."""
 NOT_PROVIDED_BY_DISCOVERY: Final = TlsLabels.plaintext(
     NoTlsReason.NOT_PROVIDED_BY_SERVICE_DISCOVERY

@@ -15,14 +15,22 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from meshlet import __version__
-from meshlet.names import CONFIG_ANNOTATION_PREFIX, DEFAULT_OPAQUE_PORTS, PROXY_UID
+from meshlet.names import (
+    CONFIG_ANNOTATION_PREFIX,
+    DEFAULT_INBOUND_POLICY,
+    DEFAULT_OPAQUE_PORTS,
+    INBOUND_POLICIES,
+    PROXY_UID,
+)
 
 __all__ = [
     "LOG_LEVELS",
     "OVERRIDE_NAMES",
     "ConfigValueError",
     "ProxyConfig",
+    "parse_identities",
     "parse_image",
+    "parse_inbound_policy",
     "parse_log_level",
     "parse_ports",
     "parse_quantity",
@@ -106,6 +114,26 @@ def parse_log_level(text: str) -> str:
     return text
 
 
+def parse_inbound_policy(text: str) -> str:
+    """The proxy's default inbound policy (Linkerd's values, docs/mesh-tls.md)."""
+    if text not in INBOUND_POLICIES:
+        raise ConfigValueError(f"{text!r} is not one of {', '.join(INBOUND_POLICIES)}")
+    return text
+
+
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_IDENTITY = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+
+
+def parse_identities(text: str) -> str:
+    """Comma-separated mesh identities (DNS names) -> the canonical list (lower case, sorted)."""
+    names = sorted({item.strip().lower() for item in text.split(",") if item.strip()})
+    for name in names:
+        if len(name) > 253 or not _IDENTITY.match(name):
+            raise ConfigValueError(f"{name!r} is not a mesh identity (a DNS name)")
+    return ",".join(names)
+
+
 def parse_uid(text: str) -> int:
     """A non-root user id: the proxy must not be root, and iptables exempts exactly this uid."""
     try:
@@ -134,6 +162,8 @@ class ProxyConfig:
     skip_outbound_ports: str = ""
     opaque_ports: str = ",".join(map(str, DEFAULT_OPAQUE_PORTS))
     proxy_uid: int = PROXY_UID
+    default_inbound_policy: str = DEFAULT_INBOUND_POLICY
+    tap_authorized_identities: str = ""
 
 
 # annotation setting name -> (ProxyConfig field, parser)
@@ -150,6 +180,8 @@ _OVERRIDES: dict[str, tuple[str, _Parser]] = {
     "skip-outbound-ports": ("skip_outbound_ports", parse_ports),
     "opaque-ports": ("opaque_ports", parse_ports),
     "proxy-uid": ("proxy_uid", parse_uid),
+    "default-inbound-policy": ("default_inbound_policy", parse_inbound_policy),
+    "tap-authorized-identities": ("tap_authorized_identities", parse_identities),
 }
 OVERRIDE_NAMES = tuple(_OVERRIDES)
 assert {field for field, _ in _OVERRIDES.values()} == {f.name for f in fields(ProxyConfig)}

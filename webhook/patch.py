@@ -155,9 +155,12 @@ def _proxy_env(
         _env("OUTBOUND_CONNECT_TIMEOUT", "1s"),
         _env("SHUTDOWN_GRACE_PERIOD", "30s"),
         _env("SHUTDOWN_ENDPOINT_ENABLED", "false"),
+        _env("DEFAULT_INBOUND_POLICY", config.default_inbound_policy),
         _env("IDENTITY_DIR", IDENTITY_DIR),
         _env("IDENTITY_TOKEN_FILE", f"{TOKEN_DIR}/{TOKEN_FILE_NAME}"),
     ]
+    if config.tap_authorized_identities:
+        env.append(_env("TAP_AUTHORIZED_IDENTITIES", config.tap_authorized_identities))
     if mesh.trust_anchors_pem is not None:
         env.append(_env("IDENTITY_TRUST_ANCHORS", mesh.trust_anchors_pem))
     env += [

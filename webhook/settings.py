@@ -18,7 +18,9 @@ from meshlet.names import DEFAULT_CONTROL_PLANE_NS, DEFAULT_TRUST_DOMAIN, WEBHOO
 from webhook.config import (
     ConfigValueError,
     ProxyConfig,
+    parse_identities,
     parse_image,
+    parse_inbound_policy,
     parse_log_level,
     parse_ports,
     parse_quantity,
@@ -152,6 +154,8 @@ _PROXY: dict[str, tuple[str, _Parser]] = {
     "SKIP_OUTBOUND_PORTS": ("skip_outbound_ports", parse_ports),
     "OPAQUE_PORTS": ("opaque_ports", parse_ports),
     "UID": ("proxy_uid", parse_uid),
+    "DEFAULT_INBOUND_POLICY": ("default_inbound_policy", parse_inbound_policy),
+    "TAP_AUTHORIZED_IDENTITIES": ("tap_authorized_identities", parse_identities),
 }
 ENV_NAMES = tuple(ENV_PREFIX + n for n in _TOP) + tuple(ENV_PREFIX + "PROXY_" + n for n in _PROXY)
 

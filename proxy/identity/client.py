@@ -1,12 +1,14 @@
 """The proxy's identity client (Trio): obtain a certificate, keep it fresh, hand out TLS contexts.
 
 Theory of operation: ``IdentityClient.run`` makes one ECDSA P-256 key in memory and a CSR for
-``local_name``, then loops forever: read the token file (fresh each time, kubelet rotates it),
-``POST /v1/certify`` over HTTPS to the identity service (verified against the trust anchors under
-the service's own identity), check the answer, write key and chain into the memory-backed identity
-directory (Python's ssl loads files only), build new server and client contexts, set ``ready``,
-and sleep until 70% of the remaining lifetime. Every failure is logged (never the token) and
-retried with jittered exponential backoff; a certificate already held keeps serving meanwhile.
+``local_name`` (in a short-lived worker process, ``proxy/identity/keywork.py``, so the proxy
+never loads ``cryptography``), then loops forever: read the token file (fresh each time, kubelet
+rotates it), ``POST /v1/certify`` over HTTPS to the identity service (verified against the trust
+anchors under the service's own identity), check the answer (in the worker too), write key and
+chain into the memory-backed identity directory (Python's ssl loads files only), build new server
+and client contexts, set ``ready``, and sleep until 70% of the remaining lifetime. Every failure
+is logged (never the token) and retried with jittered exponential backoff; a certificate already
+held keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -22,17 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
+from proxy.identity.keywork import (
+    KeyMaterial,
+    KeyWork,
+    accept_in_worker,
+    keygen_in_worker,
+    run_keywork,
+)
 from proxy.identity.protocol import (
     Certified,
     CertifyExchange,
     IdentityClientError,
     TransportError,
-    accept_answer,
-    build_csr,
     refresh_delay,
 )
 from proxy.identity.settings import IdentityClientSettings
@@ -108,18 +112,20 @@ class IdentityClient:
         transport: Transport = https_transport,
         wall_clock: Callable[[], float] = time.time,
         alpn_protocols: Sequence[str] = (),
+        keywork: KeyWork = run_keywork,
     ) -> None:
-        """``alpn_protocols`` (e.g. ``["h2", "http/1.1"]``) is set on every context built."""
+        """``alpn_protocols`` (e.g. ``["h2", "http/1.1"]``) is set on every context built;
+        ``keywork`` runs the key and certificate checks (a worker process by default)."""
+        self._keywork = keywork
         self.settings = settings
         self.ready = trio.Event()
         self.renewals = 0
         self.failures = 0
         self._transport = transport
         self._wall_clock = wall_clock
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        self._csr = build_csr(self._key, settings.local_name)
-        self._anchors = x509.load_pem_x509_certificates(settings.trust_anchors_pem.encode())
+        self._key: KeyMaterial | None = None
         self._current: _Contexts | None = None
+        self._tap: tuple[_Contexts, ssl.SSLContext] | None = None
         self._alpn = list(alpn_protocols)
 
     # -- what the proxy uses ------------------------------------------------------------------
@@ -141,6 +147,23 @@ class IdentityClient:
     def client_context(self) -> ssl.SSLContext:
         """For meshed connections out; wrap with ``server_hostname=<peer identity>``."""
         return self._get().client
+
+    def tap_server_context(self) -> ssl.SSLContext | None:
+        """For the tap listener (``proxy/tapserver.py``): our certificate, a client certificate
+        verified when sent but optional (a client without one is judged by its address).
+        Built on first use after each renewal; ``None`` before the first certificate."""
+        current = self._current
+        if current is None:
+            return None
+        if self._tap is None or self._tap[0] is not current:
+            directory = self.settings.identity_dir
+            context = server_context(
+                self.settings.trust_anchors_pem, directory / "crt.pem", directory / "key.p8"
+            )
+            context.verify_mode = ssl.CERT_OPTIONAL
+            context.num_tickets = 0
+            self._tap = (current, context)
+        return self._tap[1]
 
     def _get(self) -> _Contexts:
         if self._current is None:
@@ -165,23 +188,27 @@ class IdentityClient:
 
     async def certify_once(self) -> Certified:
         """One attempt; raises ``IdentityClientError`` (all of which are worth retrying)."""
-        status, body = await self._transport(self.settings, self._csr, self._read_token())
-        certified = accept_answer(
-            status, body, key=self._key, identity=self.settings.local_name, anchors=self._anchors
+        if self._key is None:  # once per process: the key lives as long as the proxy
+            self._key = await keygen_in_worker(self.settings.local_name, run=self._keywork)
+        key = self._key
+        status, body = await self._transport(self.settings, key.csr_pem, self._read_token())
+        certified = await accept_in_worker(
+            status,
+            body,
+            key=key,
+            identity=self.settings.local_name,
+            anchors_pem=self.settings.trust_anchors_pem,
+            run=self._keywork,
         )
-        self._install(certified)
+        self._install(key, certified)
         return certified
 
-    def _install(self, certified: Certified) -> None:
+    def _install(self, key: KeyMaterial, certified: Certified) -> None:
         directory = self.settings.identity_dir
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             key_file, cert_file = directory / "key.p8", directory / "crt.pem"
-            _write(key_file, self._key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ), 0o600)  # fmt: skip
+            _write(key_file, key.key_pem, 0o600)
             _write(cert_file, certified.chain_pem(), 0o644)
             anchors = self.settings.trust_anchors_pem
             server = server_context(anchors, cert_file, key_file)

@@ -6,6 +6,10 @@ gives what to send; ``receive_data(chunk)`` is fed what arrives and returns the 
 ``accept_answer`` turns a 200 body into ``Certified`` after checking that the leaf is for our
 key and our name and chains to the trust anchors, and any other status into ``CertifyRefused``.
 The refresh schedule (70% of the remaining lifetime, clamped) is here too.
+
+``build_csr`` and ``accept_answer`` need ``cryptography``, which they import when called: the
+proxy calls them only in its short-lived worker process (``proxy/identity/keywork.py``), so the
+proxy itself never loads that library (about 11 MB of RSS).
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import datetime
 import itertools
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import h11
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = [
     "CertifyExchange",
@@ -47,7 +52,7 @@ class CertifyRefused(IdentityClientError):
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(f"HTTP {status} {reason}: {message}")
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.message = status, reason, message
 
 
 class InvalidAnswer(IdentityClientError):
@@ -56,17 +61,27 @@ class InvalidAnswer(IdentityClientError):
 
 @dataclass(frozen=True, slots=True)
 class Certified:
-    leaf: x509.Certificate
-    chain: tuple[x509.Certificate, ...]
+    """A verified certificate: the leaf and its intermediates as PEM, and its expiry."""
+
+    pem: bytes
     valid_until: datetime.datetime
 
     def chain_pem(self) -> bytes:
-        certificates = (self.leaf, *self.chain)
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+        return self.pem
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        """The parsed leaf (loads ``cryptography``: for tests and tools, not the proxy)."""
+        from cryptography import x509  # noqa: PLC0415 (kept out of the proxy process)
+
+        return x509.load_pem_x509_certificate(self.pem)
 
 
 def build_csr(key: ec.EllipticCurvePrivateKey, identity: str) -> str:
     """A PEM CSR whose only SAN is ``identity`` (and no subject, so no CN to disagree)."""
+    from cryptography import x509  # noqa: PLC0415 (kept out of the proxy process)
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([]))
@@ -130,6 +145,8 @@ class CertifyExchange:
 def _chains(
     leaf: x509.Certificate, chain: list[x509.Certificate], anchors: list[x509.Certificate]
 ) -> bool:
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 (see build_csr)
+
     path = [leaf, *chain]
     try:
         for child, parent in itertools.pairwise(path):
@@ -150,11 +167,16 @@ def accept_answer(
     status: int,
     body: bytes,
     *,
-    key: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey,
     identity: str,
     anchors: list[x509.Certificate],
 ) -> Certified:
-    """The certificate in a 200 answer, verified; ``CertifyRefused`` / ``InvalidAnswer`` else."""
+    """The certificate in a 200 answer, verified; ``CertifyRefused`` / ``InvalidAnswer`` else.
+    ``key`` is ours (the private key or just its public half)."""
+    from cryptography import x509  # noqa: PLC0415 (see build_csr)
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
     try:
         document = json.loads(body)
     except ValueError:
@@ -175,11 +197,13 @@ def accept_answer(
         raise InvalidAnswer("the answer is not a certificate and its chain") from None
     if list(sans) != [x509.DNSName(identity)]:
         raise InvalidAnswer(f"the certificate is not for {identity}")
-    if leaf.public_key() != key.public_key():
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    if leaf.public_key() != public:
         raise InvalidAnswer("the certificate is not for our key")
     if not _chains(leaf, chain, anchors):
         raise InvalidAnswer("the certificate does not chain to the trust anchors")
-    return Certified(leaf=leaf, chain=tuple(chain), valid_until=leaf.not_valid_after_utc)
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, *chain))
+    return Certified(pem=pem, valid_until=leaf.not_valid_after_utc)
 
 
 def refresh_delay(

@@ -6,11 +6,10 @@ refresh clamps) have Linkerd's values and are not meant to be set by operators.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
 
 from meshlet.names import IDENTITY_PORT, control_plane_identity
 
@@ -52,11 +51,7 @@ class IdentityClientSettings:
     max_response_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
-        try:
-            anchors = x509.load_pem_x509_certificates(self.trust_anchors_pem.encode())
-        except ValueError:
-            anchors = []
-        if not anchors:
+        if not _count_certificates(self.trust_anchors_pem):
             raise IdentitySettingsError(f"{_PREFIX}TRUST_ANCHORS holds no PEM certificate")
         if not self.local_name:
             raise IdentitySettingsError(f"{_PREFIX}LOCAL_NAME is required")
@@ -83,3 +78,14 @@ class IdentityClientSettings:
             raise IdentitySettingsError(f"{_PREFIX}SVC_ADDR={addr!r}: expected host:port")
         values["svc_host"], values["svc_port"] = host.strip("[]"), int(port)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _count_certificates(pem: str) -> int:
+    """How many certificates OpenSSL reads from ``pem`` (the ``ssl`` module, not
+    ``cryptography``: the proxy process never imports it, docs/performance.md "proxy memory")."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError):
+        return 0
+    return int(context.cert_store_stats()["x509"])

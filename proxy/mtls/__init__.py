@@ -23,6 +23,7 @@ from proxy.mtls.conn import TlsConn
 from proxy.mtls.errors import (
     ClientTlsError,
     ClientTlsHandshakeFailed,
+    MeshTlsError,
     NoClientCertificate,
     NoLocalIdentity,
     PeerIdentityMismatch,
@@ -69,6 +70,7 @@ __all__ = [
     "InboundTlsAction",
     "InboundTlsDecision",
     "MalformedClientHello",
+    "MeshTlsError",
     "MtlsSettings",
     "NoClientCertificate",
     "NoLocalIdentity",

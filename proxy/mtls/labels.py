@@ -48,7 +48,7 @@ class NoTlsReason(enum.Enum):
 
     DISABLED = "disabled"
     """This proxy runs without identity."""
-    NOT_PROVIDED_BY_REMOTE = "not_provided_by_remote"
+    NO_TLS_FROM_REMOTE = "no_tls_from_remote"
     """Inbound: the client spoke plaintext, or TLS addressed to the application (passed through)."""
     NOT_PROVIDED_BY_SERVICE_DISCOVERY = "not_provided_by_service_discovery"
     """Outbound: discovery did not say the endpoint is meshed (no identity to expect)."""

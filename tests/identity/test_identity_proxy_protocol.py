@@ -26,6 +26,7 @@ from proxy.identity import (
     TransportError,
     refresh_delay,
 )
+from proxy.identity.keywork import run_in_process
 from proxy.identity.protocol import CertifyExchange, accept_answer, build_csr
 
 from .pki import NOW, as_issuer, make_ca, pem
@@ -222,7 +223,9 @@ async def test_renewal_schedule_and_backoff_on_a_fake_clock(
         backoff_min=1.0,
         backoff_max=4.0,
     )
-    client = IdentityClient(settings, transport=transport, wall_clock=wall_clock)
+    client = IdentityClient(
+        settings, transport=transport, wall_clock=wall_clock, keywork=run_in_process
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
         await trio.sleep(0.01)

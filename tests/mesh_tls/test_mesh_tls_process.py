@@ -98,7 +98,8 @@ def test_process_with_discovery_configured_still_reaches_unknown_destinations(
 ) -> None:
     """With ``MESHLET_PROXY_DESTINATION_*`` set the process runs the discovery client; while the
     destination service does not answer, destinations go to their original address."""
-    ports = {name: free_port() for name in ("ADMIN", "INBOUND", "OUTBOUND")}
+    # Every listener on a free port (the tap's default 4190 may be taken on a shared machine).
+    ports = {name: free_port() for name in ("ADMIN", "INBOUND", "OUTBOUND", "TAP")}
     variables = identity_service.variables(WEB)
     variables["DESTINATION_SVC_ADDR"] = f"127.0.0.1:{free_port()}"  # nothing listens there
     log = tmp_path / "proxy.log"

@@ -18,8 +18,8 @@ import pytest
 import trio
 
 from proxy.identity import IdentityClient, IdentityClientSettings
-from proxy.mtls import MESH_ALPN
-from proxy.mtls.transport import MeshedOpaqueRoute
+from proxy.mtls import MESH_ALPN, connect_meshed
+from proxy.mtls.transport import encode_transport_header
 from proxy.tap import Subscriber, TapFilter, TapRequest
 from tests.identity.conftest import PKI, start_identity, stop
 from tests.mtls.conftest import foreign_identity
@@ -302,16 +302,6 @@ async def test_opaque_port_over_mtls_with_the_transport_header(
     client = await start_mesh_proxy(("127.0.0.1", 9), identity_service.variables(WEB))
     await server.wait_ready()
     await client.wait_ready()
-    assert client.mesh.identity is not None
-    route = MeshedOpaqueRoute(
-        "outbound",
-        ("127.0.0.1", app_port),
-        5.0,
-        server_id=DB,
-        identity=client.mesh.identity,
-        mtls=client.mesh.settings,
-        proxy_port=proxy_port,
-    )
     via_hook = functools.partial(
         client.mesh.connect_endpoint,
         ("127.0.0.1", app_port),
@@ -321,8 +311,8 @@ async def test_opaque_port_over_mtls_with_the_transport_header(
         direction="outbound",
         opaque_transport_port=proxy_port,
     )
-    for connect in (functools.partial(route.connect, client.context.metrics), via_hook):
-        conn = await connect()
+    for _ in range(2):
+        conn = await via_hook()
         try:
             with trio.fail_after(10):
                 assert await conn.receive() == b"220 ready\n"  # no detection wait for it
@@ -342,6 +332,29 @@ async def test_opaque_port_over_mtls_with_the_transport_header(
         await stream.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         with trio.fail_after(10):
             assert await stream.receive_some(100) == b""
+    # mTLS to the proxy's identity, but no valid header, or one naming the proxy's own port:
+    # closed, and the application sees nothing.
+    assert client.mesh.identity is not None
+    for header in (b"\x00meshlet.io/nope" + b"." * 8, encode_transport_header(proxy_port)):
+        tls = await connect_meshed(
+            ("127.0.0.1", proxy_port), DB, client.mesh.identity, settings=client.mesh.settings
+        )
+        try:
+            await tls.send_all(header)
+            with trio.fail_after(10):
+                assert await _read_to_end(tls) == b""
+        finally:
+            await trio.aclose_forcefully(tls)
+
+
+async def _read_to_end(stream: trio.abc.ReceiveStream) -> bytes:
+    data = b""
+    try:
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    except trio.BrokenResourceError:
+        pass
+    return data
 
 
 async def _echo_once(stream: trio.SocketStream, payload: bytes) -> None:

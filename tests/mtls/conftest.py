@@ -21,6 +21,7 @@ from identity.ca import Issuer, create_issuer, create_trust_anchor, sign_leaf
 from identity.pemfiles import certificate_pem, private_key_pem
 from meshlet.names import workload_identity
 from proxy.identity import IdentityClient, IdentityClientSettings
+from proxy.identity.keywork import KeyWork, run_keywork
 from proxy.mtls import MESH_ALPN
 from tests.identity.conftest import PKI, free_port, start_identity, stop
 from tests.identity.pki import make_ca, pem, write_issuer_files
@@ -38,8 +39,18 @@ class Identity:
     token_file: Path
     log_file: Path
 
-    def client(self, tmp_path: Path, name: str, token: str, **extra: object) -> IdentityClient:
-        """An identity client for ``name`` (not running yet), offering the mesh's ALPN."""
+    def client(
+        self,
+        tmp_path: Path,
+        name: str,
+        token: str,
+        *,
+        keywork: KeyWork = run_keywork,
+        **extra: object,
+    ) -> IdentityClient:
+        """An identity client for ``name`` (not running yet), offering the mesh's ALPN.
+        ``keywork=run_in_process`` skips the worker process (for 2 s certificates, where its
+        start-up is a noticeable part of the lifetime)."""
         directory = tmp_path / name.split(".", maxsplit=1)[0]
         directory.mkdir(parents=True, exist_ok=True)
         token_file = directory / "token"
@@ -57,7 +68,7 @@ class Identity:
             **extra,
         }
         settings = IdentityClientSettings(**values)  # type: ignore[arg-type]
-        return IdentityClient(settings, alpn_protocols=MESH_ALPN)
+        return IdentityClient(settings, alpn_protocols=MESH_ALPN, keywork=keywork)
 
     def logs(self) -> str:
         return self.log_file.read_text(errors="replace")

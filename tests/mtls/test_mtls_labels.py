@@ -7,7 +7,8 @@ import ssl
 import pytest
 import trio
 
-from proxy.errors import ClientError, ProxyConfigError, UpstreamError
+from proxy.errors import ClientError, ProxyConfigError, ProxyError, UpstreamError
+from proxy.metrics import TLS_DISABLED
 from proxy.mtls import (
     CLIENT_ID_HEADER,
     MtlsSettings,
@@ -18,8 +19,19 @@ from proxy.mtls import (
     outbound_failure,
     strip_client_id,
 )
-from proxy.mtls.errors import NoLocalIdentity
+from proxy.mtls.errors import (
+    ClientTlsHandshakeFailed,
+    MeshTlsError,
+    NoClientCertificate,
+    NoLocalIdentity,
+    PeerIdentityMismatch,
+    TlsHandshakeFailed,
+    TransportHeaderError,
+    UntrustedClient,
+    UntrustedPeer,
+)
 from proxy.settings import SettingsError, load_settings
+from proxy.tlsglue import NO_TLS_FROM_REMOTE
 
 from .conftest import ADMIN, DB, WEB
 
@@ -44,8 +56,8 @@ def test_tls_labels() -> None:
     assert TlsLabels.inbound_meshed(WEB).text == f'tls="true",client_id="{WEB}"'
     assert TlsLabels.outbound_meshed(DB).text == f'tls="true",server_id="{DB}"'
     assert (
-        TlsLabels.plaintext(NoTlsReason.NOT_PROVIDED_BY_REMOTE).text
-        == 'tls="no_identity",no_tls_reason="not_provided_by_remote"'
+        TlsLabels.plaintext(NoTlsReason.NO_TLS_FROM_REMOTE).text
+        == 'tls="no_identity",no_tls_reason="no_tls_from_remote"'
     )
     assert TlsLabels.inbound_meshed('a"b\\c').text == 'tls="true",client_id="a\\"b\\\\c"'
 
@@ -121,3 +133,30 @@ def test_inbound_failures_are_the_clients_fault_and_named(error: BaseException, 
 def test_no_local_identity_is_ours_and_transient() -> None:
     assert issubclass(NoLocalIdentity, ProxyConfigError)
     assert (NoLocalIdentity.slug, NoLocalIdentity.status) == ("no_local_identity", 503)
+
+
+def test_one_definition_of_each_plaintext_label() -> None:
+    assert TlsLabels.plaintext(NoTlsReason.NO_TLS_FROM_REMOTE).text == NO_TLS_FROM_REMOTE
+    assert TlsLabels.plaintext(NoTlsReason.DISABLED).text == TLS_DISABLED
+    assert NoTlsReason.NO_TLS_FROM_REMOTE.value == "no_tls_from_remote"  # Linkerd's name
+
+
+@pytest.mark.parametrize(
+    ("error", "slug", "side", "status"),
+    [
+        (TlsHandshakeFailed, "tls_handshake_failed", UpstreamError, 502),
+        (ClientTlsHandshakeFailed, "tls_handshake_failed", ClientError, 400),
+        (UntrustedPeer, "untrusted_peer", UpstreamError, 502),
+        (UntrustedClient, "untrusted_peer", ClientError, 400),
+        (PeerIdentityMismatch, "identity_mismatch", UpstreamError, 502),
+        (NoClientCertificate, "no_client_certificate", ClientError, 400),
+        (TransportHeaderError, "transport_header_invalid", ClientError, 400),
+        (NoLocalIdentity, "no_local_identity", ProxyConfigError, 503),
+    ],
+)
+def test_refusals_share_one_base(
+    error: type[ProxyError], slug: str, side: type[ProxyError], status: int
+) -> None:
+    assert issubclass(error, MeshTlsError)
+    assert issubclass(error, side)
+    assert (error.slug, error.status) == (slug, status)

@@ -8,6 +8,7 @@ connecting through its own veth address is not on loopback either, and is refuse
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from collections.abc import Iterator
@@ -15,11 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from meshlet.names import workload_identity
 from tests.harness.netns import Netns
+from tests.identity.pki import make_ca, write_issuer_files
+from tests.tap.conftest import MESHLET
+from tests.tap.tappki import leaf_files
 
 APP = str(Path(__file__).with_name("tap_app.py"))
 REPO = str(Path(__file__).parents[2])
 SERVER_IP, CLIENT_IP = "10.254.90.1", "10.254.90.2"
+WEB = workload_identity("web", "shop")
+DB = workload_identity("db", "shop")
+ADMIN = workload_identity("admin", "kube-system")
+REFUSED = "tap is only served to clients on loopback or with an authorized mesh identity (mTLS)\n"
 
 
 @pytest.fixture
@@ -63,10 +72,10 @@ def test_only_loopback_clients_may_tap(namespaces: tuple[Netns, Netns]) -> None:
     server.wait_for_port(("127.0.0.1", port))
 
     code, body = curl(client, f"http://{SERVER_IP}:{port}/tap")
-    assert (code, body) == ("403", "tap is only served to clients on loopback\n")
+    assert (code, body) == ("403", REFUSED)
 
     code, body = curl(server, f"http://{SERVER_IP}:{port}/tap")  # own veth address
-    assert (code, body) == ("403", "tap is only served to clients on loopback\n")
+    assert (code, body) == ("403", REFUSED)
 
     # On loopback the stream flows (curl stops it after --max-time, hence status 200 and
     # a partial body; the events are whole lines).
@@ -75,3 +84,42 @@ def test_only_loopback_clients_may_tap(namespaces: tuple[Netns, Netns]) -> None:
     events = [json.loads(line) for line in body.splitlines() if line]
     assert events
     assert {event["path"] for event in events if event["event"] == "request"} == {"/synthetic"}
+
+
+@pytest.mark.root
+def test_remote_clients_tap_only_with_an_authorized_identity(
+    namespaces: tuple[Netns, Netns], tmp_path: Path
+) -> None:
+    """From another namespace (never loopback): mTLS with an authorized identity streams; another
+    identity, TLS without a client certificate and plaintext all get 403."""
+    server, client = namespaces
+    anchor, issuer = make_ca(datetime.datetime.now(datetime.UTC))
+    anchors, _, _ = write_issuer_files(tmp_path / "pki", anchor, issuer)
+    proxy_cert, proxy_key = leaf_files(tmp_path, anchor, issuer, DB)
+    web_cert, web_key = leaf_files(tmp_path, anchor, issuer, WEB)
+    admin_cert, admin_key = leaf_files(tmp_path, anchor, issuer, ADMIN)
+    argv = [sys.executable, APP, "0.0.0.0", str(proxy_cert), str(proxy_key), str(anchors), WEB]
+    app = server.spawn(argv, env={"PYTHONPATH": REPO})
+    port = int(app.read_line(timeout=10).split()[1])
+    server.wait_for_port(("127.0.0.1", port))
+    address = f"{SERVER_IP}:{port}"
+
+    def tap(cert: Path, key: Path) -> list[str]:
+        return [MESHLET, "tap", address, "--cert", str(cert), "--key", str(key),
+                "--cacert", str(anchors), "--identity", DB, "-o", "json"]  # fmt: skip
+
+    streaming = client.spawn(tap(web_cert, web_key))
+    try:
+        record = json.loads(streaming.read_line(timeout=15))
+        assert (record["event"], record["path"]) == ("request", "/synthetic")
+    finally:
+        streaming.stop()
+
+    refused = client.run_result(tap(admin_cert, admin_key), timeout=20)
+    assert refused.returncode == 1
+    assert f"answered 403: {ADMIN} is not authorized to tap this proxy" in refused.stderr
+
+    code, body = curl(client, f"https://{address}/tap", "--insecure")  # no client certificate
+    assert (code, body) == ("403", REFUSED)
+    code, body = curl(client, f"http://{address}/tap")
+    assert (code, body) == ("403", REFUSED)

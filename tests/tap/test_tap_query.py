@@ -71,3 +71,42 @@ def test_tap_settings_from_proxy_settings() -> None:
     assert load_tap_settings(custom) == TapSettings(listen=Address("127.0.0.1", 14190))
     with pytest.raises(SettingsError, match="MESHLET_PROXY_TAP_LISTEN_ADDR"):
         load_tap_settings(ProxySettings(extra={"TAP_LISTEN_ADDR": "localhost:1"}))
+
+
+WEB = "web.shop.serviceaccount.identity.meshlet.cluster.local"
+ADMIN = "admin.kube-system.serviceaccount.identity.meshlet.cluster.local"
+AUTHORIZED = frozenset({WEB})
+
+
+@pytest.mark.parametrize(
+    ("loopback", "client_id", "status"),
+    [
+        pytest.param(False, WEB, 200, id="remote/authorized"),
+        pytest.param(True, WEB, 200, id="loopback/authorized"),
+        pytest.param(False, ADMIN, 403, id="remote/other-identity"),
+        pytest.param(True, ADMIN, 403, id="loopback/other-identity"),
+        pytest.param(False, None, 403, id="remote/no-identity"),
+        pytest.param(True, None, 200, id="loopback/no-identity"),
+    ],
+)
+def test_decide_by_identity(loopback: bool, client_id: str | None, status: int) -> None:
+    decision = decide(
+        b"GET", b"/tap", peer_loopback=loopback, client_id=client_id, authorized=AUTHORIZED
+    )
+    if status == 200:
+        assert isinstance(decision, TapQuery)
+    else:
+        assert isinstance(decision, TapRefusal)
+        assert decision.status == status
+        if client_id is not None:
+            assert decision.message.startswith(f"{client_id} is not authorized")
+
+
+def test_authorized_identities_setting() -> None:
+    extra = {"TAP_AUTHORIZED_IDENTITIES": f" {WEB.upper()}, {ADMIN} ,"}
+    loaded = load_tap_settings(ProxySettings(extra=extra))
+    assert loaded.authorized_identities == frozenset({WEB, ADMIN})
+    assert load_tap_settings(ProxySettings()).authorized_identities == frozenset()
+    for bad in ("web shop", "-web.shop", "a" * 300, "web_shop.x"):
+        with pytest.raises(SettingsError, match=r"^MESHLET_PROXY_TAP_AUTHORIZED_IDENTITIES: "):
+            load_tap_settings(ProxySettings(extra={"TAP_AUTHORIZED_IDENTITIES": bad}))

@@ -128,7 +128,7 @@ async def test_slow_reader_loses_events_not_memory(tap_server: RunningTap) -> No
 @pytest.mark.trio
 async def test_junk_gets_400(tap_server: RunningTap) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", tap_server.port)
-    await stream.send_all(b"\x16\x03\x01 not http at all\r\n\r\n")
+    await stream.send_all(b"\x01\x03\x01 not http at all\r\n\r\n")
     with trio.fail_after(10):
         rest = b""
         while data := await stream.receive_some(4096):
@@ -136,6 +136,17 @@ async def test_junk_gets_400(tap_server: RunningTap) -> None:
     assert rest.startswith(b"HTTP/1.1 400 ")
     assert rest.endswith(b"\r\n\r\nmalformed HTTP/1.1 request\n")
     await stream.aclose()
+    assert not tap_server.hub.active
+
+
+@pytest.mark.trio
+async def test_tls_without_identity_is_closed(tap_server: RunningTap) -> None:
+    """Without identity the tap has no certificate: a TLS client is closed, not answered."""
+    stream = await trio.open_tcp_stream("127.0.0.1", tap_server.port)
+    async with stream:
+        await stream.send_all(b"\x16\x03\x01\x00\x05hello")
+        with trio.fail_after(10):
+            assert await stream.receive_some(4096) == b""
     assert not tap_server.hub.active
 
 
