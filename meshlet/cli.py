@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 _USAGE = "usage: meshlet [--version] [--help] <command> [<args>]"
+_MORE = "(run 'meshlet --help' for the list of commands)"
 
 
 def _help() -> str:
@@ -46,15 +47,19 @@ def _help() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in {"-h", "--help", "help"}:
+    if not args:
+        print(f"{_USAGE}\nmeshlet: error: a command is required {_MORE}", file=sys.stderr)
+        return 2
+    if args[0] in {"-h", "--help", "help"}:
         print(_help())
-        return 0 if args else 2
+        return 0
     if args[0] in {"--version", "version"}:
         print(f"meshlet {__version__}")
         return 0
     command = COMMANDS.get(args[0])
     if command is None:
-        print(f"meshlet: unknown command {args[0]!r}\n\n{_help()}", file=sys.stderr)
+        what = "option" if args[0].startswith("-") else "command"
+        print(f"{_USAGE}\nmeshlet: error: unknown {what} {args[0]!r} {_MORE}", file=sys.stderr)
         return 2
     module = cast(_CommandModule, importlib.import_module(command[0]))
     return module.main(args[1:])
