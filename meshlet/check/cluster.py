@@ -14,13 +14,11 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from meshlet.check.model import ClusterError
+
 __all__ = ["Cluster", "ClusterError", "KubeCluster"]
 
 Object = Mapping[str, Any]
-
-
-class ClusterError(RuntimeError):
-    """The API could not be reached or configured; the message says which and why."""
 
 
 class Cluster(Protocol):

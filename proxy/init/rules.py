@@ -104,6 +104,11 @@ class InitConfig:
             port = getattr(self, name)
             if not 1 <= port <= 65535:
                 raise ValueError(f"{name.replace('_', '-')} {port} is not a port (1-65535)")
+        if self.incoming_proxy_port == self.outgoing_proxy_port:
+            raise ValueError(
+                f"incoming-proxy-port and outgoing-proxy-port are both {self.incoming_proxy_port}: "
+                "inbound and outbound connections must reach different proxy listeners"
+            )
         if self.proxy_uid < 0:
             raise ValueError(f"proxy-uid {self.proxy_uid} must be 0 or more")
         if self.proxy_gid is not None and self.proxy_gid < 0:

@@ -116,7 +116,18 @@ def check(case: Case, outcome: Outcome) -> None:
     message = outcome.stderr if case.where == "stderr" else outcome.stdout + outcome.stderr
     assert message.strip(), f"no message on {case.where}\n{shown}"
     if case.where == "stderr":
-        lines = outcome.stderr.strip().splitlines()
+        lines = _without_usage(outcome.stderr.strip().splitlines())
         assert len(lines) <= _MAX_STDERR_LINES, f"{len(lines)} lines on stderr\n{shown}"
     for name in case.names:
         assert name.lower() in message.lower(), f"message does not name {name!r}\n{shown}"
+
+
+def _without_usage(lines: list[str]) -> list[str]:
+    """argparse's usage block (``usage: ...`` and its indented continuation) is its convention
+    for a usage error; the message proper is what follows it."""
+    if not lines or not lines[0].startswith("usage:"):
+        return lines
+    rest = 1
+    while rest < len(lines) and lines[rest].startswith(" "):
+        rest += 1
+    return lines[rest:]

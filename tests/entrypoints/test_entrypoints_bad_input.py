@@ -27,8 +27,7 @@ def _help_cases() -> list[Case]:
     commands = ["check", "demo", "edges", "identity", "install-files", "inject", "stat", "tap"]
     cases = [Case("meshlet/--help", ["meshlet", "--help"], 0)]
     cases += [Case(f"meshlet/{c}/--help", ["meshlet", c, "--help"], 0) for c in commands]
-    for sub in ("init", "rotate-issuer", "inspect", "issue", "token"):
-        cases.append(Case(f"identity/{sub}/--help", ["meshlet", "identity", sub, "--help"], 0))
+    cases.append(Case("identity/init/--help", ["meshlet", "identity", "init", "--help"], 0))
     return cases
 
 
@@ -180,7 +179,9 @@ def _metrics_cases() -> list[Case]:
             Case(f"{command}/prometheus-not-a-url", [*base, "--prometheus", "ftp:/x"], 2,
                  ["ftp:/x"]),
         ]  # fmt: skip
-    return cases
+    # edges parses its options with the same code (meshlet/statargs.py): a sample is enough.
+    sample = {"no-source", "port-abc", "window-10x", "admin-refused", "admin-unresolvable"}
+    return [c for c in cases if c.id.startswith("stat/") or c.id.split("/")[1] in sample]
 
 
 def _tap_cases() -> list[Case]:
