@@ -55,7 +55,9 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("dir", type=Path, help="e.g. manifests/base/secrets")
     parser.add_argument("--force", action="store_true", help="replace existing files")
-    parser.add_argument("--control-plane-ns", default=DEFAULT_CONTROL_PLANE_NS)
+    parser.add_argument(
+        "--control-plane-ns", type=identity_cli.namespace_name, default=DEFAULT_CONTROL_PLANE_NS
+    )
     args = parser.parse_args(argv)
     directory: Path = args.dir
     existing = [str(path.relative_to(directory)) for path in _targets(directory) if path.exists()]

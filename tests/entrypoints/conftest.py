@@ -64,7 +64,22 @@ def _identity_init(directory: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def paths(tmp_path_factory: pytest.TempPathFactory, closed_port: int) -> dict[str, str]:
+def busy_port() -> Iterator[int]:
+    """A 127.0.0.1 port something already listens on (it never accepts): a server told to
+    listen there must say the port is in use."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def paths(
+    tmp_path_factory: pytest.TempPathFactory, closed_port: int, busy_port: int
+) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("entrypoints")
     for name, text in _TEXT_FILES.items():
         (tmp / name).write_text(text)
@@ -80,7 +95,7 @@ def paths(tmp_path_factory: pytest.TempPathFactory, closed_port: int) -> dict[st
     shutil.copy(tmp / "pki-other" / "key.pem", tmp / "pki-mismatch" / "key.pem")
     shutil.copytree(tmp / "pki", tmp / "pki-notpem-anchors")
     (tmp / "pki-notpem-anchors" / "ca-bundle.crt").write_text("not a certificate\n")
-    (tmp / "token").write_text("a-token\n")
+    (tmp / "tokens").write_text("a-token shop/web\n")
     (tmp / "kubeconfig-refused.yaml").write_text(
         f"""\
 apiVersion: v1
@@ -95,6 +110,7 @@ current-context: c
     return {
         "tmp": str(tmp),
         "closed": str(closed_port),
+        "busy": str(busy_port),
         "anchors_pem": (tmp / "pki" / "ca-bundle.crt").read_text(),
         "cluster": str(REPOSITORY / "webhook" / "examples" / "cluster.yaml"),
         "unresolvable": "a" * 64 + ".invalid",

@@ -59,6 +59,8 @@ class Outcome:
     """``None``: still running after the timeout (killed)."""
     stdout: str
     stderr: str
+    names: tuple[str, ...] = ()
+    """The case's ``names`` with their placeholders filled in."""
 
 
 def param(case: Case) -> object:
@@ -93,7 +95,8 @@ def _run_one(case: Case, paths: Mapping[str, str]) -> Outcome:
             process.kill()
             out, err = process.communicate()
             status = None
-    return Outcome(status, out.decode(errors="replace"), err.decode(errors="replace"))
+    names = tuple(name.format_map(paths) for name in case.names)
+    return Outcome(status, out.decode(errors="replace"), err.decode(errors="replace"), names)
 
 
 def run_cases(cases: Iterable[Case], paths: Mapping[str, str]) -> dict[str, Outcome]:
@@ -118,7 +121,7 @@ def check(case: Case, outcome: Outcome) -> None:
     if case.where == "stderr":
         lines = _without_usage(outcome.stderr.strip().splitlines())
         assert len(lines) <= _MAX_STDERR_LINES, f"{len(lines)} lines on stderr\n{shown}"
-    for name in case.names:
+    for name in outcome.names:
         assert name.lower() in message.lower(), f"message does not name {name!r}\n{shown}"
 
 

@@ -14,10 +14,14 @@ from tests.entrypoints.entrypoint_run import Case, Outcome, check, param, run_ca
 
 T = "{tmp}"
 _PROXY_HELP = "proxy/__main__.py: meshlet-proxy --help exits 2 ('takes no arguments'), not 0"
+_DESTINATION_BIND = (
+    "destination/__main__.py: a listen port in use ends in uvicorn's exit status 3 and log line, "
+    "after 'serving on' was logged, instead of a one-line start-up error with status 2"
+)
 _WEBHOOK = ["meshlet-webhook", "--listen", "127.0.0.1:0", "--cluster", "{cluster}"]
 _GOOD_TLS = ["--tls-cert", f"{T}/tls-a/tls.crt", "--tls-key", f"{T}/tls-a/tls.key"]
 _IDENTITY = ["meshlet-identity", "--listen-addr", "127.0.0.1:{closed}", "--token-source",
-             f"{T}/token"]  # fmt: skip
+             f"{T}/tokens"]  # fmt: skip
 _DESTINATION = ["meshlet-destination", "--listen-addr", "127.0.0.1:0", "--source",
                 f"{T}/missing-endpoints.yaml"]  # fmt: skip
 _INIT = ["meshlet-proxy-init", "--dry-run"]
@@ -43,6 +47,8 @@ def _webhook_cases() -> list[Case]:
              f"{T}/notpem.crt"], 2, ["notpem.crt"]),
         Case("webhook/listen-port-70000", ["meshlet-webhook", *_GOOD_TLS, "--cluster",
              "{cluster}", "--listen", "127.0.0.1:70000"], 2, ["70000"]),
+        Case("webhook/port-in-use", ["meshlet-webhook", *_GOOD_TLS, "--cluster", "{cluster}",
+             "--listen", "127.0.0.1:{busy}"], 2, ["127.0.0.1:{busy}", "in use"]),
         Case("webhook/cluster-file-malformed", ["meshlet-webhook", *_GOOD_TLS, "--listen",
              "127.0.0.1:0", "--cluster", f"{T}/bad.yaml"], 2, ["bad.yaml"]),
     ]  # fmt: skip
@@ -55,6 +61,16 @@ def _identity_cases() -> list[Case]:
              "127.0.0.1:70000"], 2, ["--listen-addr", "70000"]),
         Case("identity-svc/lifetime-env-zero", _IDENTITY, 2,
              ["MESHLET_IDENTITY_LEAF_LIFETIME"], env={"MESHLET_IDENTITY_LEAF_LIFETIME": "0s"}),
+        Case("identity-svc/lifetime-too-long", [*_IDENTITY, "--leaf-lifetime", "100000000d"],
+             2, ["--leaf-lifetime", "100 years"]),
+        Case("identity-svc/log-level-loud", [*_IDENTITY, "--log-level", "loud"], 2,
+             ["--log-level", "loud"]),
+        Case("identity-svc/port-in-use", ["meshlet-identity", *_pki("pki"), "--token-source",
+             f"{T}/tokens", "--listen-addr", "127.0.0.1:{busy}"], 1,
+             ["127.0.0.1:{busy}", "in use"]),
+        Case("identity-svc/listen-unresolvable", ["meshlet-identity", *_pki("pki"),
+             "--token-source", f"{T}/tokens", "--listen-addr", "{unresolvable}:8080"], 1,
+             ["cannot listen"]),
         Case("identity-svc/issuer-missing", [*_IDENTITY, *_pki("missing")], 1, ["crt.pem"]),
         Case("identity-svc/key-mismatch", [*_IDENTITY, *_pki("pki-mismatch")], 1, ["key"]),
         Case("identity-svc/anchors-not-pem", [*_IDENTITY, *_pki("pki-notpem-anchors")], 1,
@@ -77,6 +93,9 @@ def _destination_cases() -> list[Case]:
              "127.0.0.1:70000"], 2, ["70000"]),
         Case("destination/keepalive-10x", [*_DESTINATION, *_GOOD_TLS, "--keepalive-interval",
              "10x"], 2, ["keepalive-interval", "10x"]),
+        Case("destination/port-in-use", [*_DESTINATION, *_GOOD_TLS, "--source", "{cluster}",
+             "--listen-addr", "127.0.0.1:{busy}"], 2, ["127.0.0.1:{busy}", "in use"],
+             xfail=_DESTINATION_BIND),
         Case("destination/source-missing", [*_DESTINATION, *_GOOD_TLS], 2,
              ["missing-endpoints.yaml"]),
     ]  # fmt: skip
