@@ -229,7 +229,10 @@ class PrometheusClient:
     """Instant queries against Prometheus' HTTP API (``GET /api/v1/query``)."""
 
     def __init__(self, url: str, timeout: float) -> None:
-        parsed = urllib.parse.urlsplit(url)
+        try:
+            parsed = urllib.parse.urlsplit(url)
+        except ValueError as error:  # "Invalid IPv6 URL"
+            raise OptionError(f"--prometheus {url!r}: {error}") from None
         if parsed.scheme not in {"http", "https"} or not parsed.netloc:
             raise OptionError(f"--prometheus {url!r}: expected an http:// or https:// URL")
         self._base = url.rstrip("/")

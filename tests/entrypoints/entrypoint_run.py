@@ -12,6 +12,7 @@ session fixture made), so the tables stay readable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -51,6 +52,8 @@ class Case:
     """A defect in a file another engineer owns: the case is ``xfail(strict=True)``."""
     stdout_empty: bool = False
     """Data safety: nothing at all may reach stdout (no partial output)."""
+    stdout_to: str | None = None
+    """A file stdout goes to instead of a pipe (``/dev/full``: every write fails with ENOSPC)."""
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,19 @@ def _run_one(case: Case, paths: Mapping[str, str]) -> Outcome:
     program = shutil.which(argv[0], path=str(BIN))
     assert program is not None, f"console script {argv[0]} is not installed in {BIN}"
     env = {key: value.format_map(paths) for key, value in _environment(case).items()}
-    with subprocess.Popen(
-        [program, *argv[1:]],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=paths["tmp"],
-    ) as process:
+    with (
+        contextlib.ExitStack() as stack,
+        subprocess.Popen(
+            [program, *argv[1:]],
+            stdin=subprocess.PIPE,
+            stdout=stack.enter_context(open(case.stdout_to, "wb"))
+            if case.stdout_to
+            else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=paths["tmp"],
+        ) as process,
+    ):
         try:
             out, err = process.communicate(case.stdin, timeout=_TIMEOUT_S)
             status: int | None = process.returncode
@@ -96,7 +104,8 @@ def _run_one(case: Case, paths: Mapping[str, str]) -> Outcome:
             out, err = process.communicate()
             status = None
     names = tuple(name.format_map(paths) for name in case.names)
-    return Outcome(status, out.decode(errors="replace"), err.decode(errors="replace"), names)
+    stdout = (out or b"").decode(errors="replace")
+    return Outcome(status, stdout, err.decode(errors="replace"), names)
 
 
 def run_cases(cases: Iterable[Case], paths: Mapping[str, str]) -> dict[str, Outcome]:

@@ -67,6 +67,8 @@ def _inject_cases() -> list[Case]:
              stdout_empty=True),
         Case("inject/second-file-broken", [*inject, f"{T}/deployment.yaml", f"{T}/bad.yaml"], 2,
              ["bad.yaml"], stdout_empty=True),
+        Case("inject/disk-full", [*inject, f"{T}/deployment.yaml"], 1, ["no space left"],
+             stdout_to="/dev/full"),
         Case("inject/only-configmap", [*inject, f"{T}/configmap.yaml"], 1, ["no pod templates"]),
         Case("inject/scalar-document", [*inject, f"{T}/scalar.yaml"], 1, ["no pod templates"]),
         Case("inject/a-list-is-injected", [*inject, f"{T}/list.yaml"], 0),
@@ -113,6 +115,8 @@ def _identity_cases() -> list[Case]:
              ["binary.crt", "no pem certificate"]),
         Case("identity/inspect-directory", [*identity, "inspect", f"{T}/adir"], 1,
              ["adir", "directory"]),
+        Case("identity/inspect-disk-full", [*identity, "inspect", f"{T}/pki/ca-bundle.crt"], 1,
+             ["no space left"], stdout_to="/dev/full"),
         Case("identity/issue-missing-dir", [*identity, "issue", "destination", "--dir",
              f"{T}/missing", "--out", f"{T}/out"], 1, ["missing"]),
         Case("identity/issue-key-mismatch", [*identity, "issue", "destination", "--dir",
@@ -186,6 +190,8 @@ def _metrics_cases() -> list[Case]:
                  "http://127.0.0.1:{closed}"], 1, ["refused"]),
             Case(f"{command}/prometheus-not-a-url", [*base, "--prometheus", "ftp:/x"], 2,
                  ["ftp:/x"]),
+            Case(f"{command}/prometheus-broken-ipv6", [*base, "--prometheus", "http://[::1"], 2,
+                 ["--prometheus", "http://[::1"]),
         ]  # fmt: skip
     # edges parses its options with the same code (meshlet/statargs.py): a sample is enough.
     sample = {"no-source", "port-abc", "window-10x", "admin-refused", "admin-unresolvable"}

@@ -85,3 +85,25 @@ def test_inject_writes_nothing_when_a_later_input_is_broken(tmp_path: Path) -> N
     assert done.returncode == 2
     assert b"broken.yaml" in done.stderr
     assert out.read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["meshlet", "inject", "{many}"], id="inject"),
+        pytest.param(["meshlet-proxy-init", "--dry-run"], id="proxy-init"),
+    ],
+)
+def test_output_reader_gone_stops_quietly(argv: list[str], tmp_path: Path) -> None:
+    """``... | head -1``: the reader closes the pipe; the command stops, without a traceback."""
+    many = tmp_path / "many.yaml"
+    pod = "kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: i}]}\n"
+    many.write_text("---\n".join([pod] * 2000))
+    command = [str(BIN / argv[0]), *(part.format(many=many) for part in argv[1:])]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        process.stdout.close()  # the reader is gone before the first write
+        _, err = process.communicate(timeout=60)
+    assert b"Traceback" not in err, err.decode()
+    assert b"Exception ignored" not in err, err.decode()
+    assert process.returncode == 0

@@ -150,6 +150,7 @@ def _init_cases() -> list[Case]:
         ("same-proxy-ports", ["--incoming-proxy-port", "4140"], "4140"),
         ("proxy-uid-negative", ["--proxy-uid=-1"], "proxy-uid"),
         ("proxy-gid-abc", ["--proxy-gid", "abc"], "proxy-gid"),
+        ("proxy-uid-too-large", ["--proxy-uid", "4294967295"], "proxy-uid"),
         ("inbound-range-backwards", ["--inbound-ports-to-ignore", "10-5"], "10-5"),
         ("inbound-ports-abc", ["--inbound-ports-to-ignore", "80,abc"], "abc"),
         ("inbound-port-70000", ["--inbound-ports-to-ignore", "70000"], "70000"),
@@ -163,7 +164,10 @@ def _init_cases() -> list[Case]:
         ("dry-run-and-remove", ["--remove"], "--remove"),
         ("unknown-flag", ["--frobnicate"], "--frobnicate"),
     ]
-    cases = [Case("proxy-init/--help", ["meshlet-proxy-init", "--help"], 0)]
+    cases = [
+        Case("proxy-init/--help", ["meshlet-proxy-init", "--help"], 0),
+        Case("proxy-init/disk-full", _INIT, 1, ["no space left"], stdout_to="/dev/full"),
+    ]
     cases += [Case(f"proxy-init/{name}", [*_INIT, *args], 2, [text]) for name, args, text in bad]
     return cases
 
