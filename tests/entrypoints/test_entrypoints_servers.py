@@ -125,6 +125,8 @@ def _proxy_cases() -> list[Case]:
         Case("proxy/keepalive-timeout-not-shorter", ["meshlet-proxy"], 2,
              ["MESHLET_PROXY_HTTP2_KEEPALIVE_TIMEOUT"],
              env={**_PROXY_LOOPBACK, "MESHLET_PROXY_HTTP2_KEEPALIVE_TIMEOUT": "20s"}),
+        Case("proxy/admin-port-in-use", ["meshlet-proxy"], 1, ["cannot listen", "in use"],
+             env={**_PROXY_LOOPBACK, "MESHLET_PROXY_ADMIN_LISTEN_ADDR": "127.0.0.1:{busy}"}),
         Case("proxy/anchors-not-pem", ["meshlet-proxy"], 2,
              ["MESHLET_PROXY_IDENTITY_TRUST_ANCHORS"],
              env={**_PROXY_LOOPBACK, "MESHLET_PROXY_IDENTITY_TRUST_ANCHORS": "not PEM",
