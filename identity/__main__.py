@@ -7,6 +7,7 @@ import datetime
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -51,6 +52,24 @@ async def _reviewer(settings: IdentitySettings) -> TokenReviewer:
         ) from None
 
 
+def _listen(settings: IdentitySettings) -> socket.socket:
+    """The listening socket, bound before anything is served: a port in use or an address this
+    machine does not have is one line at start-up, not a server error later."""
+    host, port = settings.listen_host, settings.listen_port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+    except (OSError, UnicodeError) as error:  # UnicodeError: a name the idna codec refuses
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = getattr(error, "strerror", None) or "not an address of this machine"
+        raise StartupError(f"cannot listen on {where}: {reason}") from None
+    return sock
+
+
 async def _serve(settings: IdentitySettings, serving_dir: Path) -> None:
     now = datetime.datetime.now(datetime.UTC)
     files = IssuerFiles(
@@ -83,18 +102,16 @@ async def _serve(settings: IdentitySettings, serving_dir: Path) -> None:
     except TLSFilesError as error:
         raise StartupError(str(error)) from None
     reviewer = await _reviewer(settings)
+    sock = _listen(settings)
     authority = Authority(settings=settings, store=store, reviewer=reviewer)
     app = create_app(authority, serving=serving)
-    log.info(
-        "identity service listening on %s:%d as %s",
-        settings.listen_host,
-        settings.listen_port,
-        name,
-    )
+    host, port = sock.getsockname()[:2]
+    log.info("identity service listening on %s:%d as %s", host, port, name)
     level = os.environ.get("MESHLET_UVICORN_LOG_LEVEL", "warning")
-    await serve_app(
-        app, host=settings.listen_host, port=settings.listen_port, tls=tls, log_level=level
-    )
+    try:
+        await serve_app(app, host=host, port=port, tls=tls, sockets=[sock], log_level=level)
+    finally:
+        sock.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -41,9 +42,12 @@ from identity.tokens import TokenFileError, parse_token_file
 from meshlet.durations import DurationError, parse_duration
 from meshlet.names import DEFAULT_CONTROL_PLANE_NS, DEFAULT_TRUST_DOMAIN, control_plane_identity
 
-__all__ = ["main"]
+__all__ = ["MAX_LIFETIME", "main", "namespace_name"]
 
 WARN_BEFORE = datetime.timedelta(days=60)
+# Longer lifetimes overflow the certificate's dates (and no key should be trusted that long).
+MAX_LIFETIME = datetime.timedelta(days=36500)
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # Names in the directory `init` writes (the issuer Secret keys are Linkerd's).
 ANCHOR_CERT, ANCHOR_KEY = "ca-bundle.crt", "ca.key"
 ISSUER_CERT, ISSUER_KEY = "crt.pem", "key.pem"
@@ -62,7 +66,24 @@ def _duration(text: str) -> datetime.timedelta:
         raise argparse.ArgumentTypeError(str(error)) from None
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than zero")
+    if seconds > MAX_LIFETIME.total_seconds():
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than 100 years")
     return datetime.timedelta(seconds=seconds)
+
+
+def namespace_name(text: str) -> str:
+    """An argparse type: a Kubernetes namespace name (an RFC 1123 DNS label)."""
+    if not _DNS_LABEL.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+        )
+    return text
+
+
+def _trust_domain(text: str) -> str:
+    if len(text) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in text.split(".")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a DNS name such as cluster.local")
+    return text
 
 
 def _now() -> datetime.datetime:
@@ -301,8 +322,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def mesh_names(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--control-plane-ns", default=DEFAULT_CONTROL_PLANE_NS)
-        sub.add_argument("--trust-domain", default=DEFAULT_TRUST_DOMAIN)
+        sub.add_argument(
+            "--control-plane-ns", type=namespace_name, default=DEFAULT_CONTROL_PLANE_NS
+        )
+        sub.add_argument("--trust-domain", type=_trust_domain, default=DEFAULT_TRUST_DOMAIN)
 
     init = commands.add_parser("init", help="create a trust anchor, an issuer and a kustomization")
     init.add_argument("--dir", type=Path, default=Path("identity-pki"), help="output directory")

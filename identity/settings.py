@@ -71,6 +71,8 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "log_format": ("LOG_FORMAT", "str"),
 }
 _PREFIX = "MESHLET_IDENTITY_"
+_MAX_DURATION = 100 * 365 * 86400.0  # longer overflows certificate dates
+_LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error")
 
 
 def _parse_addr(text: str, name: str) -> tuple[str, int]:
@@ -90,6 +92,8 @@ def _convert(field: str, kind: str, text: str, name: str) -> object:
             raise SettingsError(f"{name}: {error}") from None
         if value <= 0 and field != "clock_skew":
             raise SettingsError(f"{name}={text!r}: must be more than zero")
+        if value > _MAX_DURATION:
+            raise SettingsError(f"{name}={text!r}: longer than 100 years")
         return value
     if kind == "int":
         if not text.isdigit() or int(text) <= 0:
@@ -97,6 +101,10 @@ def _convert(field: str, kind: str, text: str, name: str) -> object:
         return int(text)
     if not text:
         raise SettingsError(f"{name} is empty")
+    if field == "log_level" and text.lower() not in _LOG_LEVELS:
+        raise SettingsError(f"{name}={text!r}: expected one of {', '.join(_LOG_LEVELS)}")
+    if field == "log_format" and text not in ("plain", "json"):
+        raise SettingsError(f"{name}={text!r}: expected plain or json")
     return text
 
 
@@ -122,6 +130,4 @@ def load_settings(argv: list[str], environ: Mapping[str, str]) -> IdentitySettin
             values["listen_host"], values["listen_port"] = _parse_addr(text, name)
         else:
             values[field] = _convert(field, kind, text, name)
-    if values.get("log_format", "plain") not in ("plain", "json"):
-        raise SettingsError(f"{_PREFIX}LOG_FORMAT={values['log_format']!r}: plain or json")
     return IdentitySettings(**values)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from meshlet.metricsource import PodWindow, SourceError, Vector
+from meshlet.metricsource import OptionError, PodWindow, SourceError, Vector
 from meshlet.statargs import KINDS, Source, add_source_arguments, resolve_source, window_text
 
 __all__ = [
@@ -239,6 +239,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         edges = _collect(resolve_source(args))
+    except OptionError as error:
+        print(f"meshlet edges: {error}", file=sys.stderr)
+        return 2
     except SourceError as error:
         print(f"meshlet edges: {error}", file=sys.stderr)
         return 1

@@ -22,6 +22,8 @@ from meshlet.names import DEFAULT_CONTROL_PLANE_NS
 
 __all__ = ["main", "webhook_dns_names"]
 
+_TLS_FILES = ("tls.crt", "tls.key")
+
 
 def webhook_dns_names(namespace: str) -> list[str]:
     """The names the API server may use to reach the webhook's Service."""
@@ -31,15 +33,41 @@ def webhook_dns_names(namespace: str) -> list[str]:
     ]
 
 
+def _targets(directory: Path) -> list[Path]:
+    """Every file the command writes: checked before the first is written, so an install never
+    overwrites a key without ``--force``, not even half-way through."""
+    identity = [
+        identity_cli.ANCHOR_CERT,
+        identity_cli.ANCHOR_KEY,
+        identity_cli.ISSUER_CERT,
+        identity_cli.ISSUER_KEY,
+        "kustomization.yaml",
+    ]
+    return [
+        *(directory / name for name in identity),
+        *(directory / part / name for part in ("destination", "webhook") for name in _TLS_FILES),
+    ]
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="meshlet install-files", description=__doc__.split("\n")[0]
     )
     parser.add_argument("dir", type=Path, help="e.g. manifests/base/secrets")
     parser.add_argument("--force", action="store_true", help="replace existing files")
-    parser.add_argument("--control-plane-ns", default=DEFAULT_CONTROL_PLANE_NS)
+    parser.add_argument(
+        "--control-plane-ns", type=identity_cli.namespace_name, default=DEFAULT_CONTROL_PLANE_NS
+    )
     args = parser.parse_args(argv)
     directory: Path = args.dir
+    existing = [str(path.relative_to(directory)) for path in _targets(directory) if path.exists()]
+    if existing and not args.force:
+        print(
+            f"meshlet install-files: {directory} already holds {', '.join(existing)}; "
+            "nothing was written (use --force to replace them)",
+            file=sys.stderr,
+        )
+        return 1
     init = ["init", "--dir", str(directory), "--control-plane-ns", args.control_plane_ns]
     status = identity_cli.main([*init, "--force"] if args.force else init)
     if status:

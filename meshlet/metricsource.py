@@ -29,6 +29,7 @@ __all__ = [
     "INFO_METRIC",
     "MAX_BODY_BYTES",
     "AdminTarget",
+    "OptionError",
     "PodWindow",
     "PrometheusClient",
     "SourceError",
@@ -65,6 +66,10 @@ class SourceError(Exception):
     """A metrics source that could not be read; the message is the whole explanation."""
 
 
+class OptionError(SourceError):
+    """An option the user gave cannot be used (a usage error: the commands exit 2)."""
+
+
 @dataclass(frozen=True, slots=True)
 class AdminTarget:
     """One proxy's admin address, with the workload name the operator gave it (or empty)."""
@@ -92,14 +97,14 @@ def parse_admin_target(text: str) -> AdminTarget:
     namespace, _, name = name.rpartition("/") if sep else ("", "", "")
     match = _HOST_PORT.match(address)
     if match is None or not 0 < int(match.group(2)) < 65536:
-        raise SourceError(
+        raise OptionError(
             f"--admin {text!r}: expected HOST:PORT, NAME=HOST:PORT or NS/NAME=HOST:PORT"
         )
     for part in (name, namespace) if sep else ():
         if part and not _NAME.match(part):
-            raise SourceError(f"--admin {text!r}: {part!r} is not a Kubernetes name")
+            raise OptionError(f"--admin {text!r}: {part!r} is not a Kubernetes name")
     if sep and not name:
-        raise SourceError(f"--admin {text!r}: the name before '=' is empty")
+        raise OptionError(f"--admin {text!r}: the name before '=' is empty")
     return AdminTarget(address=address, name=name, namespace=namespace)
 
 
@@ -120,6 +125,8 @@ def _get(url: str, timeout: float, what: str, json_errors: bool = False) -> byte
         raise SourceError(f"{what}: cannot connect: {error.reason}") from None
     except TimeoutError:
         raise SourceError(f"{what}: no answer within {timeout:g}s") from None
+    except UnicodeError:  # the idna codec refuses the host name before any lookup
+        raise SourceError(f"{what}: cannot resolve the host name (not a valid DNS name)") from None
     except OSError as error:
         raise SourceError(f"{what}: {error}") from None
     if len(body) > MAX_BODY_BYTES:
@@ -222,9 +229,12 @@ class PrometheusClient:
     """Instant queries against Prometheus' HTTP API (``GET /api/v1/query``)."""
 
     def __init__(self, url: str, timeout: float) -> None:
-        parsed = urllib.parse.urlsplit(url)
+        try:
+            parsed = urllib.parse.urlsplit(url)
+        except ValueError as error:  # "Invalid IPv6 URL"
+            raise OptionError(f"--prometheus {url!r}: {error}") from None
         if parsed.scheme not in {"http", "https"} or not parsed.netloc:
-            raise SourceError(f"--prometheus {url!r}: expected an http:// or https:// URL")
+            raise OptionError(f"--prometheus {url!r}: expected an http:// or https:// URL")
         self._base = url.rstrip("/")
         self._timeout = timeout
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from meshlet.metricsource import PodWindow, SourceError, Vector
+from meshlet.metricsource import OptionError, PodWindow, SourceError, Vector
 from meshlet.metricsread import histogram_quantile
 from meshlet.statargs import Source, add_source_arguments, resolve_source, window_text
 
@@ -255,6 +255,9 @@ def main(argv: list[str]) -> int:
     try:
         source = resolve_source(args)
         rows = _collect(source)
+    except OptionError as error:
+        print(f"meshlet stat: {error}", file=sys.stderr)
+        return 2
     except SourceError as error:
         print(f"meshlet stat: {error}", file=sys.stderr)
         return 1

@@ -11,9 +11,9 @@ from typing import Final
 from meshlet.durations import DurationError, format_duration, parse_duration
 from meshlet.metricsource import (
     AdminTarget,
+    OptionError,
     PodWindow,
     PrometheusClient,
-    SourceError,
     parse_admin_target,
     scrape_window,
 )
@@ -97,9 +97,9 @@ def _duration(option: str, text: str) -> float:
     try:
         seconds = parse_duration(text)
     except DurationError as error:
-        raise SourceError(f"{option}: {error}") from None
+        raise OptionError(f"{option}: {error}") from None
     if not 0.001 <= seconds <= MAX_WINDOW:
-        raise SourceError(
+        raise OptionError(
             f"{option} {text!r}: must be between 1ms and {format_duration(MAX_WINDOW)}"
         )
     return seconds
@@ -107,18 +107,18 @@ def _duration(option: str, text: str) -> float:
 
 def resolve_source(args: argparse.Namespace) -> Source:
     if args.namespace and not _NAMESPACE.match(args.namespace):
-        raise SourceError(f"--namespace {args.namespace!r} is not a Kubernetes namespace name")
+        raise OptionError(f"--namespace {args.namespace!r} is not a Kubernetes namespace name")
     timeout = _duration("--timeout", args.timeout)
     default = PROMETHEUS_WINDOW if args.prometheus else ADMIN_WINDOW
     window = _duration("--window", args.window) if args.window else default
     if args.prometheus:
         if window < 1:
-            raise SourceError("--window: Prometheus ranges shorter than 1s hold no samples")
+            raise OptionError("--window: Prometheus ranges shorter than 1s hold no samples")
         client = PrometheusClient(args.prometheus, timeout)
         return Source((), client, window, timeout, args.namespace, args.kind)
     targets = [parse_admin_target(text) for text in args.admin]
     addresses = [target.address for target in targets]
     if len(set(addresses)) != len(addresses):
         twice = sorted({a for a in addresses if addresses.count(a) > 1})
-        raise SourceError(f"--admin {', '.join(twice)} given twice: its pod would count double")
+        raise OptionError(f"--admin {', '.join(twice)} given twice: its pod would count double")
     return Source(targets, None, window, timeout, args.namespace, args.kind)

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 __all__ = ["ReloadingServerTLS", "TLSFilesError", "run_app", "serve_app"]
 
@@ -41,6 +43,27 @@ class _Stamp:
 def _stamp(path: Path) -> tuple[float, int, int]:
     info = path.stat()
     return (info.st_mtime, info.st_size, info.st_ino)
+
+
+def _diagnose(certfile: Path, keyfile: Path, error: OSError) -> str:
+    """Which file is wrong and why, in words (OpenSSL says only "PEM lib" for either)."""
+    if getattr(error, "reason", None) == "KEY_VALUES_MISMATCH":
+        return f"the key does not belong to the certificate ({error})"
+    for path, what in ((certfile, "certificate"), (keyfile, "private key")):
+        try:
+            data = path.read_bytes()
+        except OSError as problem:
+            return f"cannot read the {what} {path}: {problem.strerror}"
+        try:
+            if what == "certificate":
+                x509.load_pem_x509_certificates(data)
+            else:
+                serialization.load_pem_private_key(data, password=None)
+        except TypeError:
+            return f"the key {path} is encrypted; it must be unencrypted PEM"
+        except ValueError:
+            return f"{path} holds no PEM {what}"
+    return str(error)
 
 
 class ReloadingServerTLS:
@@ -83,8 +106,9 @@ class ReloadingServerTLS:
                 context.load_verify_locations(self.client_ca)
                 context.verify_mode = ssl.CERT_OPTIONAL
         except (OSError, ssl.SSLError) as error:
+            reason = _diagnose(self.certfile, self.keyfile, error)
             raise TLSFilesError(
-                f"cannot load TLS certificate {self.certfile} with key {self.keyfile}: {error}"
+                f"cannot load TLS certificate {self.certfile} with key {self.keyfile}: {reason}"
             ) from error
         return context
 

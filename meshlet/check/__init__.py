@@ -11,6 +11,7 @@ import asyncio
 import datetime
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from meshlet.check.checks import (
     INSTALL_PERMISSIONS,
@@ -21,9 +22,11 @@ from meshlet.check.checks import (
     check_version,
     check_webhook,
 )
-from meshlet.check.cluster import Cluster, ClusterError, KubeCluster
-from meshlet.check.model import CheckResult, Status
+from meshlet.check.model import CheckResult, ClusterError, Status
 from meshlet.names import DEFAULT_CONTROL_PLANE_NS
+
+if TYPE_CHECKING:
+    from meshlet.check.cluster import Cluster
 
 __all__ = ["main", "run_checks"]
 
@@ -113,6 +116,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     async def run() -> list[CheckResult]:
+        # kubernetes-asyncio takes most of a second to import: only once the options are good.
+        from meshlet.check.cluster import KubeCluster  # noqa: PLC0415
+
         try:
             async with KubeCluster(kubeconfig=args.kubeconfig, context=args.context) as cluster:
                 return await run_checks(cluster, pre=args.pre, namespace=args.namespace)

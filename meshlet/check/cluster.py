@@ -4,6 +4,7 @@ implementation. Tests drive the implementation against a fake API server."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Protocol
@@ -13,13 +14,11 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from meshlet.check.model import ClusterError
+
 __all__ = ["Cluster", "ClusterError", "KubeCluster"]
 
 Object = Mapping[str, Any]
-
-
-class ClusterError(RuntimeError):
-    """The API could not be reached or configured; the message says which and why."""
 
 
 class Cluster(Protocol):
@@ -52,6 +51,12 @@ class KubeCluster:
                 config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             except config.ConfigException:
                 raise ClusterError(f"cannot load a kubeconfig: {kube_error}") from kube_error
+        except Exception as error:  # malformed YAML, wrong types: the loader raises many kinds
+            where = self._kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ClusterError(
+                f"cannot read the kubeconfig {where}: {reason or type(error).__name__}"
+            ) from None
         self._api = ApiClient(configuration)
         return self
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["CheckResult", "Status"]
+__all__ = ["CheckResult", "ClusterError", "Status"]
+
+
+class ClusterError(RuntimeError):
+    """The API could not be reached or configured; the message says which and why."""
 
 
 class Status(enum.Enum):

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 
+from meshlet.cli import guard_output
 from meshlet.logs import configure_logging
 from proxy.init.plan import plan_apply, plan_remove
 from proxy.init.rules import InitConfig, build_rules, parse_port_ranges, parse_subnets
@@ -138,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ruleset = build_rules(config)
     if args.dry_run:
-        sys.stdout.write(ruleset.render())
-        return 0
+
+        def show() -> int:
+            sys.stdout.write(ruleset.render())
+            return 0
+
+        return guard_output(_PROG, show)
     netns = netns_path(args.netns) if args.netns else None
     if netns is not None and not os.path.exists(netns):
         print(f"{_PROG}: error: network namespace {netns} does not exist", file=sys.stderr)

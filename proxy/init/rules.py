@@ -39,6 +39,7 @@ from meshlet.names import (
 __all__ = [
     "COMMENT_PREFIX",
     "INBOUND_CHAIN",
+    "MAX_ID",
     "MAX_MULTIPORT_SLOTS",
     "OUTBOUND_CHAIN",
     "Family",
@@ -57,6 +58,8 @@ OUTBOUND_CHAIN: Final = "MESHLET_INIT_OUTPUT"
 COMMENT_PREFIX: Final = "meshlet-init/"
 # The kernel's xt_multiport holds 15 port slots; a range a:b takes two of them.
 MAX_MULTIPORT_SLOTS: Final = 15
+# The largest uid/gid iptables' owner match takes (2**32 - 1 means "no id" to the kernel).
+MAX_ID: Final = 2**32 - 2
 # Ports that must never be redirected inbound: the proxy's own tap and admin listeners.
 ALWAYS_SKIPPED_INBOUND: Final = (PROXY_TAP_PORT, PROXY_ADMIN_PORT)
 
@@ -104,10 +107,16 @@ class InitConfig:
             port = getattr(self, name)
             if not 1 <= port <= 65535:
                 raise ValueError(f"{name.replace('_', '-')} {port} is not a port (1-65535)")
-        if self.proxy_uid < 0:
-            raise ValueError(f"proxy-uid {self.proxy_uid} must be 0 or more")
-        if self.proxy_gid is not None and self.proxy_gid < 0:
-            raise ValueError(f"proxy-gid {self.proxy_gid} must be 0 or more")
+        if self.incoming_proxy_port == self.outgoing_proxy_port:
+            raise ValueError(
+                f"incoming-proxy-port and outgoing-proxy-port are both {self.incoming_proxy_port}: "
+                "inbound and outbound connections must reach different proxy listeners"
+            )
+        for name in ("proxy_uid", "proxy_gid"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_ID:
+                flag = name.replace("_", "-")
+                raise ValueError(f"{flag} {value} is not a user or group id (0-{MAX_ID})")
         version = 4 if self.family == "ipv4" else 6
         for net in self.subnets_to_ignore:
             if net.version != version:

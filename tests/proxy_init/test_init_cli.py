@@ -42,7 +42,7 @@ def test_ipv6_flag(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     [
         pytest.param(["--inbound-ports-to-ignore", "0"], "invalid port range 0-0", id="port-0"),
         pytest.param(["--incoming-proxy-port", "70000"], "incoming-proxy-port 70000", id="port"),
-        pytest.param(["--proxy-uid", "-5"], "proxy-uid -5 must be 0 or more", id="uid"),
+        pytest.param(["--proxy-uid", "-5"], "proxy-uid -5 is not a user or group id", id="uid"),
         pytest.param(["--subnets-to-ignore", "fd00::/8"], "not an ipv4 subnet", id="family"),
         pytest.param(["--remove"], "--dry-run and --remove cannot be combined", id="both"),
     ],

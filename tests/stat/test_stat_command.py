@@ -130,8 +130,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def assert_one_line_error(done: subprocess.CompletedProcess[str], *expected: str) -> None:
-    assert done.returncode == 1
+def assert_one_line_error(
+    done: subprocess.CompletedProcess[str], *expected: str, status: int = 1
+) -> None:
+    assert done.returncode == status
     assert done.stdout == ""
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
@@ -164,7 +166,7 @@ def test_unreachable_admin_address(command: str) -> None:
     ],
 )
 def test_bad_options(args: list[str], expected: str) -> None:
-    assert_one_line_error(meshlet("stat", *args), expected)
+    assert_one_line_error(meshlet("stat", *args), expected, status=2)
 
 
 def test_admin_port_that_is_not_a_proxy() -> None:
