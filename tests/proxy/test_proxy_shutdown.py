@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.proxy.conftest import HERE
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports (each held until all are chosen, so none repeats)."""
-    with contextlib.ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-
+from tests.proxy.conftest import HERE, free_ports
 
 # The process imports the whole proxy before it listens: on a loaded 2-core machine that alone
 # can take many seconds. The deadline bounds a hang; an early exit is reported at once.
@@ -33,7 +21,7 @@ READY_DEADLINE = 60.0
 def _start(backend_port: int, grace: str) -> tuple[subprocess.Popen[str], int, int]:
     # Every listener on a free port, none on a default (4140/4143/4190/4191): another proxy on
     # this machine may hold those.
-    inbound, outbound, admin, tap = _free_ports(4)
+    inbound, outbound, admin, tap = free_ports(4)
     env = {
         **os.environ,
         "MESHLET_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{inbound}",
