@@ -44,6 +44,7 @@ from tests.harness import Netns, Node
 from tests.harness.mesh import Samples, scrape, start_app
 from tests.harness.mesh_load import HttpLoad, Outcome, request
 from tests.harness.mesh_node import MeshNode, MeshPod
+from tests.harness.nginx import start_h2c_nginx, write_h2c_config
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -54,38 +55,12 @@ RETRY_GETS = [
 ]
 
 
-NGINX_H2 = """
-user root;
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 8081 http2;
-        location / {{
-            default_type application/json;
-            return 200 '{{"pod": "{pod}", "client_id": "$http_meshlet_client_id"}}';
-        }}
-    }}
-}}
-"""
-
-
 def _start_h2_nginx(member: MeshPod, directory: Path) -> None:
     """nginx answering h2c (prior knowledge) on 8081 with the pod's name and client id."""
     directory.mkdir()
-    conf = directory / "nginx.conf"
-    conf.write_text(NGINX_H2.format(dir=directory, pod=member.name))
-    member.pod.spawn(["nginx", "-c", str(conf)], capture=False, label=f"nginx in {member.name}")
-    member.pod.wait_for_port(("127.0.0.1", 8081))
+    answer = f"""'{{"pod": "{member.name}", "client_id": "$http_meshlet_client_id"}}'"""
+    conf = write_h2c_config(directory, answer=answer, json=True)
+    start_h2c_nginx(member.pod, conf, label=f"nginx in {member.name}")
 
 
 @dataclass

@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.proxy.conftest import free_ports
+
 from .conftest import WEB, IdentityService, free_port
 
 FIXED_PROXY = Path(__file__).parent.parent / "proxy" / "fixed_proxy.py"
@@ -30,7 +32,7 @@ def _proxy_env(variables: dict[str, str], ports: dict[str, int]) -> dict[str, st
 def proxy_process(
     identity_service: IdentityService, tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int], Path]]:
-    ports = {name: free_port() for name in ("ADMIN", "INBOUND", "OUTBOUND", "TAP")}
+    ports = dict(zip(("ADMIN", "INBOUND", "OUTBOUND", "TAP"), free_ports(4), strict=True))
     log = tmp_path / "proxy.log"
     env = _proxy_env(identity_service.variables(WEB), ports)
     with log.open("wb") as out:
@@ -99,7 +101,7 @@ def test_process_with_discovery_configured_still_reaches_unknown_destinations(
     """With ``MESHLET_PROXY_DESTINATION_*`` set the process runs the discovery client; while the
     destination service does not answer, destinations go to their original address."""
     # Every listener on a free port (the tap's default 4190 may be taken on a shared machine).
-    ports = {name: free_port() for name in ("ADMIN", "INBOUND", "OUTBOUND", "TAP")}
+    ports = dict(zip(("ADMIN", "INBOUND", "OUTBOUND", "TAP"), free_ports(4), strict=True))
     variables = identity_service.variables(WEB)
     variables["DESTINATION_SVC_ADDR"] = f"127.0.0.1:{free_port()}"  # nothing listens there
     log = tmp_path / "proxy.log"

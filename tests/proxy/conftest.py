@@ -3,6 +3,7 @@ original-destination resolver (no iptables), real backends and real clients as s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -129,6 +130,16 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: each is held until all are chosen (separate
+    ``free_port`` calls may return the same port twice)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 @dataclasses.dataclass

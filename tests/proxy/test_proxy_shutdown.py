@@ -11,18 +11,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.proxy.conftest import HERE, free_port
+from tests.proxy.conftest import HERE, free_ports
+
+# The process imports the whole proxy before it listens: on a loaded 2-core machine that alone
+# can take many seconds. The deadline bounds a hang; an early exit is reported at once.
+READY_DEADLINE = 60.0
 
 
 def _start(backend_port: int, grace: str) -> tuple[subprocess.Popen[str], int, int]:
-    inbound, admin = free_port(), free_port()
+    # Every listener on a free port, none on a default (4140/4143/4190/4191): another proxy on
+    # this machine may hold those.
+    inbound, outbound, admin, tap = free_ports(4)
     env = {
         **os.environ,
         "MESHLET_PROXY_INBOUND_LISTEN_ADDR": f"127.0.0.1:{inbound}",
-        "MESHLET_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+        "MESHLET_PROXY_OUTBOUND_LISTEN_ADDR": f"127.0.0.1:{outbound}",
         "MESHLET_PROXY_ADMIN_LISTEN_ADDR": f"127.0.0.1:{admin}",
-        # not the default 4190: another proxy on this machine may hold it
-        "MESHLET_PROXY_TAP_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+        "MESHLET_PROXY_TAP_LISTEN_ADDR": f"127.0.0.1:{tap}",
         "MESHLET_PROXY_SHUTDOWN_GRACE_PERIOD": grace,
     }
     process = subprocess.Popen(
@@ -31,13 +36,45 @@ def _start(backend_port: int, grace: str) -> tuple[subprocess.Popen[str], int, i
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + READY_DEADLINE
     while _status(f"http://127.0.0.1:{admin}/ready") != "200":
-        if time.monotonic() > deadline or process.poll() is not None:
+        if process.poll() is not None:
+            assert process.stderr is not None
+            raise RuntimeError(f"proxy exited {process.returncode}: {process.stderr.read()}")
+        if time.monotonic() > deadline:
             process.kill()
-            raise RuntimeError("proxy did not become ready")
+            process.wait()
+            raise RuntimeError(f"proxy not ready after {READY_DEADLINE:g}s")
         time.sleep(0.05)
     return process, inbound, admin
+
+
+def _in_flight(admin: int) -> bool:
+    """The proxy's metrics show an inbound request without its response yet."""
+    result = subprocess.run(
+        ["curl", "-s", "--max-time", "5", f"http://127.0.0.1:{admin}/metrics"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    requests = _total(result.stdout, "request_total")
+    responses = _total(result.stdout, "response_total")
+    return requests > responses
+
+
+def _total(metrics: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(name + "{") and 'direction="inbound"' in line
+    )
+
+
+def _wait_in_flight(admin: int) -> None:
+    deadline = time.monotonic() + 30
+    while not _in_flight(admin):
+        assert time.monotonic() < deadline, "the request never reached the proxy"
+        time.sleep(0.05)
 
 
 def _status(url: str) -> str:
@@ -77,7 +114,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits(
         text=True,
     )
     cleanup.append(request)
-    time.sleep(0.5)
+    _wait_in_flight(admin)
     started = time.monotonic()
     proxy.send_signal(signal.SIGTERM)
     time.sleep(0.3)
@@ -94,7 +131,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits(
 def test_grace_period_bounds_the_drain(
     http1_backend: int, cleanup: list[subprocess.Popen[str]]
 ) -> None:
-    proxy, inbound, _admin = _start(http1_backend, "1s")
+    proxy, inbound, admin = _start(http1_backend, "1s")
     cleanup.append(proxy)
     request = subprocess.Popen(
         ["curl", "-s", "--max-time", "20", f"http://127.0.0.1:{inbound}/slow/8000"],
@@ -103,7 +140,7 @@ def test_grace_period_bounds_the_drain(
         text=True,
     )
     cleanup.append(request)
-    time.sleep(0.5)
+    _wait_in_flight(admin)
     started = time.monotonic()
     proxy.send_signal(signal.SIGTERM)
     assert proxy.wait(timeout=15) == 0

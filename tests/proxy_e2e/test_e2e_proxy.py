@@ -51,31 +51,11 @@ from tests.harness.mesh import (
     start_app,
     start_program,
 )
+from tests.harness.nginx import start_h2c_nginx, write_h2c_config
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 BIG_H2_FILE = 8 * 1024 * 1024
-NGINX_CONF = """
-user root;
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 8081 http2;
-        location / {{ return 200 "h2 ok\\n"; }}
-        location = /big.bin {{ root {dir}; }}
-    }}
-}}
-"""
 
 
 @dataclass
@@ -119,10 +99,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         if shutil.which("nginx"):
             nginx_dir = tmp / "nginx"
             nginx_dir.mkdir()
-            (nginx_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=nginx_dir))
             (nginx_dir / "big.bin").write_bytes(os.urandom(BIG_H2_FILE))
-            pod.spawn(["nginx", "-c", str(nginx_dir / "nginx.conf")], capture=False, label="nginx")
-            pod.wait_for_port(("127.0.0.1", 8081))
+            start_h2c_nginx(pod, write_h2c_config(nginx_dir, files=("big.bin",)))
         node.add_service("web", 80, [pod], target_port=8080)
         node.add_service("h2", 81, [pod], target_port=8081)
         node.add_service("echo", 7000, [pod])

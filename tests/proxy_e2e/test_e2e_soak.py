@@ -30,30 +30,13 @@ import pytest
 
 from tests.harness import Node, Pod
 from tests.harness.mesh import http_get, mesh_pod, start_app
+from tests.harness.nginx import start_h2c_nginx, write_h2c_config
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 SECONDS = float(os.environ.get("MESHLET_SOAK_SECONDS", "30"))
 RSS_ALLOWANCE_KIB = 6 * 1024
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 8081 http2;
-        location / {{ return 200 "h2 ok\\n"; }}
-    }}
-}}
-"""
+H2_RPS = 50  # per h2load connection
 
 
 def _rss_kib(pid: int) -> int:
@@ -106,9 +89,11 @@ def test_soak_mixed_load(node: Node, tmp_path: Path) -> None:
     if have_nginx:
         nginx_dir = tmp_path / "nginx"
         nginx_dir.mkdir()
-        (nginx_dir / "nginx.conf").write_text(NGINX_CONF.format(dir=nginx_dir))
-        server.pod.spawn(["nginx", "-c", str(nginx_dir / "nginx.conf")], capture=False)
-        server.pod.wait_for_port(("127.0.0.1", 8081))
+        # nginx's GOAWAY after keepalive_requests (default 1000) refuses the streams h2load has
+        # in flight, and h2load counts them as errored without retrying: allow every request
+        # the soak can send on one connection.
+        most = 2 * H2_RPS * int(SECONDS + 1)  # h2load's --rps is per connection
+        start_h2c_nginx(server.pod, write_h2c_config(nginx_dir, keepalive_requests=most))
 
     proxies = {"client": client.proxy.pid, "server": server.proxy.pid}
     idle_fds = {name: _fds(pid) for name, pid in proxies.items()}
@@ -116,7 +101,9 @@ def test_soak_mixed_load(node: Node, tmp_path: Path) -> None:
     if have_nginx:
         h2 = node.add_service("h2", 81, [server.pod], target_port=8081)
         loads.append(
-            _h2load(client.pod, ["-c", "2", "-m", "4", "--rps", "50"], f"http://{h2.vip}:81/")
+            _h2load(
+                client.pod, ["-c", "2", "-m", "4", "--rps", str(H2_RPS)], f"http://{h2.vip}:81/"
+            )
         )
     try:
         outputs, samples, counts, errors = _run_load(client.pod, web.vip, echo.vip, proxies, loads)
