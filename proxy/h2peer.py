@@ -31,7 +31,7 @@ from typing import Final, cast
 
 import hpack
 
-from proxy.h2relay import PREFACE
+from proxy.h2frames import PING_PAYLOAD, PREFACE, encode_block, frame
 
 __all__ = [
     "CANCEL",
@@ -49,6 +49,7 @@ __all__ = [
     "PeerEvent",
     "Reset",
     "WindowOpened",
+    "encode_block",
 ]
 
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
@@ -116,32 +117,6 @@ class WindowOpened:
 PeerEvent = Headers | Data | Reset | GoAwayReceived | WindowOpened
 
 
-def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    head = len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big")
-    return head + payload
-
-
-def _hpack_int(value: int) -> bytes:
-    """An HPACK integer with a 7-bit prefix (RFC 7541 5.1), as string lengths use."""
-    if value < 0x7F:
-        return bytes((value,))
-    out = bytearray((0x7F,))
-    value -= 0x7F
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def encode_block(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """Every field as "literal without indexing, new name", no Huffman."""
-    out = bytearray()
-    for name, value in headers:
-        out += b"\x00" + _hpack_int(len(name)) + name + _hpack_int(len(value)) + value
-    return bytes(out)
-
-
 class Peer:
     """The proxy's end of one HTTP/2 connection (see the module docstring)."""
 
@@ -179,9 +154,9 @@ class Peer:
             settings += _S_ENABLE_PUSH.to_bytes(2, "big") + (0).to_bytes(4, "big")
         else:
             settings += _SMAX_CONCURRENT.to_bytes(2, "big") + MAX_CONCURRENT.to_bytes(4, "big")
-        self.out += _frame(_SETTINGS, 0, 0, bytes(settings))
+        self.out += frame(_SETTINGS, 0, 0, bytes(settings))
         increment = _CONNECTION_WINDOW - INITIAL_WINDOW
-        self.out += _frame(_WINDOW_UPDATE, 0, 0, increment.to_bytes(4, "big"))
+        self.out += frame(_WINDOW_UPDATE, 0, 0, increment.to_bytes(4, "big"))
 
     # -- receiving --------------------------------------------------------------------------------
 
@@ -249,7 +224,7 @@ class Peer:
             if len(payload) != 8:
                 raise PeerError("malformed PING", FRAME_SIZE_ERROR)
             if not flags & _ACK:
-                self.out += _frame(_PING, _ACK, 0, payload)
+                self.out += frame(_PING, _ACK, 0, payload)
         elif kind == _GOAWAY:
             if len(payload) < 8:
                 raise PeerError("malformed GOAWAY", FRAME_SIZE_ERROR)
@@ -315,7 +290,7 @@ class Peer:
                 if not MAX_FRAME_SIZE <= value <= 2**24 - 1:
                     raise PeerError("invalid SETTINGS_MAX_FRAME_SIZE")
                 self._peer_max_frame = value
-        self.out += _frame(_SETTINGS, _ACK, 0)
+        self.out += frame(_SETTINGS, _ACK, 0)
 
     def _window_update_in(self, stream_id: int, payload: bytes, events: list[PeerEvent]) -> None:
         if len(payload) != 4:
@@ -366,10 +341,10 @@ class Peer:
         limit = self._peer_max_frame
         first, rest = block[:limit], block[limit:]
         flags = (_END_STREAM if end_stream else 0) | (0 if rest else _END_HEADERS)
-        self.out += _frame(_HEADERS, flags, stream_id, first)
+        self.out += frame(_HEADERS, flags, stream_id, first)
         while rest:
             chunk, rest = rest[:limit], rest[limit:]
-            self.out += _frame(_CONTINUATION, 0 if rest else _END_HEADERS, stream_id, chunk)
+            self.out += frame(_CONTINUATION, 0 if rest else _END_HEADERS, stream_id, chunk)
 
     def window(self, stream_id: int) -> int:
         """Bytes of DATA that may be sent on ``stream_id`` now."""
@@ -381,7 +356,7 @@ class Peer:
         self._send_conn -= size
         if stream_id in self._send_streams:
             self._send_streams[stream_id] -= size
-        self.out += _frame(_DATA, _END_STREAM if end_stream else 0, stream_id, data)
+        self.out += frame(_DATA, _END_STREAM if end_stream else 0, stream_id, data)
 
     def consumed(self, stream_id: int, flow: int) -> None:
         """``flow`` received bytes of ``stream_id`` were passed on: the peer may send more."""
@@ -391,26 +366,26 @@ class Peer:
         if stream_id and stream_id in self._recv_owed:
             owed = self._recv_owed[stream_id] + flow
             if owed >= INITIAL_WINDOW // 2:
-                self.out += _frame(_WINDOW_UPDATE, 0, stream_id, owed.to_bytes(4, "big"))
+                self.out += frame(_WINDOW_UPDATE, 0, stream_id, owed.to_bytes(4, "big"))
                 owed = 0
             self._recv_owed[stream_id] = owed
         self._recv_conn_owed += flow
         if self._recv_conn_owed >= _CONNECTION_WINDOW // 4:
             owed = self._recv_conn_owed
-            self.out += _frame(_WINDOW_UPDATE, 0, 0, owed.to_bytes(4, "big"))
+            self.out += frame(_WINDOW_UPDATE, 0, 0, owed.to_bytes(4, "big"))
             self._recv_conn_left += owed
             self._recv_conn_owed = 0
 
     def reset(self, stream_id: int, code: int) -> None:
-        self.out += _frame(_RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
+        self.out += frame(_RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
         self.close_stream(stream_id)
 
     def ping(self) -> None:
         """A keepalive PING (the peer's ACK is any read: nothing to match)."""
-        self.out += _frame(_PING, 0, 0, b"meshlet!")
+        self.out += frame(_PING, 0, 0, PING_PAYLOAD)
 
     def goaway(self, last_stream_id: int, code: int = NO_ERROR) -> None:
-        self.out += _frame(
+        self.out += frame(
             _GOAWAY, 0, 0, last_stream_id.to_bytes(4, "big") + code.to_bytes(4, "big")
         )
 

@@ -13,7 +13,8 @@ What the relay adds is observation and a few frames of its own, always at frame 
   direction (required anyway to follow the compression state) to produce metrics events:
   ``RequestStarted`` (``:authority``), ``ResponseStarted`` (``:status``), ``ResponseEnded``
   (with ``grpc-status`` from trailers) and ``StreamReset``;
-- ``ping``, ``goaway``, ``rst_stream`` and ``error_response`` build frames the shell injects;
+- ``ping``, ``goaway``, ``rst_stream`` and ``error_response`` (``proxy/h2frames.py``, re-exported
+  here) build frames the shell injects;
   PING acknowledgements carrying the proxy's own payload are consumed, not forwarded;
 - an injected response uses only "literal without indexing" HPACK representations, which leave
   the receiver's dynamic table untouched, so the two HPACK contexts stay in step.
@@ -36,6 +37,17 @@ from typing import Final, cast
 
 import hpack
 
+from proxy.h2frames import (
+    PING_PAYLOAD,
+    PREFACE,
+    encode_block,
+    error_response,
+    goaway,
+    header_frames,
+    ping,
+    rst_stream,
+)
+
 __all__ = [
     "MAX_FRAME",
     "PREFACE",
@@ -55,9 +67,7 @@ __all__ = [
     "rst_stream",
 ]
 
-PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_FRAME: Final = 1 << 20  # a non-DATA frame larger than this is not worth buffering
-PING_PAYLOAD: Final = b"meshlet!"
 _DATA, _HEADERS, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x3, 0x4
 _PUSH_PROMISE, _PING, _GOAWAY, _CONTINUATION = 0x5, 0x6, 0x7, 0x9
 _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
@@ -66,7 +76,6 @@ _HEADER_TABLE_SIZE: Final = 0x1
 
 HeaderRewrite = Callable[[list[tuple[bytes, bytes]], bool], list[tuple[bytes, bytes]]]
 """``(headers, starts_request) -> headers`` to forward instead (request blocks and trailers)."""
-_MIN_MAX_FRAME: Final = 16384  # every peer accepts frames this large (RFC 9113 section 4.2)
 
 
 class RelayError(Exception):
@@ -268,7 +277,7 @@ class FrameScanner:
         end_stream = bool(flags & _END_STREAM)
         if self.rewrite is not None:
             rewritten = self.rewrite(headers, stream_id not in self._started)
-            self.injected.append(_header_frames(stream_id, end_stream, _literal_block(rewritten)))
+            self.injected.append(header_frames(stream_id, end_stream, encode_block(rewritten)))
         if self.from_client:
             if stream_id not in self._started:
                 self._started.add(stream_id)
@@ -294,44 +303,6 @@ class FrameScanner:
 
     def forget(self, stream_id: int) -> None:
         self._started.discard(stream_id)
-
-
-def _hpack_int(value: int) -> bytes:
-    """An HPACK integer with a 7-bit prefix (RFC 7541 section 5.1), as string lengths use."""
-    if value < 0x7F:
-        return bytes((value,))
-    out = bytearray((0x7F,))
-    value -= 0x7F
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _literal_block(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """Every field as "literal without indexing, new name", no Huffman (RFC 7541 section 6.2.2):
-    the receiver's dynamic table is never touched, so nothing has to stay in step with it, and
-    it costs a few byte joins (hpack's encoder with Huffman coding was 2.5x the decode)."""
-    out = bytearray()
-    for name, value in headers:
-        out += b"\x00" + _hpack_int(len(name)) + name + _hpack_int(len(value)) + value
-    return bytes(out)
-
-
-def _header_frames(stream_id: int, end_stream: bool, block: bytes) -> bytes:
-    """``block`` as HEADERS (+ CONTINUATION) frames no larger than every peer accepts."""
-    chunks = [block[i : i + _MIN_MAX_FRAME] for i in range(0, len(block), _MIN_MAX_FRAME)]
-    chunks = chunks or [b""]
-    out = bytearray()
-    for index, chunk in enumerate(chunks):
-        kind = _HEADERS if index == 0 else _CONTINUATION
-        flags = _END_STREAM if index == 0 and end_stream else 0
-        if index == len(chunks) - 1:
-            flags |= _END_HEADERS
-        out += len(chunk).to_bytes(3, "big") + bytes((kind, flags))
-        out += stream_id.to_bytes(4, "big") + chunk
-    return bytes(out)
 
 
 def _fragment(payload: memoryview, flags: int, kind: int) -> memoryview:
@@ -370,36 +341,3 @@ def _header_table_size(payload: memoryview) -> int | None:
         if int.from_bytes(payload[offset : offset + 2], "big") == _HEADER_TABLE_SIZE:
             found = int.from_bytes(payload[offset + 2 : offset + 6], "big")
     return found
-
-
-def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
-    head = len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big")
-    return head + payload
-
-
-def ping() -> bytes:
-    return _frame(_PING, 0, 0, PING_PAYLOAD)
-
-
-def goaway(last_stream_id: int, error_code: int = 0) -> bytes:
-    return _frame(_GOAWAY, 0, 0, last_stream_id.to_bytes(4, "big") + error_code.to_bytes(4, "big"))
-
-
-def rst_stream(stream_id: int, error_code: int) -> bytes:
-    return _frame(_RST_STREAM, 0, stream_id, error_code.to_bytes(4, "big"))
-
-
-def _literal(name: bytes, value: bytes) -> bytes:
-    # "Literal Header Field without Indexing — New Name" (RFC 7541 6.2.2), no Huffman: the
-    # receiver's dynamic table is not touched. Lengths here are always < 127.
-    return b"\x00" + bytes((len(name),)) + name + bytes((len(value),)) + value
-
-
-def error_response(stream_id: int, status: int, slug: bytes) -> bytes:
-    """A complete response (HEADERS with END_STREAM) carrying the proxy's error."""
-    block = (
-        _literal(b":status", str(status).encode())
-        + _literal(b"meshlet-proxy-error", slug)
-        + _literal(b"content-length", b"0")
-    )
-    return _frame(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, block)
