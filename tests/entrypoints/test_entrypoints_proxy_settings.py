@@ -57,6 +57,10 @@ BAD: dict[str, tuple[str, ...]] = {
     "IDENTITY_WAIT_TIMEOUT": _DURATIONS,
     "IDENTITY_SVC_ADDR": ("abc", "identity:70000", ":8080"),
     "DESTINATION_SVC_ADDR": ("abc", "destination:70000", "destination:0"),
+    "OUTBOUND_HTTP2_PER_STREAM": ("maybe", "2"),
+    "DEFAULT_INBOUND_POLICY": ("everyone", "all_authenticated"),
+    "CLUSTER_NETWORKS": ("abc", "10.0.0.0/33", "10.0.0.1/8x"),
+    "TAP_AUTHORIZED_IDENTITIES": ("not a name!", "web..shop"),
 }
 # Free text (names, metadata) or paths (the token file must exist: see its test below).
 ANY_TEXT = frozenset({
