@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio.sslproto
 import logging
 import os
+import socket
 import sys
 
 from meshlet.devcert import write_self_signed
 from meshlet.logs import configure_logging
 from meshlet.names import control_plane_identity
-from meshlet.tlsserve import ReloadingServerTLS, TLSFilesError, run_app
+from meshlet.tlsserve import ReloadingServerTLS, TLSFilesError, serve_app
 
 from .app import create_app
 from .events import ObjectSource
@@ -43,6 +44,24 @@ def _source(settings: DestinationSettings) -> ObjectSource:
         return kubernetes_source(settings)
     except ValueError as error:
         raise _StartupError(f"kubernetes: {error}") from None
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything is logged or served: a port in use or an
+    address this machine does not have is one line at start-up, not uvicorn's exit status 3."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except (OSError, UnicodeError) as error:  # UnicodeError: a name the idna codec refuses
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = getattr(error, "strerror", None) or "not an address of this machine"
+        raise _StartupError(f"cannot listen on {where}: {reason}") from None
+    return sock
 
 
 def _small_tls_read_buffers() -> None:
@@ -88,20 +107,29 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, TLSFilesError, _StartupError, ValueError, OSError) as error:
         print(f"meshlet-destination: {error}", file=sys.stderr)
         return 2
+    try:
+        sock = _listen(settings.listen_host, settings.listen_port)
+    except _StartupError as error:
+        print(f"meshlet-destination: {error}", file=sys.stderr)
+        return 1
     _small_tls_read_buffers()
+    host, port = sock.getsockname()[:2]
     log.info(
         "serving on %s:%d, source %s, event loop %s",
-        settings.listen_host,
-        settings.listen_port,
+        host,
+        port,
         settings.source,
         _event_loop(),
     )
     app = create_app(settings, source, handle_signals=True)
     install_early_handlers()  # a graceful stop on SIGTERM exits 0, not -15
+    level = os.environ.get("MESHLET_UVICORN_LOG_LEVEL", "warning")
     try:
-        run_app(app, host=settings.listen_host, port=settings.listen_port, tls=tls)
+        asyncio.run(serve_app(app, host=host, port=port, tls=tls, sockets=[sock], log_level=level))
     except KeyboardInterrupt:
         return 0
+    finally:
+        sock.close()
     return 0
 
 

@@ -213,6 +213,11 @@ def _open(
         raise TapCommandError(f"{where} did not answer within {_CONNECT_TIMEOUT:g}s") from None
     except socket.gaierror as exc:
         raise TapCommandError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    except UnicodeError:  # the idna codec refuses the name (an empty or 64+ character label)
+        raise TapCommandError(
+            f"cannot resolve {host!r}: not a valid host name (each dot-separated label must be "
+            "1 to 63 characters)"
+        ) from None
     except ssl.SSLCertVerificationError as exc:
         raise TapCommandError(
             f"{where}'s certificate is not trusted: {exc.verify_message}"
@@ -251,11 +256,7 @@ def _records(response: http.client.HTTPResponse) -> Iterator[tuple[bytes, dict[s
         yield line, record
 
 
-def _run(args: argparse.Namespace) -> None:
-    try:
-        host, port = parse_target(args.address)
-    except ValueError as exc:
-        raise TapCommandError(str(exc)) from None
+def _run(args: argparse.Namespace, host: str, port: int) -> None:
     context = _tls_context(args)
     tls = None if context is None else (context, args.identity)
     response = _open(host, port, _query(args), tls)
@@ -285,10 +286,15 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        host, port = parse_target(args.address)
+    except ValueError as exc:  # a usage error, like a bad option: status 2
+        print(f"meshlet tap: {exc}", file=sys.stderr)
+        return 2
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="replace")  # "µs" on a terminal that cannot show it
     try:
-        _run(args)
+        _run(args, host, port)
     except TapCommandError as exc:
         print(f"meshlet tap: {exc}", file=sys.stderr)
         return 1

@@ -62,6 +62,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("proxy")
+_USAGE = (
+    "usage: meshlet-proxy\n\n"
+    "The meshlet sidecar proxy. It takes no arguments: it is configured only by MESHLET_PROXY_*\n"
+    "environment variables (listen ports, identity, discovery, policy, timeouts), which the\n"
+    "webhook sets when it injects a pod. See docs/proxy.md for every variable."
+)
 _LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
@@ -181,6 +187,9 @@ def set_up_logging(settings: ProxySettings) -> None:
 def main(argv: list[str] | None = None, *, resolver: Resolver = default_resolver) -> int:
     """Entry point of the ``meshlet-proxy`` console script (``resolver``: see ``run_proxy``)."""
     args = sys.argv[1:] if argv is None else argv
+    if args in (["--help"], ["-h"]):
+        print(_USAGE)
+        return 0
     if args:
         print(
             "meshlet-proxy takes no arguments: it is configured by MESHLET_PROXY_* variables "

@@ -18,15 +18,18 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshlet import __version__
 from meshlet.devcert import write_self_signed
 from meshlet.logs import configure_logging
 from meshlet.tlsserve import ReloadingServerTLS, TLSFilesError, serve_app
 from webhook.app import create_app
-from webhook.cabundle import CaBundleKeeper
 from webhook.kube import ClusterView, ClusterViewError, StaticClusterView
 from webhook.settings import ENV_PREFIX, SettingsError, WebhookSettings, load_settings
+
+if TYPE_CHECKING:
+    from webhook.cabundle import CaBundleKeeper
 
 __all__ = ["main"]
 
@@ -177,6 +180,10 @@ def _ca_bundle_keeper(settings: WebhookSettings, view: ClusterView) -> CaBundleK
     if api is None:
         log.warning("--ca-bundle-config needs --cluster kubernetes; the caBundle is not kept")
         return None
+    # Imported only here: webhook.cabundle loads kubernetes-asyncio (~1.8 s of CPU), which
+    # --help, a local --cluster file and every start-up error should not pay for.
+    from webhook.cabundle import CaBundleKeeper  # noqa: PLC0415
+
     return CaBundleKeeper(
         api,
         name=settings.ca_bundle_config,

@@ -45,6 +45,10 @@ _TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "Pod": (),
 }
 _SUFFIXES = (".yaml", ".yml", ".json")
+# Bounds on input: a Kubernetes object is at most ~1.5 MiB (etcd's limit) and a few dozen levels
+# deep; a file past these is a mistake or a hostile input, refused before it costs much.
+MAX_INPUT_BYTES = 32 * 1024 * 1024
+MAX_DEPTH = 100
 
 
 class InputError(Exception):
@@ -155,17 +159,47 @@ def _files(target: str) -> Iterator[tuple[str, TextIO | Path]]:
         yield target, path
 
 
+def _too_deep(document: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``document`` nests lists and mappings more than ``limit`` levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > limit:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _read(source: TextIO | Path) -> str:
+    if isinstance(source, Path):
+        with source.open(encoding="utf-8") as file:
+            text = file.read(MAX_INPUT_BYTES + 1)
+    else:
+        text = source.read(MAX_INPUT_BYTES + 1)
+    if len(text) > MAX_INPUT_BYTES:
+        raise InputError(f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+    return text
+
+
 def _load(targets: list[str]) -> list[Any]:
     documents: list[Any] = []
     for target in targets:
         for label, source in _files(target):
             try:
-                text = source.read_text() if isinstance(source, Path) else source.read()
-                documents += [d for d in yaml.safe_load_all(text) if d is not None]
+                loaded = [d for d in yaml.safe_load_all(_read(source)) if d is not None]
+            except InputError as error:
+                raise InputError(f"{label}: {error}") from None
             except OSError as error:
                 raise InputError(f"{label}: {error.strerror}") from None
             except (yaml.YAMLError, UnicodeDecodeError) as error:
                 raise InputError(f"{label}: not valid YAML: {error}".splitlines()[0]) from None
+            except RecursionError:  # the YAML composer recurses once per level
+                raise InputError(f"{label}: nested too deeply (over {MAX_DEPTH} levels)") from None
+            if any(_too_deep(document) for document in loaded):
+                raise InputError(f"{label}: nested too deeply (over {MAX_DEPTH} levels)")
+            documents += loaded
     return documents
 
 

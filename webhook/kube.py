@@ -134,9 +134,16 @@ class StaticClusterView:
     def _load(self) -> None:
         try:
             info = os.stat(self.path)
-            documents = list(yaml.safe_load_all(self.path.read_text()))
+            documents = list(yaml.safe_load_all(self.path.read_text(encoding="utf-8")))
         except OSError as error:
             raise ClusterViewError(f"cannot read {self.path}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise ClusterViewError(
+                f"{self.path} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
+                f"offset {error.start}); give a YAML file"
+            ) from None
+        except RecursionError:  # the YAML composer recurses once per nesting level
+            raise ClusterViewError(f"{self.path} is nested too deeply to be a cluster") from None
         except yaml.YAMLError as error:
             raise ClusterViewError(f"{self.path} is not valid YAML: {error}") from None
         namespaces: dict[str, NamespaceInfo] = {}

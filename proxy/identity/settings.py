@@ -69,7 +69,7 @@ class IdentityClientSettings:
         if (directory := get("DIR")) is not None:
             values["identity_dir"] = Path(directory)
         if (token := get("TOKEN_FILE")) is not None:
-            values["token_file"] = Path(token)
+            values["token_file"] = _existing_token_file(token)
         if (name := get("SVC_NAME")) is not None:
             values["svc_name"] = name
         addr = get("SVC_ADDR") or DEFAULT_SVC_ADDR
@@ -78,6 +78,24 @@ class IdentityClientSettings:
             raise IdentitySettingsError(f"{_PREFIX}SVC_ADDR={addr!r}: expected host:port")
         values["svc_host"], values["svc_port"] = host.strip("[]"), int(port)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _existing_token_file(value: str) -> Path:
+    """The token file named by ``TOKEN_FILE``, which must exist at start-up.
+
+    Kubernetes mounts a pod's volumes, the projected ServiceAccount token among them, before any
+    of its containers starts, so a file missing at start-up is a wrong path or a missing volume:
+    it would never appear, and the proxy would stay unready retrying. (Only an explicit variable
+    is checked; the webhook always sets it. The file is read afresh for every request since
+    kubelet rotates it.)
+    """
+    path = Path(value)
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise IdentitySettingsError(
+            f"{_PREFIX}TOKEN_FILE={value}: {problem} (the projected ServiceAccount token volume)"
+        )
+    return path
 
 
 def _count_certificates(pem: str) -> int:

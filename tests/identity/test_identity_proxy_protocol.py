@@ -243,3 +243,18 @@ async def test_renewal_schedule_and_backoff_on_a_fake_clock(
     assert gaps[3:] == pytest.approx([70.0, 70.0, 70.0], abs=1.0)
     assert client.renewals == 4
     assert client.failures == 3
+
+
+def test_token_file_must_exist_when_named(tmp_path: Path) -> None:
+    anchor, _ = make_ca()
+    env = {
+        "MESHLET_PROXY_IDENTITY_TRUST_ANCHORS": pem(anchor.certificate).decode(),
+        "MESHLET_PROXY_IDENTITY_LOCAL_NAME": WEB,
+    }
+    token = tmp_path / "token"
+    token.write_text("tok")
+    named = {**env, "MESHLET_PROXY_IDENTITY_TOKEN_FILE": str(token)}
+    assert IdentityClientSettings.from_env(named).token_file == token
+    for path, problem in ((tmp_path / "missing", "does not exist"), (tmp_path, "is not a file")):
+        with pytest.raises(IdentitySettingsError, match=f"TOKEN_FILE={path}: {problem}"):
+            IdentityClientSettings.from_env({**env, "MESHLET_PROXY_IDENTITY_TOKEN_FILE": str(path)})

@@ -103,7 +103,7 @@ async def test_stream_ending_is_reported(nursery: trio.Nursery, spawn: Any) -> N
 @pytest.mark.trio
 async def test_bad_arguments() -> None:
     code, err = await meshlet_tap("host/path")
-    assert (code, err) == (1, "meshlet tap: 'host/path' is not HOST[:PORT]")
+    assert (code, err) == (2, "meshlet tap: 'host/path' is not HOST[:PORT]")  # a usage error
     code, err = await meshlet_tap("127.0.0.1:1", "--max-rps", "0")
     assert code == 2
     assert "--max-rps must be more than 0" in err

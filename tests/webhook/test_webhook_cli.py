@@ -159,3 +159,23 @@ def test_stdin_through_the_console_script() -> None:
     assert result.returncode == 0, result.stderr
     assert "meshlet.io/inject: enabled" in result.stdout
     assert "6 annotated, 2 skipped" in result.stderr
+
+
+def test_deep_or_large_input_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Deep enough to load without a RecursionError, still past the depth bound.
+    levels = cli.MAX_DEPTH + 1
+    (tmp_path / "deep.yaml").write_text("kind: Pod\nspec: " + "[" * levels + "]" * levels + "\n")
+    assert cli.main([str(tmp_path / "deep.yaml")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"deep.yaml: nested too deeply (over {cli.MAX_DEPTH} levels)" in captured.err
+    # At the bound it is accepted (a Pod without containers: skipped, not refused).
+    (tmp_path / "ok.yaml").write_text("kind: Pod\nspec: " + "[" * 99 + "]" * 99 + "\n")
+    assert cli.main([str(tmp_path / "ok.yaml")]) == 1
+    capsys.readouterr()
+    monkeypatch.setattr(cli, "MAX_INPUT_BYTES", 1024 * 1024)
+    (tmp_path / "big.yaml").write_text("# " + "x" * (1024 * 1024) + "\n")
+    assert cli.main([str(tmp_path / "big.yaml")]) == 2
+    assert "big.yaml: larger than 1 MiB" in capsys.readouterr().err
