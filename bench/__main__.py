@@ -14,12 +14,28 @@ class _Benchmark(Protocol):
     def run(self, args: list[str]) -> None: ...
 
 
+def _usage(available: list[str]) -> str:
+    lines = [
+        "usage: python -m bench [NAME ...] [OPTIONS]",
+        "Runs the named benchmarks (all of them without a name) and prints medians of repeated",
+        "runs with a same-run reference; options go to each benchmark (--quick for a short run,",
+        "--runs=N where supported; see docs/performance.md). Benchmarks:",
+    ]
+    for name in available:
+        doc = importlib.import_module(f"bench.bench_{name}").__doc__ or ""
+        lines.append(f"  {name:<12} {doc.strip().splitlines()[0] if doc.strip() else ''}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     available = sorted(
         info.name.removeprefix("bench_")
         for info in pkgutil.iter_modules(bench.__path__)
         if info.name.startswith("bench_")
     )
+    if "-h" in argv or "--help" in argv:
+        print(_usage(available))
+        return 0
     names = [arg for arg in argv if not arg.startswith("-")] or available
     unknown = sorted(set(names) - set(available))
     if unknown:
