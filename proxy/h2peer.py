@@ -27,11 +27,12 @@ still counted against the connection window.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final
 
 import hpack
 
 from proxy.h2frames import PING_PAYLOAD, PREFACE, encode_block, frame
+from proxy.hpackcache import CachingDecoder
 
 __all__ = [
     "CANCEL",
@@ -123,7 +124,7 @@ class Peer:
     def __init__(self, *, client_side: bool) -> None:
         self.client_side = client_side
         self.out = bytearray()
-        self.decoder = hpack.Decoder()
+        self.decoder = CachingDecoder()
         self._buffer = bytearray()
         self._preface_left = 0 if client_side else len(PREFACE)
         self._block = bytearray()
@@ -254,9 +255,7 @@ class Peer:
     def _end_block(self, events: list[PeerEvent]) -> None:
         stream_id = self._block_stream
         try:
-            headers = cast(
-                list[tuple[bytes, bytes]], self.decoder.decode(bytes(self._block), raw=True)
-            )
+            headers = self.decoder.decode(bytes(self._block))
         except hpack.HPACKError as exc:
             raise PeerError(f"header block cannot be decoded: {exc}", 0x9) from exc
         self._block.clear()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Final
 
 import hpack
 
@@ -47,6 +47,7 @@ from proxy.h2frames import (
     ping,
     rst_stream,
 )
+from proxy.hpackcache import CachingDecoder
 
 __all__ = [
     "MAX_FRAME",
@@ -131,7 +132,7 @@ class FrameScanner:
 
     def __init__(self, *, from_client: bool, rewrite: HeaderRewrite | None = None) -> None:
         self.from_client = from_client
-        self.decoder = hpack.Decoder()
+        self.decoder = CachingDecoder()
         self.rewrite = rewrite if from_client else None
         self._preface_left = len(PREFACE) if from_client else 0
         self._buffer = bytearray()  # an incomplete frame header or non-DATA frame
@@ -264,9 +265,7 @@ class FrameScanner:
 
     def _end_block(self, events: list[Event]) -> None:
         try:
-            headers = cast(
-                list[tuple[bytes, bytes]], list(self.decoder.decode(bytes(self._block), raw=True))
-            )
+            headers = self.decoder.decode(bytes(self._block))
         except hpack.HPACKError as exc:
             raise RelayError(f"header block cannot be decoded: {exc}") from exc
         stream_id, flags, kind = self._block_stream, self._block_flags, self._block_kind
