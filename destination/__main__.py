@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio.sslproto
 import logging
 import os
-import socket
 import sys
 
 from meshlet.devcert import write_self_signed
 from meshlet.logs import configure_logging
 from meshlet.names import control_plane_identity
-from meshlet.tlsserve import ReloadingServerTLS, TLSFilesError, serve_app
+from meshlet.tlsserve import (
+    ListenError,
+    ReloadingServerTLS,
+    TLSFilesError,
+    listen_socket,
+    serve_app,
+)
 
 from .app import create_app
 from .events import ObjectSource
@@ -44,24 +49,6 @@ def _source(settings: DestinationSettings) -> ObjectSource:
         return kubernetes_source(settings)
     except ValueError as error:
         raise _StartupError(f"kubernetes: {error}") from None
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before anything is logged or served: a port in use or an
-    address this machine does not have is one line at start-up, not uvicorn's exit status 3."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except (OSError, UnicodeError) as error:  # UnicodeError: a name the idna codec refuses
-        sock.close()
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        reason = getattr(error, "strerror", None) or "not an address of this machine"
-        raise _StartupError(f"cannot listen on {where}: {reason}") from None
-    return sock
 
 
 def _small_tls_read_buffers() -> None:
@@ -108,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meshlet-destination: {error}", file=sys.stderr)
         return 2
     try:
-        sock = _listen(settings.listen_host, settings.listen_port)
-    except _StartupError as error:
+        sock = listen_socket(settings.listen_host, settings.listen_port, backlog=2048)
+    except ListenError as error:
         print(f"meshlet-destination: {error}", file=sys.stderr)
         return 1
     _small_tls_read_buffers()

@@ -7,7 +7,6 @@ import datetime
 import logging
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +19,13 @@ from identity.settings import IdentitySettings, SettingsError, load_settings
 from identity.tokens import KubernetesTokenReviewer, StaticTokenFile, TokenFileError, TokenReviewer
 from meshlet.logs import configure_logging
 from meshlet.names import control_plane_identity
-from meshlet.tlsserve import ReloadingServerTLS, TLSFilesError, serve_app
+from meshlet.tlsserve import (
+    ListenError,
+    ReloadingServerTLS,
+    TLSFilesError,
+    listen_socket,
+    serve_app,
+)
 
 __all__ = ["main"]
 
@@ -50,24 +55,6 @@ async def _reviewer(settings: IdentitySettings) -> TokenReviewer:
             f"cannot configure the Kubernetes client for TokenReview ({error}); "
             "run in a pod, set KUBECONFIG, or use MESHLET_IDENTITY_TOKEN_SOURCE=<token file>"
         ) from None
-
-
-def _listen(settings: IdentitySettings) -> socket.socket:
-    """The listening socket, bound before anything is served: a port in use or an address this
-    machine does not have is one line at start-up, not a server error later."""
-    host, port = settings.listen_host, settings.listen_port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(512)
-    except (OSError, UnicodeError) as error:  # UnicodeError: a name the idna codec refuses
-        sock.close()
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        reason = getattr(error, "strerror", None) or "not an address of this machine"
-        raise StartupError(f"cannot listen on {where}: {reason}") from None
-    return sock
 
 
 async def _serve(settings: IdentitySettings, serving_dir: Path) -> None:
@@ -102,7 +89,10 @@ async def _serve(settings: IdentitySettings, serving_dir: Path) -> None:
     except TLSFilesError as error:
         raise StartupError(str(error)) from None
     reviewer = await _reviewer(settings)
-    sock = _listen(settings)
+    try:
+        sock = listen_socket(settings.listen_host, settings.listen_port, backlog=512)
+    except ListenError as error:
+        raise StartupError(str(error)) from None
     authority = Authority(settings=settings, store=store, reviewer=reviewer)
     app = create_app(authority, serving=serving)
     host, port = sock.getsockname()[:2]

@@ -25,13 +25,43 @@ import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-__all__ = ["ReloadingServerTLS", "TLSFilesError", "run_app", "serve_app"]
+__all__ = [
+    "ListenError",
+    "ReloadingServerTLS",
+    "TLSFilesError",
+    "listen_socket",
+    "run_app",
+    "serve_app",
+]
 
 log = logging.getLogger("meshlet.tls")
 
 
 class TLSFilesError(RuntimeError):
     """The certificate or key could not be loaded; the message names the files and the cause."""
+
+
+class ListenError(RuntimeError):
+    """The listening socket cannot be made; the message is one line for the operator."""
+
+
+def listen_socket(host: str, port: int, *, backlog: int) -> socket.socket:
+    """The listening socket, bound before anything is logged or served: a port in use or an
+    address this machine does not have is one line at start-up, not uvicorn's exit status 3
+    after a misleading "serving" line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except (OSError, UnicodeError) as error:  # UnicodeError: a name the idna codec refuses
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = getattr(error, "strerror", None) or "not an address of this machine"
+        raise ListenError(f"cannot listen on {where}: {reason}") from None
+    return sock
 
 
 @dataclass(frozen=True, slots=True)
