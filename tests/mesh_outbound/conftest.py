@@ -4,6 +4,7 @@ outbound mesh client (a real ``DiscoveryClient`` over TLS) and a settable origin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import random
@@ -98,19 +99,28 @@ class Mesh:
         return {b.name: b for b in self.backends}
 
 
-@pytest.fixture
-async def mesh(
-    nursery: trio.Nursery, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[Mesh]:
-    backends = [Backend(f"web-{i}", f"127.0.0.{i + 2}") for i in range(3)]
-    outside = Backend("outside", "127.0.0.1")  # not in discovery
-    for backend in [*backends, outside]:
-        await nursery.start(backend.serve)
-    overrides: dict[str, Any] = dict(getattr(request, "param", {}))
+@dataclasses.dataclass
+class RunningProxy:
+    """The proxy in-process with its outbound mesh client, and the destination it reads."""
+
+    destination: DestinationProcess
+    outbound: Outbound
+    context: ProxyContext
+    addresses: ProxyAddresses
+    original: list[tuple[str, int]]  # the original destination the resolver answers
+
+
+@contextlib.asynccontextmanager
+async def outbound_proxy(
+    tmp_path: Path, listed: Sequence[Listed], param: dict[str, Any]
+) -> AsyncIterator[RunningProxy]:
+    """A destination process listing ``listed`` and the proxy in-process using it; ``param``
+    overrides ``ProxySettings`` fields, plus ``decay`` and ``min_backoff`` of the balancer."""
+    overrides = dict(param)
     balance = BalanceSettings(
         decay=overrides.pop("decay", 10.0), min_backoff=overrides.pop("min_backoff", 1.0)
     )
-    with destination(tmp_path, render_yaml(backends)) as server:
+    with destination(tmp_path, render_yaml(listed)) as server:
         settings = ProxySettings(
             inbound_listen=Address("127.0.0.1", 0),
             outbound_listen=Address("127.0.0.1", 0),
@@ -138,5 +148,25 @@ async def mesh(
                         tap=None,
                     )
                 )
-                yield Mesh(backends, outside, server, outbound, context, addresses, original)
+                yield RunningProxy(server, outbound, context, addresses, original)
                 inner.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def mesh(
+    nursery: trio.Nursery, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Mesh]:
+    backends = [Backend(f"web-{i}", f"127.0.0.{i + 2}") for i in range(3)]
+    outside = Backend("outside", "127.0.0.1")  # not in discovery
+    for backend in [*backends, outside]:
+        await nursery.start(backend.serve)
+    async with outbound_proxy(tmp_path, backends, getattr(request, "param", {})) as run:
+        yield Mesh(
+            backends,
+            outside,
+            run.destination,
+            run.outbound,
+            run.context,
+            run.addresses,
+            run.original,
+        )

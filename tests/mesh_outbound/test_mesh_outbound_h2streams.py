@@ -15,7 +15,6 @@ import pytest
 import trio
 
 from proxy.__main__ import ProxyAddresses, run_proxy
-from proxy.balance import BalanceSettings
 from proxy.context import Lifecycle, ProxyContext
 from proxy.discovery import DiscoveryClient, DiscoverySettings
 from proxy.metrics import Metrics
@@ -28,7 +27,13 @@ from tests.destination.dst_server import (
     destination,
     write_yaml,
 )
-from tests.mesh_outbound.conftest import EMPTY_IP, SERVICE_IP, SERVICE_PORT, render_yaml
+from tests.mesh_outbound.conftest import (
+    EMPTY_IP,
+    SERVICE_IP,
+    SERVICE_PORT,
+    outbound_proxy,
+    render_yaml,
+)
 from tests.mesh_outbound.mo_h2backend import H2Backend
 from tests.mesh_outbound.mo_h2client import H2Client
 
@@ -63,38 +68,8 @@ async def h2mesh(
     backends = [H2Backend(f"web-{i}", f"127.0.0.{i + 2}") for i in range(3)]
     for backend in backends:
         await nursery.start(backend.serve)
-    overrides: dict[str, Any] = dict(getattr(request, "param", {}))
-    balance = BalanceSettings(decay=overrides.pop("decay", 10.0), min_backoff=1.0)
-    with destination(tmp_path, render_yaml(backends)) as server:
-        settings = ProxySettings(
-            inbound_listen=Address("127.0.0.1", 0),
-            outbound_listen=Address("127.0.0.1", 0),
-            admin_listen=Address("127.0.0.1", 0),
-            outbound_failfast_timeout=0.5,
-            **overrides,
-        )
-        discovery_settings = DiscoverySettings(
-            host="127.0.0.1",
-            port=server.port,
-            server_name=DESTINATION_NAME,
-            trust_anchors_pem=server.ca.read_text(),
-        )
-        async with DiscoveryClient(discovery_settings) as discovery:
-            outbound = Outbound(settings, discovery, balance=balance, rng=random.Random(7))
-            context = ProxyContext(settings, Metrics(), Lifecycle(), outbound=outbound)
-            original = [(SERVICE_IP, SERVICE_PORT)]
-            async with trio.open_nursery() as inner:
-                addresses = await inner.start(
-                    functools.partial(
-                        run_proxy,
-                        settings,
-                        resolver=lambda _sock: original[0],
-                        context=context,
-                        tap=None,
-                    )
-                )
-                yield H2Mesh(backends, server, context, addresses, original)
-                inner.cancel_scope.cancel()
+    async with outbound_proxy(tmp_path, backends, getattr(request, "param", {})) as run:
+        yield H2Mesh(backends, run.destination, run.context, run.addresses, run.original)
 
 
 async def _answers(mesh: H2Mesh, paths: list[str], **kwargs: Any) -> list[Any]:
