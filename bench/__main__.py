@@ -1,10 +1,15 @@
-"""Run every benchmark module (``bench/bench_*.py``), or those named on the command line."""
+"""Run every benchmark module (``bench/bench_*.py``), or those named on the command line.
+
+SIGTERM (``timeout``, a CI step ending) unwinds like Ctrl-C, so a benchmark's ``finally`` blocks
+still stop its processes and delete its network namespaces."""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import signal
 import sys
+from types import FrameType
 from typing import Protocol, cast
 
 import bench
@@ -49,5 +54,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)
     sys.exit(main(sys.argv[1:]))
