@@ -35,6 +35,15 @@ from proxy.errors import (
     unwrap_groups,
 )
 from proxy.h1 import End, RequestHead, ResponseReader
+from proxy.h1.replay import (
+    BODY_NOT_KEPT,
+    NOT_IDEMPOTENT,
+    NOT_REPLAYED,
+    REPLAY,
+    idempotent,
+    replay_decision,
+    reuse_idle,
+)
 from proxy.h1.write import frame_body, write_request
 from proxy.metrics import classify
 from proxy.net import Conn
@@ -48,7 +57,6 @@ __all__ = ["proxy_mesh"]
 log = logging.getLogger(__name__)
 
 _HEAD: Final = b"HEAD"
-_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 class _RetryAttempt(Exception):
@@ -237,6 +245,7 @@ class _Exchange:
             raise
         finally:
             if ending == "keep":
+                wire.idle_since = trio.current_time()
                 target.checkin(endpoint, conn, wire)
             elif ending == "abort":
                 conn.abort()
@@ -263,19 +272,36 @@ class _Exchange:
             raise
 
     def _stale(self, wire: ResponseReader) -> bool:
-        """Whether a closed connection may be retried at once on a new one: it was reused, no
-        byte of a response arrived, the request is buffered and idempotent."""
-        return (
-            wire.responses > 0  # a response came on it before: reused
-            and wire.received == 0  # not one byte of a response
-            and not self.reported
-            and self.complete
-            and self.request.method in _IDEMPOTENT
+        """Whether a closed connection may be retried at once on a new one
+        (``proxy/h1/replay.py``): it was reused, no byte of a response arrived, the request is
+        idempotent and wholly buffered."""
+        decision = replay_decision(
+            reused=wire.responses > 0,
+            response_bytes=wire.received,
+            idempotent=idempotent(self.request),
+            kept=self.complete,
         )
+        if decision in (NOT_IDEMPOTENT, BODY_NOT_KEPT):
+            log.info(
+                "%s: a reused connection closed before answering; not sent again: %s",
+                self.target.authority,
+                NOT_REPLAYED[decision],
+            )
+        return decision == REPLAY and not self.reported
 
     async def _connect(self, endpoint: Endpoint) -> tuple[Conn, ResponseReader]:
+        """A pooled connection to ``endpoint`` idle for less than the pool idle timeout (the
+        server may be closing older ones right now), else a new one."""
+        context = self.session.context
+        idle_limit = context.settings.http1_pool_idle_timeout
         try:
-            return await self.target.checkout(endpoint, self.session.context.metrics)
+            while True:
+                conn, wire = await self.target.checkout(endpoint, context.metrics)
+                if not wire.responses or reuse_idle(
+                    trio.current_time() - wire.idle_since, idle_limit
+                ):
+                    return conn, wire
+                conn.close()
         except UpstreamError as exc:
             if isinstance(self._report(outcome=Outcome.CONNECT_FAILED), Retry):
                 log.info("outbound connect to %s failed (%s); retrying", self.target.authority, exc)
