@@ -19,7 +19,11 @@ to discovered destinations go through ``proxy/http1mesh.py``. Bodies keep their 
 (with their trailers), a response delimited by the upstream closing goes to an HTTP/1.1 client
 chunked (its connection stays open) and to an HTTP/1.0 client as is.
 A ``101 Switching Protocols`` answer to an upgrade request (WebSocket) turns the connection into
-a byte tunnel (``proxy/tcp.py``). Failures before the response head reach the client as an HTTP
+a byte tunnel (``proxy/tcp.py``). The upstream connection is kept between requests while it is
+idle for less than the pool idle timeout; when a reused one turns out closed by the server before
+one byte of an answer, an idempotent request whose bytes are still held (``ReplayCopy``) is sent
+once more on a new connection (``proxy/h1/replay.py`` says when that is safe, and why a ``POST``
+is not). Failures before the response head reach the client as an HTTP
 error carrying ``meshlet-proxy-error: <slug>`` (502 refused, 504 connect timeout, 400 malformed
 request with the reason); after it, the client connection is reset, since the response can no
 longer be replaced.
@@ -297,14 +301,7 @@ class _Session(ResponseRelay):
         upstream, wire = await self._upstream(started, poll=not replayable)
         try:
             status, switched = await self._send(
-                request,
-                upstream,
-                wire,
-                out,
-                labels=labels,
-                started=started,
-                complete=complete,
-                copy=copy,
+                request, upstream, wire, out, (labels, started), complete=complete, copy=copy
             )
         except (UpstreamClosed, UpstreamProtocolError) as exc:
             decision = replay_decision(
@@ -322,13 +319,7 @@ class _Session(ResponseRelay):
             self._drop_upstream(abort=False)
             upstream, wire = await self._upstream(started, poll=False)
             status, switched = await self._send(
-                request,
-                upstream,
-                wire,
-                copy.take(),
-                labels=labels,
-                started=started,
-                complete=self.request_done,
+                request, upstream, wire, copy.take(), (labels, started), complete=self.request_done
             )
         return status, switched, upstream, wire
 
@@ -338,14 +329,15 @@ class _Session(ResponseRelay):
         upstream: Conn,
         wire: ResponseReader,
         out: bytes,
+        timing: tuple[str, float],
         *,
-        labels: str,
-        started: float,
         complete: bool,
         copy: ReplayCopy | None = None,
     ) -> tuple[int, bool]:
         """One attempt: ``out``, then (unless ``complete``) the rest of the body, recorded in
-        ``copy`` before each write, concurrently with relaying the response."""
+        ``copy`` before each write, concurrently with relaying the response. ``timing`` is the
+        request's metric labels and start time."""
+        labels, started = timing
         wire.start(head_request=request.method == _HEAD)
         await upstream.send(out)
         if complete:

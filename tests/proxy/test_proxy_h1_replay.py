@@ -29,6 +29,7 @@ from proxy.h1.replay import (
     replay_decision,
     reuse_idle,
 )
+from proxy.settings import SettingsError, load_settings
 
 
 @pytest.mark.parametrize(
@@ -118,3 +119,19 @@ def test_a_zero_limit_keeps_only_bodiless_requests() -> None:
 )
 def test_idle_reuse_below_the_limit(idle: float, limit: float, expected: bool) -> None:
     assert reuse_idle(idle, limit) is expected
+
+
+def test_the_settings_and_their_defaults() -> None:
+    defaults = load_settings({})
+    assert (defaults.http1_pool_idle_timeout, defaults.http1_replay_buffer_bytes) == (1.0, 65536)
+    settings = load_settings(
+        {
+            "MESHLET_PROXY_HTTP1_POOL_IDLE_TIMEOUT": "250ms",
+            "MESHLET_PROXY_HTTP1_REPLAY_BUFFER_BYTES": "0",
+        }
+    )
+    assert (settings.http1_pool_idle_timeout, settings.http1_replay_buffer_bytes) == (0.25, 0)
+    never = load_settings({"MESHLET_PROXY_HTTP1_POOL_IDLE_TIMEOUT": "0s"})
+    assert never.http1_pool_idle_timeout == 0
+    with pytest.raises(SettingsError, match="MESHLET_PROXY_HTTP1_REPLAY_BUFFER_BYTES"):
+        load_settings({"MESHLET_PROXY_HTTP1_REPLAY_BUFFER_BYTES": "64k"})
