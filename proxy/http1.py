@@ -19,7 +19,11 @@ to discovered destinations go through ``proxy/http1mesh.py``. Bodies keep their 
 (with their trailers), a response delimited by the upstream closing goes to an HTTP/1.1 client
 chunked (its connection stays open) and to an HTTP/1.0 client as is.
 A ``101 Switching Protocols`` answer to an upgrade request (WebSocket) turns the connection into
-a byte tunnel (``proxy/tcp.py``). Failures before the response head reach the client as an HTTP
+a byte tunnel (``proxy/tcp.py``). The upstream connection is kept between requests while it is
+idle for less than the pool idle timeout; when a reused one turns out closed by the server before
+one byte of an answer, an idempotent request whose bytes are still held (``ReplayCopy``) is sent
+once more on a new connection (``proxy/h1/replay.py`` says when that is safe, and why a ``POST``
+is not). Failures before the response head reach the client as an HTTP
 error carrying ``meshlet-proxy-error: <slug>`` (502 refused, 504 connect timeout, 400 malformed
 request with the reason); after it, the client connection is reset, since the response can no
 longer be replaced.
@@ -52,6 +56,16 @@ from proxy.h1 import (
     ResponseReader,
     Truncated,
 )
+from proxy.h1.replay import (
+    FRESH_CONNECTION,
+    NOT_REPLAYED,
+    REPLAY,
+    RESPONSE_STARTED,
+    ReplayCopy,
+    idempotent,
+    replay_decision,
+    reuse_idle,
+)
 from proxy.h1.write import (
     CLOSE_FIELD,
     frame_body,
@@ -71,7 +85,6 @@ __all__ = ["serve_http1"]
 log = logging.getLogger(__name__)
 
 _HEAD: Final = b"HEAD"
-_REPLAYABLE: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 
 
 async def serve_http1(client: Conn, prefix: bytes, route: Route, context: ProxyContext) -> None:
@@ -223,19 +236,13 @@ class _Session(ResponseRelay):
         if self.route.direction == INBOUND and (request.fields.client_id or self.client.peer_id):
             headers = inbound_request_headers(headers, self.client.peer_id)  # only the proven id
         host = "" if request.fields.host is not None else format_address(self.route.target)
-        out = write_request(request, headers, host.encode())
+        head = write_request(request, headers, host.encode())
         try:
-            body, complete = self.buffered_body(request)
-            if body:
-                out = b"".join([out, *[frame_body(request, event) for event in body]])
-            if complete and request.method in _REPLAYABLE:
-                # Bodiless idempotent requests (most): no poll for a connection the server
-                # closed while idle; such a close is noticed, and the request replayed on a new
-                # connection, in ``_replayed`` (one system call per request saved).
-                exchange = await self._replayed(request, out, labels, started)
-            else:
-                exchange = await self._forwarded(request, out, labels, started, complete=complete)
-            status, switched, upstream, wire = exchange
+            events, complete = self.buffered_body(request)
+            body = b"".join([frame_body(request, event) for event in events]) if events else b""
+            status, switched, upstream, wire = await self._exchange(
+                request, head, body, labels, started, complete=complete
+            )
         except UpstreamError as exc:
             log.info("%s %s %s: %s", self.route.direction, request.method.decode(), authority, exc)
             metrics.response_headers(labels, exc.status, (trio.current_time() - started) * 1000)
@@ -258,6 +265,7 @@ class _Session(ResponseRelay):
         self.tap.end()
         if self.wire_reusable(wire):
             wire.start_next_cycle()
+            wire.idle_since = trio.current_time()
         else:
             self._drop_upstream(abort=False)
         return False
@@ -267,55 +275,94 @@ class _Session(ResponseRelay):
         both ways and the upstream keeps it alive)."""
         return wire.keep_alive and self.request_done and wire.idle and not wire.switched
 
-    async def _forwarded(
-        self, request: RequestHead, out: bytes, labels: str, started: float, *, complete: bool
+    async def _exchange(
+        self,
+        request: RequestHead,
+        head: bytes,
+        body: bytes,
+        labels: str,
+        started: float,
+        *,
+        complete: bool,
     ) -> tuple[int, bool, Conn, ResponseReader]:
-        """Send the request (the rest of its body as it arrives) and relay the answer."""
-        upstream, wire = await self._upstream(check=True)
+        """Send the request (``head``, the ``body`` bytes already read, then the rest as it
+        arrives) and relay the answer. When a reused connection turns out dead before one byte
+        of an answer and the request may be replayed (``proxy/h1/replay.py``), once more on a
+        new connection."""
+        out = head + body if body else head
+        copy: ReplayCopy | None = None
+        if idempotent(request):
+            copy = ReplayCopy(head, self.context.settings.http1_replay_buffer_bytes)
+            if body:
+                copy.add(body)
+        # A request that can be replayed skips the poll for a connection the server closed
+        # while idle (one system call per request saved): such a close is noticed as it fails.
+        replayable = complete and copy is not None and copy.kept
+        upstream, wire = await self._upstream(started, poll=not replayable)
+        try:
+            status, switched = await self._send(
+                request, upstream, wire, out, (labels, started), complete=complete, copy=copy
+            )
+        except (UpstreamClosed, UpstreamProtocolError) as exc:
+            decision = replay_decision(
+                reused=wire.responses > 0,
+                response_bytes=wire.received,
+                idempotent=copy is not None,
+                kept=copy is not None and copy.kept,
+            )
+            if decision != REPLAY or self.responded or copy is None:
+                if decision not in (FRESH_CONNECTION, RESPONSE_STARTED):
+                    why = NOT_REPLAYED[decision]
+                    log.info("%s on a reused connection; not sent again: %s", exc, why)
+                raise
+            log.debug("%s upstream connection was closed while idle (%s); replaying", labels, exc)
+            self._drop_upstream(abort=False)
+            upstream, wire = await self._upstream(started, poll=False)
+            status, switched = await self._send(
+                request, upstream, wire, copy.take(), (labels, started), complete=self.request_done
+            )
+        return status, switched, upstream, wire
+
+    async def _send(
+        self,
+        request: RequestHead,
+        upstream: Conn,
+        wire: ResponseReader,
+        out: bytes,
+        timing: tuple[str, float],
+        *,
+        complete: bool,
+        copy: ReplayCopy | None = None,
+    ) -> tuple[int, bool]:
+        """One attempt: ``out``, then (unless ``complete``) the rest of the body, recorded in
+        ``copy`` before each write, concurrently with relaying the response. ``timing`` is the
+        request's metric labels and start time."""
+        labels, started = timing
         wire.start(head_request=request.method == _HEAD)
         await upstream.send(out)
         if complete:
-            status, switched = await self.relay_response(upstream, wire, request, labels, started)
-            return status, switched, upstream, wire
+            return await self.relay_response(upstream, wire, request, labels, started)
         with unwrap_groups():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump_request_body, request, upstream)
-                status, switched = await self.relay_response(
-                    upstream, wire, request, labels, started
-                )
+                nursery.start_soon(self._pump_request_body, request, upstream, copy)
+                result = await self.relay_response(upstream, wire, request, labels, started)
                 nursery.cancel_scope.cancel()  # an early response ends the upload
-        return status, switched, upstream, wire
+        return result
 
-    async def _replayed(
-        self, request: RequestHead, out: bytes, labels: str, started: float
-    ) -> tuple[int, bool, Conn, ResponseReader]:
-        """Send a complete idempotent request and relay the answer; when a reused connection
-        turns out closed before one byte of an answer (the server timed it out just then), once
-        more on a new connection: the request never reached the application."""
-        reused = self.upstream is not None
-        upstream, wire = await self._upstream(check=False)
-        wire.start(head_request=request.method == _HEAD)
-        try:
-            await upstream.send(out)
-            status, switched = await self.relay_response(upstream, wire, request, labels, started)
-        except (UpstreamClosed, UpstreamProtocolError):
-            if not reused or wire.received or self.responded:
-                raise
-            log.debug("%s upstream connection was closed while idle; reconnecting", labels)
+    async def _upstream(self, now: float, *, poll: bool) -> tuple[Conn, ResponseReader]:
+        """The session's upstream connection, unless it idled too long or (``poll``) the server
+        closed it while idle; then a new one."""
+        upstream, wire = self.upstream, self.wire
+        if upstream is not None and wire is not None:
+            idle_limit = self.context.settings.http1_pool_idle_timeout
+            if reuse_idle(now - wire.idle_since, idle_limit) and not (
+                poll and upstream.readable_now()
+            ):
+                return upstream, wire
             self._drop_upstream(abort=False)
-            upstream, wire = await self._upstream(check=False)
-            wire.start(head_request=request.method == _HEAD)
-            await upstream.send(out)
-            status, switched = await self.relay_response(upstream, wire, request, labels, started)
-        return status, switched, upstream, wire
-
-    async def _upstream(self, *, check: bool) -> tuple[Conn, ResponseReader]:
-        if check and self.upstream is not None and self.upstream.readable_now():
-            self._drop_upstream(abort=False)  # the server closed it while it was idle
-        if self.upstream is None or self.wire is None:
-            self.upstream = await self.route.connect(self.context.metrics)
-            self.wire = ResponseReader()
-        return self.upstream, self.wire
+        self.upstream = upstream = await self.route.connect(self.context.metrics)
+        self.wire = wire = ResponseReader()
+        return upstream, wire
 
     def _drop_upstream(self, *, abort: bool) -> None:
         if self.upstream is not None:
@@ -326,11 +373,15 @@ class _Session(ResponseRelay):
         self.upstream = None
         self.wire = None
 
-    async def _pump_request_body(self, request: RequestHead, upstream: Conn) -> None:
+    async def _pump_request_body(
+        self, request: RequestHead, upstream: Conn, copy: ReplayCopy | None
+    ) -> None:
         while True:
             event = await self.client_body_event()
             data = frame_body(request, event)
             if data:
+                if copy is not None:
+                    copy.add(data)  # before the write: a write that fails is in the replay
                 await upstream.send(data)
             if type(event) is End:
                 return

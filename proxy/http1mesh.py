@@ -6,13 +6,16 @@ request body is read into memory up to ``outbound_retry_buffer_bytes`` (unless t
 for ``100 Continue`` or upgrades), so it can be sent again. Then, until an attempt is final:
 ``attempts.pick`` (waiting up to the failfast timeout for endpoints), a pooled keep-alive
 connection to that endpoint (or a new one, mTLS when discovery gave an identity), the request, and
-the response head. Every pick is reported exactly once (``attempts.finished``): with the status
-when the head arrives, ``CONNECT_FAILED`` when the connect fails, ``FAILURE`` when the connection
-breaks or the route timeout fires, ``CANCELLED`` when the client goes away. A ``Retry`` answer
-discards the failed response (its connection is closed) and tries another endpoint; otherwise the
-response is relayed as the plain path does. The route timeout covers the whole exchange: before
-the response head the client gets 504 ``meshlet-proxy-error: route_timeout``, after it the client
-connection is reset (the response can no longer be replaced).
+the response head. Pooled connections idle for the pool idle timeout are not reused, and one
+found dead before any response byte is replaced once for an idempotent, wholly buffered request
+(``proxy/h1/replay.py``). Every pick is reported exactly once (``attempts.finished``): with the
+status when the head arrives, ``CONNECT_FAILED`` when the connect fails, ``FAILURE`` when the
+connection breaks or the route timeout fires, ``CANCELLED`` when the client goes away. A
+``Retry`` answer discards the failed response (its connection is closed) and tries another
+endpoint; otherwise the response is relayed as the plain path does. The route timeout covers the
+whole exchange: before the response head the client gets 504 ``meshlet-proxy-error:
+route_timeout``, after it the client connection is reset (the response can no longer be
+replaced).
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ from proxy.errors import (
     unwrap_groups,
 )
 from proxy.h1 import End, RequestHead, ResponseReader
+from proxy.h1.replay import (
+    BODY_NOT_KEPT,
+    NOT_IDEMPOTENT,
+    NOT_REPLAYED,
+    REPLAY,
+    idempotent,
+    replay_decision,
+    reuse_idle,
+)
 from proxy.h1.write import frame_body, write_request
 from proxy.metrics import classify
 from proxy.net import Conn
@@ -48,7 +60,6 @@ __all__ = ["proxy_mesh"]
 log = logging.getLogger(__name__)
 
 _HEAD: Final = b"HEAD"
-_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 
 class _RetryAttempt(Exception):
@@ -237,6 +248,7 @@ class _Exchange:
             raise
         finally:
             if ending == "keep":
+                wire.idle_since = trio.current_time()
                 target.checkin(endpoint, conn, wire)
             elif ending == "abort":
                 conn.abort()
@@ -263,19 +275,36 @@ class _Exchange:
             raise
 
     def _stale(self, wire: ResponseReader) -> bool:
-        """Whether a closed connection may be retried at once on a new one: it was reused, no
-        byte of a response arrived, the request is buffered and idempotent."""
-        return (
-            wire.responses > 0  # a response came on it before: reused
-            and wire.received == 0  # not one byte of a response
-            and not self.reported
-            and self.complete
-            and self.request.method in _IDEMPOTENT
+        """Whether a closed connection may be retried at once on a new one
+        (``proxy/h1/replay.py``): it was reused, no byte of a response arrived, the request is
+        idempotent and wholly buffered."""
+        decision = replay_decision(
+            reused=wire.responses > 0,
+            response_bytes=wire.received,
+            idempotent=idempotent(self.request),
+            kept=self.complete,
         )
+        if decision in (NOT_IDEMPOTENT, BODY_NOT_KEPT):
+            log.info(
+                "%s: a reused connection closed before answering; not sent again: %s",
+                self.target.authority,
+                NOT_REPLAYED[decision],
+            )
+        return decision == REPLAY and not self.reported
 
     async def _connect(self, endpoint: Endpoint) -> tuple[Conn, ResponseReader]:
+        """A pooled connection to ``endpoint`` idle for less than the pool idle timeout (the
+        server may be closing older ones right now), else a new one."""
+        context = self.session.context
+        idle_limit = context.settings.http1_pool_idle_timeout
         try:
-            return await self.target.checkout(endpoint, self.session.context.metrics)
+            while True:
+                conn, wire = await self.target.checkout(endpoint, context.metrics)
+                if not wire.responses or reuse_idle(
+                    trio.current_time() - wire.idle_since, idle_limit
+                ):
+                    return conn, wire
+                conn.close()
         except UpstreamError as exc:
             if isinstance(self._report(outcome=Outcome.CONNECT_FAILED), Retry):
                 log.info("outbound connect to %s failed (%s); retrying", self.target.authority, exc)

@@ -136,6 +136,21 @@ class ProxySettings:
     """Bytes of an HTTP/1 request body kept for a retry (Linkerd's 64 KiB); a longer body is
     streamed and the request is never retried after it was sent (a failed connect still is)."""
 
+    http1_pool_idle_timeout: float = 1.0
+    """Seconds an idle HTTP/1.1 keep-alive upstream connection may wait and still take the next
+    request; one idle longer is closed and a new one opened. Below the keep-alive timeouts of
+    common servers (gunicorn 2 s; Node, uvicorn, Apache 5 s; nginx 75 s), so a server never
+    times out a connection just as the proxy reuses it: that race would fail a non-idempotent
+    request (``POST``) with a 502, which may not be replayed (``proxy/h1/replay.py``). Linkerd's
+    is 3 s; 1 s also covers gunicorn, and costs one connect per request only to clients that
+    pause longer than that. ``0``: idle connections are never reused."""
+
+    http1_replay_buffer_bytes: int = 65536
+    """Bytes of an idempotent HTTP/1 request body the plain path keeps while streaming it, so
+    the request can be sent once more when a reused connection turns out dead before any
+    response byte (``proxy/h1/replay.py``). A longer body is not kept (memory stays bounded) and
+    such a failure is a 502. 64 KiB, as Linkerd's retry buffer."""
+
     http2_keepalive_interval: float = 10.0
     """Seconds of silence on an HTTP/2 connection before the proxy sends a PING (Linkerd's 10 s)."""
 
@@ -281,6 +296,8 @@ _FIELDS: Final = {
     "OUTBOUND_MAX_IDLE_PER_ENDPOINT": ("outbound_max_idle_per_endpoint", _count),
     "OUTBOUND_HTTP2_PER_STREAM": ("outbound_http2_per_stream", _bool),
     "OUTBOUND_RETRY_BUFFER_BYTES": ("outbound_retry_buffer_bytes", _count),
+    "HTTP1_POOL_IDLE_TIMEOUT": ("http1_pool_idle_timeout", _duration),
+    "HTTP1_REPLAY_BUFFER_BYTES": ("http1_replay_buffer_bytes", _count),
     "HTTP2_KEEPALIVE_INTERVAL": ("http2_keepalive_interval", _positive_duration),
     "HTTP2_KEEPALIVE_TIMEOUT": ("http2_keepalive_timeout", _positive_duration),
     "DEFAULT_INBOUND_POLICY": ("default_inbound_policy", parse_policy),

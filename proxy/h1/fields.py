@@ -33,10 +33,14 @@ _CONNECTION: Final = b"connection"
 _UPGRADE: Final = b"upgrade"
 _EXPECT: Final = b"expect"
 _CLIENT_ID: Final = CLIENT_ID_HEADER
+# draft-ietf-httpapi-idempotency-key-header (and the older X- name, as Go's Transport reads it):
+# the client says repeating the request is safe whatever its method (RFC 9110 9.2.2).
+_IDEMPOTENCY_KEYS: Final = frozenset({b"idempotency-key", b"x-idempotency-key"})
 _DROPPED: Final = frozenset({b"keep-alive", b"proxy-connection", b"te"})
 _SPECIAL: Final = frozenset(
     {_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _UPGRADE, _EXPECT, _CLIENT_ID}
     | _DROPPED
+    | _IDEMPOTENCY_KEYS
 )
 # Connection tokens that name no field (or one already dropped): no second pass needed.
 _PLAIN_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b"te", b""})
@@ -59,6 +63,7 @@ class Fields:
         "expect_continue",
         "forwarded",
         "host",
+        "idempotency_key",
         "upgrade",
     )
 
@@ -75,6 +80,9 @@ class Fields:
         self.expect_continue = False
         self.client_id = False
         """A ``meshlet-client-id`` field is present (it is kept in ``forwarded``)."""
+        self.idempotency_key = False
+        """An ``Idempotency-Key`` (or ``X-Idempotency-Key``) field is present (kept): the
+        client declares the request safe to repeat (``proxy/h1/replay.py``)."""
 
 
 def read_fields(headers: list[Header]) -> Fields:  # noqa: PLR0912 (one branch per field, one pass)
@@ -111,6 +119,9 @@ def read_fields(headers: list[Header]) -> Fields:  # noqa: PLR0912 (one branch p
         elif name == _CLIENT_ID:
             fields.client_id = True
             kept.append(item)
+        elif name in _IDEMPOTENCY_KEYS:
+            fields.idempotency_key = True
+            kept.append(item)
         # else: Keep-Alive, Proxy-Connection, TE are dropped
     if tokens is not None:
         fields.close = b"close" in tokens
@@ -122,7 +133,7 @@ def read_fields(headers: list[Header]) -> Fields:  # noqa: PLR0912 (one branch p
     return fields
 
 
-_NOT_TRAILERS: Final = _SPECIAL - {_EXPECT, _CLIENT_ID}
+_NOT_TRAILERS: Final = _SPECIAL - {_EXPECT, _CLIENT_ID} - _IDEMPOTENCY_KEYS
 
 
 def trailer_fields(trailers: list[Header]) -> list[Header]:

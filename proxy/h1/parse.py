@@ -255,9 +255,10 @@ class ResponseReader(_Reader):
     """The upstream side: responses to the requests sent on one connection.
 
     ``start(head_request)`` before each exchange says whether the request was ``HEAD``.
-    ``responses`` counts complete exchanges; ``received`` the bytes of the current one (the mesh
-    path may resend an idempotent request on a new connection when a reused one closed before
-    answering anything).
+    ``responses`` counts complete exchanges (more than none: the connection is being reused);
+    ``received`` the bytes of the current one; ``idle_since`` is when the shell last put the
+    connection aside idle (its clock). With them the shells decide whether an idle connection
+    may be reused and whether a request may be sent again on a new one (``proxy/h1/replay.py``).
     """
 
     def __init__(self) -> None:
@@ -268,6 +269,7 @@ class ResponseReader(_Reader):
         self._discard = False
         self.responses = 0
         self.received = 0
+        self.idle_since = 0.0
         self.keep_alive = False
         """Whether the last final response lets the connection carry another exchange."""
 
