@@ -14,8 +14,6 @@ also swept whenever a new connection is opened.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -80,8 +78,7 @@ class Upstream(Link):
             return
         self.closed = True
         if self.peer.out and not self.sending:
-            with contextlib.suppress(OSError):  # non-blocking: what fits, or nothing
-                os.write(self.conn.stream.socket.fileno(), bytes(self.peer.out))
+            self.conn.send_nowait(bytes(self.peer.out))  # what fits now, or nothing
         self.peer.out.clear()
         self.conn.close()
 

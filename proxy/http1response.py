@@ -10,7 +10,6 @@ the mesh path (``proxy/http1mesh.py``) both call ``relay_response``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
@@ -77,14 +76,8 @@ async def upstream_event(upstream: Conn, wire: ResponseReader) -> Event:
 
 
 async def receive_answer(conn: Conn) -> bytes:
-    """Read what the peer sends in answer to what we just sent it (the next request after a
-    response, a response after a request): it cannot be there yet, so wait for readiness first
-    instead of a read(2) that fails with EAGAIN (two system calls per request saved). Over TLS
-    the socket's readiness says nothing about records, so ``TlsConn`` reads as usual."""
-    if type(conn) is Conn:
-        with contextlib.suppress(OSError, ValueError, trio.ClosedResourceError):
-            await trio.lowlevel.wait_readable(conn.stream.socket)  # receive names any failure
-    return await conn.receive()
+    """Read what the peer sends in answer to what we just sent it (``Conn.receive_answer``)."""
+    return await conn.receive_answer()
 
 
 class ResponseRelay:

@@ -174,6 +174,12 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         self._prefix = prefix
         self.transport = transport
 
+    def take_rest(self) -> bytes:
+        """The replayed bytes not read yet, which the caller now owns (``TlsConn`` takes them
+        over with the TLS session)."""
+        rest, self._prefix = self._prefix, b""
+        return rest
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
             size = len(self._prefix) if max_bytes is None else max_bytes

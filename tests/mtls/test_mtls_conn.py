@@ -127,3 +127,60 @@ async def test_a_bare_fin_reads_as_end_of_stream_and_a_reset_as_an_error(
     with pytest.raises(UpstreamClosed, match="TLS receive failed"):
         await _read_all(conn)
     conn.close()
+
+
+@pytest.mark.trio
+async def test_concurrent_sends_through_a_full_socket_keep_their_records_whole(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # Each payload is far bigger than loopback's socket buffers, so both senders reach the
+    # slow path (waiting for the socket) while the other one has records queued.
+    first, second = b"a" * 4_000_000, b"b" * 4_000_000
+    received: list[bytes] = []
+    go = trio.Event()
+
+    async def serve(tls: trio.SSLStream[trio.SocketStream]) -> None:
+        await tls.do_handshake()
+        await go.wait()
+        data = bytearray()
+        while len(data) < len(first) + len(second):
+            chunk = await tls.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+        received.append(bytes(data))
+
+    conn, _ = await _pair(nursery, tmp_path, serve)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as both:
+            both.start_soon(conn.send, first)
+            both.start_soon(conn.send, second)
+            await trio.sleep(0.2)  # both are waiting for the socket now
+            go.set()
+        while not received:
+            await trio.sleep(0.01)
+    assert received[0] in (first + second, second + first)
+    assert conn.stats.written == len(first) + len(second)
+    conn.close()
+
+
+@pytest.mark.trio
+async def test_an_answer_is_read_after_waiting_and_a_last_frame_goes_without_waiting(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    lines: list[bytes] = []
+
+    async def serve(tls: trio.SSLStream[trio.SocketStream]) -> None:
+        request = await tls.receive_some(100)
+        await tls.send_all(b"answer to " + request)
+        lines.append(await tls.receive_some(100))
+
+    conn, _ = await _pair(nursery, tmp_path, serve)
+    with trio.fail_after(10):
+        await conn.send(b"ping")
+        assert await conn.receive_answer() == b"answer to ping"
+        conn.send_nowait(b"goaway")
+        while not lines:
+            await trio.sleep(0.01)
+    assert lines == [b"goaway"]
+    conn.close()
