@@ -294,14 +294,15 @@ class _Exchange:
 
     async def _connect(self, endpoint: Endpoint) -> tuple[Conn, ResponseReader]:
         """A pooled connection to ``endpoint`` idle for less than the pool idle timeout (the
-        server may be closing older ones right now), else a new one."""
+        server may be closing older ones right now; meshed ones are exempt), else a new one."""
         context = self.session.context
         idle_limit = context.settings.http1_pool_idle_timeout
         try:
             while True:
                 conn, wire = await self.target.checkout(endpoint, context.metrics)
+                idle = trio.current_time() - wire.idle_since
                 if not wire.responses or reuse_idle(
-                    trio.current_time() - wire.idle_since, idle_limit
+                    idle, idle_limit, meshed=conn.peer_id is not None
                 ):
                     return conn, wire
                 conn.close()

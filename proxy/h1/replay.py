@@ -84,10 +84,12 @@ def replay_decision(*, reused: bool, response_bytes: int, idempotent: bool, kept
     return REPLAY
 
 
-def reuse_idle(idle_seconds: float, limit: float) -> bool:
+def reuse_idle(idle_seconds: float, limit: float, *, meshed: bool = False) -> bool:
     """Whether a keep-alive connection idle for ``idle_seconds`` may take the next request: not
-    once it has idled ``limit`` seconds (the server may be timing it out right then)."""
-    return idle_seconds < limit
+    once it has idled ``limit`` seconds (the server may be timing it out right then), unless it
+    is ``meshed``: mTLS to the peer's proxy, which does not time out idle clients (and reusing
+    it spares a TLS handshake)."""
+    return meshed or idle_seconds < limit
 
 
 class ReplayCopy:
