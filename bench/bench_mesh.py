@@ -123,14 +123,10 @@ def run(args: list[str]) -> None:
     runs = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--runs=")), 3)
     seconds = 3 if quick else 10
     saturation_requests = 5_000 if quick else 20_000
-    harness = importlib.import_module("tests.harness")
     mesh_harness = importlib.import_module("tests.harness.mesh_node")
     with tempfile.TemporaryDirectory(prefix="bench-mesh-") as tmp:
         root = Path(tmp)
-        node = harness.Node()
-        mesh_node = None
-        try:
-            mesh_node = mesh_harness.MeshNode(node, root)
+        with mesh_harness.open_mesh_node(root) as mesh_node:
             client = mesh_node.add_pod("client", serviceaccount="client", ports=())
             server = mesh_node.add_pod("server", serviceaccount="web", ports=(8080, 8081))
             plain_client = mesh_node.add_pod("plain-client", meshed=False)
@@ -166,12 +162,6 @@ def run(args: list[str]) -> None:
             print("client proxy with MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM=false:")
             _row("per-conn", pod, url_h2, False, pids, runs=runs, seconds=seconds,
                  requests=saturation_requests, root=root)  # fmt: skip
-        finally:
-            try:
-                node.close()
-            finally:
-                if mesh_node is not None:
-                    mesh_node.close()
 
 
 def _report(
