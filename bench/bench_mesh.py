@@ -34,25 +34,6 @@ from typing import Any
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
-_NGINX = """
-user root;
-daemon off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  keepalive_requests 100000000;
-  client_body_temp_path {root}/body;
-  proxy_temp_path {root}/proxy;
-  fastcgi_temp_path {root}/fastcgi;
-  uwsgi_temp_path {root}/uwsgi;
-  scgi_temp_path {root}/scgi;
-  server {{ listen 8080; location / {{ return 200 "hello\\n"; }} }}
-  server {{ listen 8081 http2; location / {{ return 200 "hello\\n"; }} }}
-}}
-"""
 
 
 @dataclass
@@ -107,11 +88,15 @@ def _saturation(pod: Any, url: str, h1: bool, requests: int) -> float:
     return float(match.group(1))
 
 
-def _nginx(mesh_node: Any, member: Any, root: Path) -> None:
-    root.mkdir()
-    (root / "nginx.conf").write_text(_NGINX.format(root=root))
-    member.pod.spawn(["nginx", "-c", str(root / "nginx.conf")], capture=False, label="nginx")
-    member.pod.wait_for_port(("127.0.0.1", 8081))
+def _nginx(member: Any, directory: Path) -> None:
+    """nginx in ``member``'s pod answering ``hello`` over HTTP/1.1 on 8080 and h2c on 8081
+    (the tests' configuration, ``tests/harness/nginx.py``)."""
+    nginx = importlib.import_module("tests.harness.nginx")
+    directory.mkdir()
+    hello = '"hello\\n"'
+    servers = nginx.answer_server("8080", hello) + nginx.answer_server("8081 http2", hello)
+    conf = nginx.write_nginx_config(directory, servers, keepalive_requests=100_000_000)
+    nginx.start_h2c_nginx(member.pod, conf)  # waits for 8081 (nginx.H2C_PORT)
     member.pod.wait_for_port(("127.0.0.1", 8080))
 
 
@@ -123,20 +108,16 @@ def run(args: list[str]) -> None:
     runs = next((int(a.split("=", 1)[1]) for a in args if a.startswith("--runs=")), 3)
     seconds = 3 if quick else 10
     saturation_requests = 5_000 if quick else 20_000
-    harness = importlib.import_module("tests.harness")
     mesh_harness = importlib.import_module("tests.harness.mesh_node")
     with tempfile.TemporaryDirectory(prefix="bench-mesh-") as tmp:
         root = Path(tmp)
-        node = harness.Node()
-        mesh_node = None
-        try:
-            mesh_node = mesh_harness.MeshNode(node, root)
+        with mesh_harness.open_mesh_node(root) as mesh_node:
             client = mesh_node.add_pod("client", serviceaccount="client", ports=())
             server = mesh_node.add_pod("server", serviceaccount="web", ports=(8080, 8081))
             plain_client = mesh_node.add_pod("plain-client", meshed=False)
             plain_server = mesh_node.add_pod("plain-server", meshed=False)
-            _nginx(mesh_node, server, root / "nginx-meshed")
-            _nginx(mesh_node, plain_server, root / "nginx-direct")
+            _nginx(server, root / "nginx-meshed")
+            _nginx(plain_server, root / "nginx-direct")
             h1 = mesh_node.add_service("web", 80, [server], target_port=8080)
             h2 = mesh_node.add_service("web-h2", 81, [server], target_port=8081)
             mesh_node.wait_ready([client, server])
@@ -166,12 +147,6 @@ def run(args: list[str]) -> None:
             print("client proxy with MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM=false:")
             _row("per-conn", pod, url_h2, False, pids, runs=runs, seconds=seconds,
                  requests=saturation_requests, root=root)  # fmt: skip
-        finally:
-            try:
-                node.close()
-            finally:
-                if mesh_node is not None:
-                    mesh_node.close()
 
 
 def _report(

@@ -14,7 +14,8 @@
 For each protocol (h2c, HTTP/1.1) and target: latency p50/p99 (from h2load's per-request log) and
 the proxy's CPU (cores, from /proc utime+stime over the run) and RSS at a fixed 1,000 requests/s
 over 10 connections, then the requests/s at saturation (10 connections, 10 streams each for h2c).
-Each figure is the median of ``--runs`` runs (default 3).
+Each figure is the median of ``--runs`` runs (default 3). Both nginx run with the tests'
+configuration (``tests/harness/nginx.py``): run from the repository root.
 """
 
 from __future__ import annotations
@@ -30,44 +31,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.harness import nginx
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
-_NGINX = """
-daemon off;
-worker_processes 1;
-{user}
-pid {root}/{name}.pid;
-error_log {root}/{name}.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {root}/{name}-body;
-  proxy_temp_path {root}/{name}-proxy;
-  fastcgi_temp_path {root}/{name}-fastcgi;
-  uwsgi_temp_path {root}/{name}-uwsgi;
-  scgi_temp_path {root}/{name}-scgi;
-  keepalive_requests 100000000;
-  {body}
-}}
-"""
-_BACKEND = """
-  server {{ listen 127.0.0.1:{h2c} http2; location / {{ return 200 "hello\\n"; }} }}
-  server {{ listen 127.0.0.1:{h1}; location / {{ return 200 "hello\\n"; }} }}
-"""
+_HELLO = '"hello\\n"'  # nginx syntax
 _REVERSE = """
-  upstream backend {{ server 127.0.0.1:{backend_h1}; keepalive 32; }}
-  server {{
-    listen 127.0.0.1:{h2c} http2;
-    location / {{ proxy_pass http://backend; proxy_http_version 1.1;
-                 proxy_set_header Connection ""; }}
-  }}
-  server {{
-    listen 127.0.0.1:{h1};
-    location / {{ proxy_pass http://backend; proxy_http_version 1.1;
-                 proxy_set_header Connection ""; }}
-  }}
-"""
+    upstream backend {{ server 127.0.0.1:{backend_h1}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{h2c} http2;
+        location / {{ proxy_pass http://backend; proxy_http_version 1.1;
+                     proxy_set_header Connection ""; }}
+    }}
+    server {{
+        listen 127.0.0.1:{h1};
+        location / {{ proxy_pass http://backend; proxy_http_version 1.1;
+                     proxy_set_header Connection ""; }}
+    }}"""
 _FORWARDER = """
 import functools, sys, trio
 
@@ -196,12 +177,13 @@ def _saturation(target: Target, h1: bool, requests: int) -> float:
     return float(match.group(1))
 
 
-def _start_nginx(root: Path, name: str, body: str) -> subprocess.Popen[bytes]:
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf = root / f"{name}.conf"
-    conf.write_text(_NGINX.format(user=user, root=root, name=name, body=body))
+def _start_nginx(directory: Path, servers: str) -> subprocess.Popen[bytes]:
+    """nginx (one worker, the tests' configuration: ``tests/harness/nginx.py``) serving
+    ``servers``, its files in ``directory``."""
+    directory.mkdir()
+    conf = nginx.write_nginx_config(directory, servers, keepalive_requests=100_000_000)
     return subprocess.Popen(
-        ["nginx", "-c", str(conf), "-p", str(root), "-e", str(root / f"{name}.log")],
+        ["nginx", "-c", str(conf), "-p", str(directory), "-e", str(directory / "error.log")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -232,12 +214,15 @@ def run(args: list[str]) -> None:
         root = Path(tmp)
         try:
             back = {"h2c": _free_port(), "h1": _free_port()}
-            backend = _start_nginx(root, "backend", _BACKEND.format(**back))
+            hello = [f"127.0.0.1:{back['h2c']} http2", f"127.0.0.1:{back['h1']}"]
+            backend = _start_nginx(
+                root / "backend", "".join(nginx.answer_server(at, _HELLO) for at in hello)
+            )
             processes.append(backend)
             _wait_port(back["h1"], backend)
             rp_ports = {"h2c": _free_port(), "h1": _free_port()}
             reverse = _start_nginx(
-                root, "reverse", _REVERSE.format(backend_h1=back["h1"], **rp_ports)
+                root / "reverse", _REVERSE.format(backend_h1=back["h1"], **rp_ports)
             )
             processes.append(reverse)
             _wait_port(rp_ports["h1"], reverse)

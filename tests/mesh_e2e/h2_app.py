@@ -21,11 +21,10 @@ SLOW = 0.2
 
 
 async def main(name: str, port: int) -> None:
-    backend = H2Backend(name, "0.0.0.0")
-    listeners = await trio.open_tcp_listeners(port, host="0.0.0.0")
+    backend = H2Backend(name, "0.0.0.0", port=port)
     with trio.open_signal_receiver(signal.SIGUSR1, signal.SIGUSR2) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, backend._connection, listeners)
+            await nursery.start(backend.serve)
             print("ready", flush=True)
             async for signum in signals:
                 backend.delay = SLOW if signum == signal.SIGUSR1 else 0.0

@@ -40,10 +40,10 @@ import h2.events
 import pytest
 
 from meshlet.names import workload_identity
-from tests.harness import Netns, Node
+from tests.harness import Netns
 from tests.harness.mesh import Samples, scrape, start_app
 from tests.harness.mesh_load import HttpLoad, Outcome, request
-from tests.harness.mesh_node import MeshNode, MeshPod
+from tests.harness.mesh_node import MeshNode, MeshPod, open_mesh_node
 from tests.harness.nginx import start_h2c_nginx, write_h2c_config
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -75,10 +75,7 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     logs = tmp_path_factory.mktemp("mesh-logs")
-    node = Node()
-    mesh_node: MeshNode | None = None
-    try:
-        mesh_node = MeshNode(node, logs)
+    with open_mesh_node(logs) as mesh_node:
         client = mesh_node.add_pod("client", serviceaccount="client")
         web = [mesh_node.add_pod(f"web-{i}", serviceaccount="web") for i in range(3)]
         outside = mesh_node.add_pod("outside", meshed=False)
@@ -100,12 +97,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh_node.wait_ready([client, *web, impostor])
         mesh_node.wait_discovered()
         yield Mesh(mesh_node, client, web, outside, impostor)
-    finally:
-        try:
-            node.close()
-        finally:
-            if mesh_node is not None:
-                mesh_node.close()
 
 
 def _get(mesh: Mesh, service: str, path: str = "/", pod: MeshPod | None = None) -> Outcome:

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 
 from meshlet.names import workload_identity
-from tests.harness import PYTHON, Node
+from tests.harness import PYTHON
 from tests.harness.mesh import GRPC_APP, Samples, scrape, start_program
-from tests.harness.mesh_node import MeshNode, MeshPod
+from tests.harness.mesh_node import MeshNode, MeshPod, open_mesh_node
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -29,10 +29,7 @@ SERVER_ID = workload_identity("grpc", "default")
 @pytest.fixture(scope="module")
 def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshNode, MeshPod, MeshPod]]:
     logs = tmp_path_factory.mktemp("mesh-grpc-logs")
-    node = Node()
-    mesh_node: MeshNode | None = None
-    try:
-        mesh_node = MeshNode(node, logs)
+    with open_mesh_node(logs) as mesh_node:
         client = mesh_node.add_pod("client", serviceaccount="client", ports=())
         server = mesh_node.add_pod("grpc-0", serviceaccount="grpc", ports=(50051,))
         start_program(server.pod, [PYTHON, GRPC_APP, "serve", "50051"])
@@ -40,12 +37,6 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshNode, M
         mesh_node.wait_ready([client, server])
         mesh_node.wait_discovered()
         yield mesh_node, client, server
-    finally:
-        try:
-            node.close()
-        finally:
-            if mesh_node is not None:
-                mesh_node.close()
 
 
 def _delta(before: Samples, after: Samples, name: str, **labels: str) -> float:

@@ -24,9 +24,9 @@ from typing import Final
 import pytest
 
 from meshlet.names import workload_identity
-from tests.harness import PYTHON, Node
+from tests.harness import PYTHON
 from tests.harness.mesh import scrape
-from tests.harness.mesh_node import MeshNode, MeshPod
+from tests.harness.mesh_node import MeshNode, MeshPod, open_mesh_node
 from tests.mesh_e2e.h2_load import H2Load, H2Outcome
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -56,10 +56,7 @@ class H2Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[H2Mesh]:
     logs = tmp_path_factory.mktemp("mesh-h2-logs")
-    node = Node()
-    mesh_node: MeshNode | None = None
-    try:
-        mesh_node = MeshNode(node, logs)
+    with open_mesh_node(logs) as mesh_node:
         client = mesh_node.add_pod("client", serviceaccount="client", ports=())
         web = [mesh_node.add_pod(f"web-{i}", serviceaccount="web", ports=(PORT,)) for i in range(3)]
         for member in web:
@@ -68,12 +65,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[H2Mesh]:
         mesh_node.wait_ready([client, *web])
         mesh_node.wait_discovered()
         yield H2Mesh(mesh_node, client, web)
-    finally:
-        try:
-            node.close()
-        finally:
-            if mesh_node is not None:
-                mesh_node.close()
 
 
 def _failures(outcomes: list[H2Outcome]) -> list[H2Outcome]:

@@ -10,7 +10,7 @@ import functools
 import random
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 import trio
@@ -29,6 +29,7 @@ from tests.destination.dst_server import (
     write_yaml,
 )
 from tests.mesh_outbound.mo_backend import Backend
+from tests.mesh_outbound.mo_served import ServedBackend
 
 SERVICE_IP = "127.0.10.1"  # the Service's ClusterIP (nothing listens there)
 EMPTY_IP = "127.0.10.2"  # a Service without ready endpoints
@@ -51,15 +52,7 @@ profiles:
 """
 
 
-class Listed(Protocol):
-    """What the YAML needs of a backend (HTTP/1 ``Backend`` or HTTP/2 ``H2Backend``)."""
-
-    name: str
-    host: str
-    port: int
-
-
-def render_yaml(backends: Sequence[Listed], *, meshed: bool = False) -> str:
+def render_yaml(backends: Sequence[ServedBackend], *, meshed: bool = False) -> str:
     flag = str(meshed).lower()
     listed = "".join(
         f"\n      - {{address: {b.host}, port: {b.port}, pod: {b.name}, meshed: {flag}}}"
@@ -92,7 +85,7 @@ class Mesh:
     def port(self) -> int:
         return self.addresses.outbound[1]
 
-    def set_endpoints(self, backends: Sequence[Listed], *, meshed: bool = False) -> None:
+    def set_endpoints(self, backends: Sequence[ServedBackend], *, meshed: bool = False) -> None:
         write_yaml(self.destination.yaml_file, render_yaml(backends, meshed=meshed))
 
     def by_name(self) -> dict[str, Backend]:
@@ -112,7 +105,7 @@ class RunningProxy:
 
 @contextlib.asynccontextmanager
 async def outbound_proxy(
-    tmp_path: Path, listed: Sequence[Listed], param: dict[str, Any]
+    tmp_path: Path, listed: Sequence[ServedBackend], param: dict[str, Any]
 ) -> AsyncIterator[RunningProxy]:
     """A destination process listing ``listed`` and the proxy in-process using it; ``param``
     overrides ``ProxySettings`` fields, plus ``decay`` and ``min_backoff`` of the balancer."""

@@ -7,37 +7,20 @@ Each answers with its name; ``delay`` slows every answer, ``fail_status`` makes 
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import h11
 import trio
 
+from tests.mesh_outbound.mo_served import ServedBackend
+
 
 @dataclass
-class Backend:
-    name: str
-    host: str
-    port: int = 0
-    delay: float = 0.0
-    fail_status: int | None = None
-    slow_seconds: float = 1.0
+class Backend(ServedBackend):
     drop_reused: bool = False
     """Close a keep-alive connection when its second request arrives, unanswered (the race of
     a server timing out an idle connection just as the client reuses it)."""
-    hits: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
-
-    @property
-    def total(self) -> int:
-        return sum(self.hits.values())
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host=self.host)
-        self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            await nursery.start(trio.serve_listeners, self._connection, listeners)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         connection = h11.Connection(h11.SERVER)

@@ -12,9 +12,8 @@ Answers to ``/`` carry the request's ``meshlet-client-id`` as ``x-client-id``.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import h2.config
 import h2.connection
@@ -22,32 +21,16 @@ import h2.events
 import h2.exceptions
 import trio
 
+from tests.mesh_outbound.mo_served import ServedBackend
+
 __all__ = ["H2Backend"]
 
 
 @dataclass
-class H2Backend:
-    name: str
-    host: str
-    port: int = 0
-    delay: float = 0.0
-    fail_status: int | None = None
-    slow_seconds: float = 1.0
+class H2Backend(ServedBackend):
     refuse_next: int = 0
     goaway_after: int = 0
-    hits: Counter[str] = field(default_factory=Counter)
     connections: int = 0
-
-    @property
-    def total(self) -> int:
-        return sum(self.hits.values())
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host=self.host)
-        self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            await nursery.start(trio.serve_listeners, self._connection, listeners)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         self.connections += 1

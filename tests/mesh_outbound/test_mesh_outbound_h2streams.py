@@ -4,8 +4,6 @@ h2c backends, a real destination service, the proxy in-process, one client conne
 from __future__ import annotations
 
 import dataclasses
-import functools
-import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,19 +12,10 @@ from typing import Any
 import pytest
 import trio
 
-from proxy.__main__ import ProxyAddresses, run_proxy
-from proxy.context import Lifecycle, ProxyContext
-from proxy.discovery import DiscoveryClient, DiscoverySettings
-from proxy.metrics import Metrics
-from proxy.outbound import Outbound
-from proxy.settings import Address, ProxySettings
+from proxy.__main__ import ProxyAddresses
+from proxy.context import ProxyContext
 from proxy.tap import TapEnd, TapFilter, TapRequest, TapResponse
-from tests.destination.dst_server import (
-    DESTINATION_NAME,
-    DestinationProcess,
-    destination,
-    write_yaml,
-)
+from tests.destination.dst_server import DestinationProcess, write_yaml
 from tests.mesh_outbound.conftest import (
     EMPTY_IP,
     SERVICE_IP,
@@ -220,37 +209,11 @@ async def test_a_silent_upstream_is_found_by_keepalive(
 
     nursery.start_soon(trio.serve_listeners, hold, silent)
     backend = H2Backend("silent", "127.0.0.5", port=port)
-    with destination(tmp_path, render_yaml([backend])) as server:
-        settings = ProxySettings(
-            inbound_listen=Address("127.0.0.1", 0),
-            outbound_listen=Address("127.0.0.1", 0),
-            admin_listen=Address("127.0.0.1", 0),
-            http2_keepalive_interval=0.3,
-            http2_keepalive_timeout=0.2,
-        )
-        discovery_settings = DiscoverySettings(
-            host="127.0.0.1",
-            port=server.port,
-            server_name=DESTINATION_NAME,
-            trust_anchors_pem=server.ca.read_text(),
-        )
-        async with DiscoveryClient(discovery_settings) as discovery:
-            outbound = Outbound(settings, discovery, rng=random.Random(7))
-            context = ProxyContext(settings, Metrics(), Lifecycle(), outbound=outbound)
-            async with trio.open_nursery() as inner:
-                addresses = await inner.start(
-                    functools.partial(
-                        run_proxy,
-                        settings,
-                        resolver=lambda _sock: (SERVICE_IP, SERVICE_PORT),
-                        context=context,
-                        tap=None,
-                    )
-                )
-                mesh = H2Mesh([backend], server, context, addresses, [])
-                with trio.fail_after(5):
-                    answers = await _answers(mesh, ["/"], authority=f"{SERVICE_IP}:{SERVICE_PORT}")
-                inner.cancel_scope.cancel()
+    keepalive = {"http2_keepalive_interval": 0.3, "http2_keepalive_timeout": 0.2}
+    async with outbound_proxy(tmp_path, [backend], keepalive) as run:
+        mesh = H2Mesh([backend], run.destination, run.context, run.addresses, run.original)
+        with trio.fail_after(5):
+            answers = await _answers(mesh, ["/"], authority=f"{SERVICE_IP}:{SERVICE_PORT}")
     assert answers[0].status == 502
     assert answers[0].headers[b"meshlet-proxy-error"] == b"upstream_closed"
     for stream in held:

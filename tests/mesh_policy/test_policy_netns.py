@@ -26,9 +26,8 @@ from dataclasses import dataclass
 import pytest
 
 from meshlet.names import PROXY_UID, workload_identity
-from tests.harness import Node
 from tests.harness.mesh import PROXY, Samples, scrape, start_app
-from tests.harness.mesh_node import MeshNode, MeshPod
+from tests.harness.mesh_node import MeshNode, MeshPod, open_mesh_node
 from webhook.config import ProxyConfig, resolve_config
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -67,10 +66,7 @@ def _apply_policy_annotation(mesh_node: MeshNode, member: MeshPod) -> None:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyMesh]:
     logs = tmp_path_factory.mktemp("policy-logs")
-    node = Node()
-    mesh_node: MeshNode | None = None
-    try:
-        mesh_node = MeshNode(node, logs)
+    with open_mesh_node(logs) as mesh_node:
         client = mesh_node.add_pod("client", serviceaccount="client")
         server = mesh_node.add_pod("server", serviceaccount="server", ports=(8080, 3306))
         outside = mesh_node.add_pod("outside", meshed=False)
@@ -82,12 +78,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PolicyMesh]:
         mesh_node.wait_ready([client, server])
         mesh_node.wait_discovered()
         yield PolicyMesh(mesh_node, client, server, outside)
-    finally:
-        try:
-            node.close()
-        finally:
-            if mesh_node is not None:
-                mesh_node.close()
 
 
 def _curl(member: MeshPod, url: str) -> tuple[int, dict[str, str], str]:
