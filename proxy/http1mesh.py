@@ -94,8 +94,14 @@ async def proxy_mesh(
             if request.fields.upgrade is None and not request.fields.expect_continue:
                 await exchange.buffer_body(context.settings.outbound_retry_buffer_bytes)
             attempts.replayable = exchange.complete
-            with trio.move_on_at(attempts.deadline or float("inf")) as timeout:
+            deadline = attempts.deadline
+            if deadline is None:  # no route timeout: no cancel scope (a few % of a request)
                 status, switched = await exchange.run()
+                timed_out = False
+            else:
+                with trio.move_on_at(deadline) as timeout:
+                    status, switched = await exchange.run()
+                timed_out = timeout.cancelled_caught
         except (UpstreamError, ProxyConfigError) as exc:
             exchange.record_error(exc.status, started, exc.slug)
             log.info("outbound %s %s: %s", request.method.decode(), target.authority, exc)
@@ -105,7 +111,7 @@ async def proxy_mesh(
         except ClientProtocolError as exc:
             await session.send_error(exc, status=exc.status_hint)
             return False
-        if timeout.cancelled_caught:
+        if timed_out:
             error = RouteTimeout(f"the route {route_name!r} of {target.authority} timed out")
             exchange.record_error(error.status, started, error.slug)
             _route_response(session, route_labels, error.status, started)

@@ -88,7 +88,7 @@ class TlsConn(Conn):
     async def receive(self, max_bytes: int = RECEIVE_SIZE) -> bytes:
         if self._ended:
             return b""
-        if self._buffered:
+        if self._in.pending or self._obj.pending():
             data = self._decrypt(max_bytes)
             if data is not None:
                 return data
@@ -105,7 +105,7 @@ class TlsConn(Conn):
                 return data
 
     async def receive_answer(self) -> bytes:
-        if not (self._ended or self._buffered):
+        if not (self._ended or self._in.pending or self._obj.pending()):
             with contextlib.suppress(OSError, ValueError, trio.ClosedResourceError):
                 await trio.lowlevel.wait_readable(self._fd)  # the read names any failure
         return await self.receive()
@@ -157,7 +157,8 @@ class TlsConn(Conn):
                 records = self._out.read()  # what other tasks encrypted meanwhile
         finally:
             self._writing = False
-            self._drained.unpark_all()
+            if self._drained:
+                self._drained.unpark_all()
 
     async def send_eof(self) -> None:
         # No event marks "the reader consumed the buffer", so poll (rare: only at half-close).
