@@ -93,7 +93,10 @@ class TlsConn(Conn):
             if data is not None:
                 return data
         while True:
-            if self._out.pending:  # e.g. the answer to a TLS 1.3 KeyUpdate
+            if self._out.pending and not self._writing:
+                # What reading made OpenSSL send (the answer to a TLS 1.3 KeyUpdate). Never
+                # wait behind a writer stuck on a full socket: the peer may be waiting for us
+                # to read before it reads; the writer sends these records anyway.
                 await self._flush()
             records = await self._read(RECEIVE_SIZE)
             if records:

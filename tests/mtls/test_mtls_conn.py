@@ -184,3 +184,44 @@ async def test_an_answer_is_read_after_waiting_and_a_last_frame_goes_without_wai
             await trio.sleep(0.01)
     assert lines == [b"goaway"]
     conn.close()
+
+
+@pytest.mark.trio
+async def test_reading_goes_on_while_writers_wait_for_a_full_socket(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # The peer sends all of its data before it reads ours. Our first sender fills the socket,
+    # a second one queues its records behind it: the reader must not wait behind them, or
+    # neither side ever reads again.
+    ours, theirs = b"o" * 4_000_000, b"t" * 4_000_000
+    heard: list[int] = []
+
+    async def serve(tls: trio.SSLStream[trio.SocketStream]) -> None:
+        await tls.send_all(theirs)
+        size = 0
+        while size < len(ours) + 1:
+            chunk = await tls.receive_some(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+        heard.append(size)
+
+    conn, _ = await _pair(nursery, tmp_path, serve)
+    received = bytearray()
+
+    async def read() -> None:
+        while len(received) < len(theirs):
+            received.extend(await conn.receive())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as all_of_them:
+            all_of_them.start_soon(conn.send, ours)
+            await trio.sleep(0.1)  # the first sender waits for the socket now
+            all_of_them.start_soon(conn.send, b"!")
+            await trio.sleep(0.1)
+            all_of_them.start_soon(read)
+        while not heard:
+            await trio.sleep(0.01)
+    assert bytes(received) == theirs
+    assert heard == [len(ours) + 1]
+    conn.close()
