@@ -17,7 +17,14 @@ What the relay adds is observation and a few frames of its own, always at frame 
   here) build frames the shell injects;
   PING acknowledgements carrying the proxy's own payload are consumed, not forwarded;
 - an injected response uses only "literal without indexing" HPACK representations, which leave
-  the receiver's dynamic table untouched, so the two HPACK contexts stay in step.
+  the receiver's dynamic table untouched, so the two HPACK contexts stay in step;
+- every SETTINGS frame is forwarded with ``SETTINGS_HEADER_TABLE_SIZE`` 0 (added when absent), so
+  neither encoder keeps a dynamic table: a server that indexes fields such as ``date`` or
+  ``server`` in every response (nginx does) would otherwise change the table with each block and
+  defeat the decoder's block cache (``proxy/hpackcache.py``), making the relay decode every
+  response in Python. Lowering a peer's announced limit is always safe: the encoder signals the
+  new size at the start of its next block (RFC 7541 section 4.2) and the real decoder, which
+  allowed more, follows it. The cost is a few dozen bytes per header block on the wire.
 
 An inbound relay passes ``rewrite`` to the client side's scanner (``meshlet-client-id``: any
 copy the client sent is removed, the identity it proved over mTLS added). Request header blocks
@@ -66,6 +73,7 @@ __all__ = [
     "goaway",
     "ping",
     "rst_stream",
+    "without_dynamic_table",
 ]
 
 MAX_FRAME: Final = 1 << 20  # a non-DATA frame larger than this is not worth buffering
@@ -73,6 +81,8 @@ _DATA, _HEADERS, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x3, 0x4
 _PUSH_PROMISE, _PING, _GOAWAY, _CONTINUATION = 0x5, 0x6, 0x7, 0x9
 _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 _HEADER_TABLE_SIZE: Final = 0x1
+_NO_TABLE: Final = b"\x00\x01\x00\x00\x00\x00"  # SETTINGS_HEADER_TABLE_SIZE = 0
+_ENCODED_LIMIT: Final = 64  # rewritten blocks kept per connection (emptied when full)
 
 
 HeaderRewrite = Callable[[list[tuple[bytes, bytes]], bool], list[tuple[bytes, bytes]]]
@@ -143,6 +153,7 @@ class FrameScanner:
         self._block_kind = _HEADERS
         self._in_block = False
         self._started: set[int] = set()  # streams whose response head was seen (upstream side)
+        self._encoded: dict[tuple[tuple[tuple[bytes, bytes], ...], bool], bytes] = {}
         self.injected: list[bytes] = []  # frames to send after the current frame completes
 
     @property
@@ -184,6 +195,8 @@ class FrameScanner:
                 break
             frame = bytes(self._buffer)
             self._buffer.clear()
+            if kind == _SETTINGS and not frame[4] & _ACK:
+                frame = without_dynamic_table(frame)
             if self._inspect(frame, kind, events):
                 out += frame
             self._flush_injected(out)
@@ -275,8 +288,9 @@ class FrameScanner:
             return  # decoded for the compression state only
         end_stream = bool(flags & _END_STREAM)
         if self.rewrite is not None:
-            rewritten = self.rewrite(headers, stream_id not in self._started)
-            self.injected.append(header_frames(stream_id, end_stream, encode_block(rewritten)))
+            starts = stream_id not in self._started
+            block = self._rewritten(headers, starts)
+            self.injected.append(header_frames(stream_id, end_stream, block))
         if self.from_client:
             if stream_id not in self._started:
                 self._started.add(stream_id)
@@ -299,6 +313,19 @@ class FrameScanner:
                 events.append(ResponseEnded(stream_id, grpc))
         elif not status_text and end_stream:  # trailers
             events.append(ResponseEnded(stream_id, grpc))
+
+    def _rewritten(self, headers: list[tuple[bytes, bytes]], starts: bool) -> bytes:
+        """``rewrite(headers, starts)`` re-encoded; the same fields (most requests of a
+        connection) are rewritten and encoded once."""
+        key = (tuple(headers), starts)
+        block = self._encoded.get(key)
+        if block is None:
+            assert self.rewrite is not None
+            block = encode_block(self.rewrite(headers, starts))
+            if len(self._encoded) >= _ENCODED_LIMIT:
+                self._encoded.clear()
+            self._encoded[key] = block
+        return block
 
     def forget(self, stream_id: int) -> None:
         self._started.discard(stream_id)
@@ -340,3 +367,15 @@ def _header_table_size(payload: memoryview) -> int | None:
         if int.from_bytes(payload[offset : offset + 2], "big") == _HEADER_TABLE_SIZE:
             found = int.from_bytes(payload[offset + 2 : offset + 6], "big")
     return found
+
+
+def without_dynamic_table(frame: bytes) -> bytes:
+    """A SETTINGS ``frame`` (header included) with ``SETTINGS_HEADER_TABLE_SIZE`` 0: the value
+    replaced, or the setting appended. A malformed payload is left for the receiver to refuse."""
+    payload = frame[9:]
+    if len(payload) % 6:
+        return frame
+    settings = [payload[i : i + 6] for i in range(0, len(payload), 6)]
+    kept = [item for item in settings if item[:2] != _NO_TABLE[:2]]
+    payload = b"".join([*kept, _NO_TABLE])
+    return len(payload).to_bytes(3, "big") + frame[3:9] + payload

@@ -17,6 +17,7 @@ from proxy.h2relay import (
     error_response,
     ping,
     rst_stream,
+    without_dynamic_table,
 )
 
 REQUEST = [(b":method", b"POST"), (b":path", b"/echo.Echo/Unary"), (b":scheme", b"http"),
@@ -125,3 +126,40 @@ def test_resets_are_reported() -> None:
 def test_garbage_instead_of_a_preface_is_refused() -> None:
     with pytest.raises(RelayError):
         FrameScanner(from_client=True).feed(b"GET / HTTP/1.1\r\n\r\n")
+
+
+def test_settings_go_on_without_a_dynamic_table_and_both_hpack_contexts_follow() -> None:
+    # Without the relay, a server indexes response fields in its dynamic table, so every
+    # response changes the table the relay decodes against (and its block cache never hits).
+    client, server, requests, responses = _peers()
+    assert server.encoder.header_table_size == 0
+    assert client.encoder.header_table_size == 0
+    for stream_id in (1, 3, 5):
+        client.send_headers(stream_id, REQUEST, end_stream=True)
+        _through(client, requests, server)
+        server.send_headers(stream_id, [(b":status", b"200"), (b"server", b"nginx/1.22.1")])
+        server.send_data(stream_id, b"ok", end_stream=True)
+        _, received = _through(server, responses, client)
+        heads = [e for e in received if isinstance(e, h2.events.ResponseReceived)]
+        assert heads[0].headers == [(b":status", b"200"), (b"server", b"nginx/1.22.1")]
+    assert len(responses.decoder._table.dynamic_entries) == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"", b"\x00\x01\x00\x00\x00\x00"),
+        (b"\x00\x01\x00\x00\x10\x00", b"\x00\x01\x00\x00\x00\x00"),
+        (b"\x00\x03\x00\x00\x00\x64\x00\x01\x00\x01\x00\x00",
+         b"\x00\x03\x00\x00\x00\x64\x00\x01\x00\x00\x00\x00"),
+        (b"\x00\x01\x00\x00", b"\x00\x01\x00\x00"),  # malformed: the receiver refuses it
+    ],
+)  # fmt: skip
+def test_the_header_table_size_setting_is_set_to_zero_or_added(
+    payload: bytes, expected: bytes
+) -> None:
+    frame = len(payload).to_bytes(3, "big") + b"\x04\x00\x00\x00\x00\x00" + payload
+    rewritten = without_dynamic_table(frame)
+    assert rewritten[9:] == expected
+    assert int.from_bytes(rewritten[:3], "big") == len(expected)
+    assert rewritten[3:9] == frame[3:9]
