@@ -150,7 +150,11 @@ class Peer:
         """The preface (client side), our SETTINGS and the larger connection window."""
         if self.client_side:
             self.out += PREFACE
-        settings = bytearray()
+        # A zero HPACK table: the peer's blocks then never change our decoder's table, so
+        # repeated blocks are served by its cache (``proxy/hpackcache.py``). Saying so also
+        # makes encoders that index without keeping a table (nginx) send the size update that
+        # stops them adding an entry per field per response, which emptied the cache each time.
+        settings = bytearray(_S_HEADER_TABLE_SIZE.to_bytes(2, "big") + (0).to_bytes(4, "big"))
         if self.client_side:
             settings += _S_ENABLE_PUSH.to_bytes(2, "big") + (0).to_bytes(4, "big")
         else:
