@@ -59,6 +59,7 @@ from proxy.h2peer import (
 from proxy.h2responses import MuxResponses
 from proxy.h2stream import MuxStream, forwardable
 from proxy.h2upstream import Link, Upstream
+from proxy.http1response import receive_answer
 from proxy.http2 import serve_http2
 from proxy.net import Conn, format_address
 
@@ -151,7 +152,7 @@ class _Mux(MuxResponses):
                 await self._flush()
                 if self.closing and not self.streams:
                     break
-                data = await self.down.conn.receive()
+                data = await receive_answer(self.down.conn)
                 self.down.last_read = trio.current_time()
         except ProxyError as exc:
             log.debug("outbound h2 client connection: %s", exc)

@@ -31,7 +31,7 @@ from typing import Final
 
 import hpack
 
-from proxy.h2frames import PING_PAYLOAD, PREFACE, encode_block, frame
+from proxy.h2frames import PING_PAYLOAD, PREFACE, BlockCache, encode_block, frame
 from proxy.hpackcache import CachingDecoder
 
 __all__ = [
@@ -81,14 +81,16 @@ class PeerError(Exception):
         self.code = code
 
 
-@dataclass(frozen=True, slots=True)
+# Events are not frozen: a frozen dataclass's __init__ (object.__setattr__ per field) costs
+# three times a plain one, and every frame makes one.
+@dataclass(slots=True)
 class Headers:
     stream_id: int
     headers: list[tuple[bytes, bytes]]
     end_stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Data:
     stream_id: int
     data: bytes
@@ -97,19 +99,19 @@ class Data:
     end_stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reset:
     stream_id: int
     code: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GoAwayReceived:
     last_stream_id: int
     code: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WindowOpened:
     stream_id: int
     """0: the connection's window (or every stream's, after a SETTINGS change)."""
@@ -125,6 +127,7 @@ class Peer:
         self.client_side = client_side
         self.out = bytearray()
         self.decoder = CachingDecoder()
+        self._blocks = BlockCache()
         self._buffer = bytearray()
         self._preface_left = 0 if client_side else len(PREFACE)
         self._block = bytearray()
@@ -340,8 +343,17 @@ class Peer:
     def send_headers(
         self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool
     ) -> None:
-        block = encode_block(headers)
+        block = self._blocks.encode(headers)
         limit = self._peer_max_frame
+        if len(block) <= limit:  # the usual case: one HEADERS frame
+            flags = (_END_STREAM | _END_HEADERS) if end_stream else _END_HEADERS
+            out = self.out
+            out += len(block).to_bytes(3, "big")
+            out.append(_HEADERS)
+            out.append(flags)
+            out += stream_id.to_bytes(4, "big")
+            out += block
+            return
         first, rest = block[:limit], block[limit:]
         flags = (_END_STREAM if end_stream else 0) | (0 if rest else _END_HEADERS)
         self.out += frame(_HEADERS, flags, stream_id, first)

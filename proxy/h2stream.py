@@ -241,4 +241,6 @@ class MuxStream:
 
     def unacked(self) -> int:
         """Flow-controlled bytes received from the client and never acknowledged."""
+        if self.acked >= len(self.body):
+            return 0
         return sum(flow for _, flow in self.body[self.acked :])
