@@ -26,6 +26,7 @@ still counted against the connection window.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -71,6 +72,7 @@ _CONNECTION_WINDOW: Final = 1 << 20  # what the proxy advertises for the whole c
 _MAX_WINDOW: Final = 2**31 - 1
 _MAX_BLOCK: Final = 1 << 18  # a header block (with CONTINUATIONs) larger than this is refused
 MAX_CONCURRENT: Final = 100  # streams a client may open to the proxy at once
+_FRAME_HEAD: Final = struct.Struct(">BHBBL")  # length (3 bytes: 1 + 2), type, flags, stream id
 
 
 class PeerError(Exception):
@@ -171,32 +173,37 @@ class Peer:
     def feed(self, data: bytes) -> list[PeerEvent]:
         """Consume ``data``; return what happened. Raises ``PeerError``."""
         events: list[PeerEvent] = []
-        buffer = self._buffer
-        buffer += data
         if self._preface_left:
-            taken = min(self._preface_left, len(buffer))
-            start = len(PREFACE) - self._preface_left
-            if bytes(buffer[:taken]) != PREFACE[start : start + taken]:
-                raise PeerError("the client did not send the HTTP/2 preface")
-            del buffer[:taken]
-            self._preface_left -= taken
+            data = self._take_preface(data)
+        buffer = self._buffer
+        if buffer:  # the rest of a frame that began in an earlier read
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
         offset = 0
-        size = len(buffer)
+        size = len(data)
+        unpack = _FRAME_HEAD.unpack_from
         while size - offset >= 9:
-            length = int.from_bytes(buffer[offset : offset + 3], "big")
+            high, low, kind, flags, stream_id = unpack(data, offset)
+            length = high << 16 | low
             if length > MAX_FRAME_SIZE:
                 raise PeerError(f"a {length}-byte frame is too large", FRAME_SIZE_ERROR)
             end = offset + 9 + length
             if end > size:
                 break
-            kind = buffer[offset + 3]
-            flags = buffer[offset + 4]
-            stream_id = int.from_bytes(buffer[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
-            self._frame_in(kind, flags, stream_id, bytes(buffer[offset + 9 : end]), events)
+            self._frame_in(kind, flags, stream_id & 0x7FFFFFFF, data[offset + 9 : end], events)
             offset = end
-        if offset:
-            del buffer[:offset]
+        if offset < size:
+            buffer += data[offset:] if offset else data
         return events
+
+    def _take_preface(self, data: bytes) -> bytes:
+        taken = min(self._preface_left, len(data))
+        start = len(PREFACE) - self._preface_left
+        if data[:taken] != PREFACE[start : start + taken]:
+            raise PeerError("the client did not send the HTTP/2 preface")
+        self._preface_left -= taken
+        return data[taken:]
 
     def _frame_in(  # noqa: PLR0912 - one branch per frame type
         self, kind: int, flags: int, stream_id: int, payload: bytes, events: list[PeerEvent]

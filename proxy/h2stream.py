@@ -149,7 +149,7 @@ class MuxStream:
         self.labels = ""
         self.route_labels = ""
         self.tap: TapStream | None = None
-        self.wake = trio.Event()
+        self.wake: trio.Event | None = None  # made when a task waits on the stream
         self.next_retry = False
         self.finished = False
         self.cancelled = False

@@ -89,6 +89,30 @@ def test_bytes_split_anywhere_give_the_same_events() -> None:
     assert events == [Headers(1, REQUEST, False), Data(1, b"x" * 1000, 1000, True)]
 
 
+@pytest.mark.parametrize("step", [1, 7, 30, 100])
+def test_a_whole_connection_in_pieces_of_any_size_gives_the_same_events(step: int) -> None:
+    """The preface, SETTINGS and streams cut into ``step``-byte reads: frames that end inside
+    a read and frames that span reads give the same events as one read."""
+    client = _h2(client_side=True)
+    client.send_headers(1, REQUEST)
+    client.send_data(1, b"y" * 300, end_stream=True)
+    client.send_headers(3, REQUEST, end_stream=True)
+    wire = client.data_to_send()
+    whole = Peer(client_side=False).feed(wire)
+    peer = Peer(client_side=False)
+    events = []
+    for index in range(0, len(wire), step):
+        events += peer.feed(wire[index : index + step])
+    assert events == whole
+    assert events == [
+        WindowOpened(0),  # the client's SETTINGS name an initial window
+        Headers(1, REQUEST, False),
+        Data(1, b"y" * 300, 300, True),
+        Headers(3, REQUEST, True),
+    ]
+    assert not peer._buffer
+
+
 def test_responses_the_peer_sends_are_valid_for_h2() -> None:
     peer, client = _pair_as_server()
     client.send_headers(1, REQUEST, end_stream=True)
