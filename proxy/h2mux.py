@@ -59,7 +59,6 @@ from proxy.h2peer import (
 from proxy.h2responses import MuxResponses
 from proxy.h2stream import MuxStream, forwardable
 from proxy.h2upstream import Link, Upstream
-from proxy.http1response import receive_answer
 from proxy.http2 import serve_http2
 from proxy.net import Conn, format_address
 
@@ -152,7 +151,7 @@ class _Mux(MuxResponses):
                 await self._flush()
                 if self.closing and not self.streams:
                     break
-                data = await receive_answer(self.down.conn)
+                data = await self.down.conn.receive()
                 self.down.last_read = trio.current_time()
         except ProxyError as exc:
             log.debug("outbound h2 client connection: %s", exc)

@@ -30,7 +30,6 @@ from proxy.h2peer import (
 )
 from proxy.h2stream import MuxStream, forwardable, grpc_status, status_of
 from proxy.h2upstream import Upstream
-from proxy.http1response import receive_answer
 from proxy.net import format_address
 from proxy.outbound import Target
 
@@ -56,7 +55,7 @@ class MuxResponses(MuxAttempts):
         reason: UpstreamError = UpstreamClosed("upstream closed the connection")
         try:
             while True:
-                data = await receive_answer(up.conn)
+                data = await up.conn.receive()
                 if not data:
                     break
                 up.last_read = trio.current_time()
