@@ -65,14 +65,14 @@ class MuxAttempts(MuxState, abc.ABC):
         if target is not None:
             self._begin(stream, target)
             if stream.attempts.deadline is None:
-                now = trio.current_time()
+                now = stream.started  # the time of this read
                 target.sync(now)
                 choice = stream.attempts.pick(now)
                 if isinstance(choice, Pick):
                     stream.pick, stream.reported = choice, False
                     up = self.ups.with_room(key_of(choice.endpoint))
                     if up is not None:
-                        self._open(stream, up, choice.endpoint)
+                        self._open(stream, up, choice.endpoint, now)
                         return
         self._spawn(stream)
 
@@ -86,6 +86,7 @@ class MuxAttempts(MuxState, abc.ABC):
         """Another attempt: the stream's task picks again (started now if it had none)."""
         stream.next_retry = True
         if stream.task:
+            assert stream.wake is not None
             stream.wake.set()
         else:
             self._spawn(stream)
@@ -154,16 +155,18 @@ class MuxAttempts(MuxState, abc.ABC):
             stream.next_retry = False
             self._open(stream, up, endpoint)
             await self._flush()
-            await stream.wake.wait()
+            await stream.wake.wait()  # set by ``_finish`` or ``_retry``
             if not stream.next_retry:
                 return
 
-    def _open(self, stream: MuxStream, up: Upstream, endpoint: Endpoint) -> None:
+    def _open(
+        self, stream: MuxStream, up: Upstream, endpoint: Endpoint, now: float | None = None
+    ) -> None:
         stream.up, stream.endpoint = up, endpoint
         stream.up_id = up.peer.open_stream()
         up.streams[stream.up_id] = stream
         stream.rewind()
-        stream.attempt_started = trio.current_time()
+        stream.attempt_started = trio.current_time() if now is None else now
         stream.labels = self.metrics.http_labels(
             OUTBOUND, stream.authority, up.conn.tls_labels, stream.target.dst_labels(endpoint)
         )

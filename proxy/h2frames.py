@@ -13,6 +13,7 @@ from typing import Final
 
 __all__ = [
     "PING_PAYLOAD",
+    "BlockCache",
     "PREFACE",
     "encode_block",
     "error_response",
@@ -56,6 +57,32 @@ def encode_block(headers: list[tuple[bytes, bytes]]) -> bytes:
     for name, value in headers:
         out += b"\x00" + _hpack_int(len(name)) + name + _hpack_int(len(value)) + value
     return bytes(out)
+
+
+class BlockCache:
+    """``encode_block`` remembering its last few small blocks, for one connection: a client's
+    requests and a server's responses mostly repeat field for field (the decoder hands back the
+    same byte strings for a repeated block), and hashing the fields is cheaper than encoding them
+    again. Bounded: at most ``limit`` blocks of at most ``max_block`` bytes (emptied when full).
+    One per connection, so whether a block was cached says nothing about other connections."""
+
+    __slots__ = ("_blocks", "_limit", "_max_block")
+
+    def __init__(self, limit: int = 16, max_block: int = 1024) -> None:
+        self._blocks: dict[tuple[tuple[bytes, bytes], ...], bytes] = {}
+        self._limit = limit
+        self._max_block = max_block
+
+    def encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        key = tuple(headers)
+        block = self._blocks.get(key)
+        if block is None:
+            block = encode_block(headers)
+            if len(block) <= self._max_block:
+                if len(self._blocks) >= self._limit:
+                    self._blocks.clear()
+                self._blocks[key] = block
+        return block
 
 
 def header_frames(stream_id: int, end_stream: bool, block: bytes) -> bytes:

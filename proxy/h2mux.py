@@ -215,7 +215,7 @@ class _Mux(MuxResponses):
             path=path,
             authority=authority,
             end_stream=event.end_stream,
-            now=trio.current_time(),
+            now=self.down.last_read,  # this read's time
         )
         self.streams[event.stream_id] = stream
         self._start(stream)

@@ -55,13 +55,16 @@ class MuxState:
         status: int | None = None,
         grpc: int | None = None,
         outcome: Outcome | None = None,
+        now: float | None = None,
     ) -> Retry | GiveUp:
-        """``attempts.finished`` for the current pick, exactly once per pick."""
+        """``attempts.finished`` for the current pick, exactly once per pick (``now``: the time
+        of the read that brought the answer, when the caller has it)."""
         if stream.reported or stream.pick is None:
             return GiveUp("reported")
         stream.reported = True
         stream.attempts.replayable = stream.replayable
-        now = trio.current_time()
+        if now is None:
+            now = trio.current_time()
         return stream.attempts.finished(
             stream.pick, now, status=status, grpc_status=grpc, outcome=outcome
         )
@@ -115,16 +118,18 @@ class MuxState:
         down.close_stream(stream.sid)
         if unacked:
             down.consumed(stream.sid, unacked)
+        now = trio.current_time()
         if stream.route_labels:
-            latency_ms = (trio.current_time() - stream.started) * 1000
+            latency_ms = (now - stream.started) * 1000
             classification = classify(stream.status, stream.grpc)
             self.metrics.route_response(
                 stream.route_labels, stream.status, classification, latency_ms
             )
         if stream.begun:
             stream.target.users -= 1
-            stream.target.last_used = trio.current_time()
-        stream.wake.set()
+            stream.target.last_used = now
+        if stream.wake is not None:
+            stream.wake.set()
         if stream.scope is not None and stream.cancelled:
             stream.scope.cancel()
         if self.closing and not self.streams:

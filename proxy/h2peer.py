@@ -26,12 +26,13 @@ still counted against the connection window.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Final
 
 import hpack
 
-from proxy.h2frames import PING_PAYLOAD, PREFACE, encode_block, frame
+from proxy.h2frames import PING_PAYLOAD, PREFACE, BlockCache, encode_block, frame
 from proxy.hpackcache import CachingDecoder
 
 __all__ = [
@@ -71,6 +72,7 @@ _CONNECTION_WINDOW: Final = 1 << 20  # what the proxy advertises for the whole c
 _MAX_WINDOW: Final = 2**31 - 1
 _MAX_BLOCK: Final = 1 << 18  # a header block (with CONTINUATIONs) larger than this is refused
 MAX_CONCURRENT: Final = 100  # streams a client may open to the proxy at once
+_FRAME_HEAD: Final = struct.Struct(">BHBBL")  # length (3 bytes: 1 + 2), type, flags, stream id
 
 
 class PeerError(Exception):
@@ -81,14 +83,16 @@ class PeerError(Exception):
         self.code = code
 
 
-@dataclass(frozen=True, slots=True)
+# Events are not frozen: a frozen dataclass's __init__ (object.__setattr__ per field) costs
+# three times a plain one, and every frame makes one.
+@dataclass(slots=True)
 class Headers:
     stream_id: int
     headers: list[tuple[bytes, bytes]]
     end_stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Data:
     stream_id: int
     data: bytes
@@ -97,19 +101,19 @@ class Data:
     end_stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reset:
     stream_id: int
     code: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GoAwayReceived:
     last_stream_id: int
     code: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WindowOpened:
     stream_id: int
     """0: the connection's window (or every stream's, after a SETTINGS change)."""
@@ -125,6 +129,7 @@ class Peer:
         self.client_side = client_side
         self.out = bytearray()
         self.decoder = CachingDecoder()
+        self._blocks = BlockCache()
         self._buffer = bytearray()
         self._preface_left = 0 if client_side else len(PREFACE)
         self._block = bytearray()
@@ -150,7 +155,11 @@ class Peer:
         """The preface (client side), our SETTINGS and the larger connection window."""
         if self.client_side:
             self.out += PREFACE
-        settings = bytearray()
+        # A zero HPACK table: the peer's blocks then never change our decoder's table, so
+        # repeated blocks are served by its cache (``proxy/hpackcache.py``). Saying so also
+        # makes encoders that index without keeping a table (nginx) send the size update that
+        # stops them adding an entry per field per response, which emptied the cache each time.
+        settings = bytearray(_S_HEADER_TABLE_SIZE.to_bytes(2, "big") + (0).to_bytes(4, "big"))
         if self.client_side:
             settings += _S_ENABLE_PUSH.to_bytes(2, "big") + (0).to_bytes(4, "big")
         else:
@@ -164,32 +173,37 @@ class Peer:
     def feed(self, data: bytes) -> list[PeerEvent]:
         """Consume ``data``; return what happened. Raises ``PeerError``."""
         events: list[PeerEvent] = []
-        buffer = self._buffer
-        buffer += data
         if self._preface_left:
-            taken = min(self._preface_left, len(buffer))
-            start = len(PREFACE) - self._preface_left
-            if bytes(buffer[:taken]) != PREFACE[start : start + taken]:
-                raise PeerError("the client did not send the HTTP/2 preface")
-            del buffer[:taken]
-            self._preface_left -= taken
+            data = self._take_preface(data)
+        buffer = self._buffer
+        if buffer:  # the rest of a frame that began in an earlier read
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
         offset = 0
-        size = len(buffer)
+        size = len(data)
+        unpack = _FRAME_HEAD.unpack_from
         while size - offset >= 9:
-            length = int.from_bytes(buffer[offset : offset + 3], "big")
+            high, low, kind, flags, stream_id = unpack(data, offset)
+            length = high << 16 | low
             if length > MAX_FRAME_SIZE:
                 raise PeerError(f"a {length}-byte frame is too large", FRAME_SIZE_ERROR)
             end = offset + 9 + length
             if end > size:
                 break
-            kind = buffer[offset + 3]
-            flags = buffer[offset + 4]
-            stream_id = int.from_bytes(buffer[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
-            self._frame_in(kind, flags, stream_id, bytes(buffer[offset + 9 : end]), events)
+            self._frame_in(kind, flags, stream_id & 0x7FFFFFFF, data[offset + 9 : end], events)
             offset = end
-        if offset:
-            del buffer[:offset]
+        if offset < size:
+            buffer += data[offset:] if offset else data
         return events
+
+    def _take_preface(self, data: bytes) -> bytes:
+        taken = min(self._preface_left, len(data))
+        start = len(PREFACE) - self._preface_left
+        if data[:taken] != PREFACE[start : start + taken]:
+            raise PeerError("the client did not send the HTTP/2 preface")
+        self._preface_left -= taken
+        return data[taken:]
 
     def _frame_in(  # noqa: PLR0912 - one branch per frame type
         self, kind: int, flags: int, stream_id: int, payload: bytes, events: list[PeerEvent]
@@ -336,8 +350,17 @@ class Peer:
     def send_headers(
         self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool
     ) -> None:
-        block = encode_block(headers)
+        block = self._blocks.encode(headers)
         limit = self._peer_max_frame
+        if len(block) <= limit:  # the usual case: one HEADERS frame
+            flags = (_END_STREAM | _END_HEADERS) if end_stream else _END_HEADERS
+            out = self.out
+            out += len(block).to_bytes(3, "big")
+            out.append(_HEADERS)
+            out.append(flags)
+            out += stream_id.to_bytes(4, "big")
+            out += block
+            return
         first, rest = block[:limit], block[limit:]
         flags = (_END_STREAM if end_stream else 0) | (0 if rest else _END_HEADERS)
         self.out += frame(_HEADERS, flags, stream_id, first)

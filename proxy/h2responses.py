@@ -157,9 +157,10 @@ class MuxResponses(MuxAttempts):
                 self.down.peer.send_headers(stream.sid, headers, False)
             return
         grpc = grpc_status(headers) if event.end_stream else None
-        latency_ms = (trio.current_time() - stream.attempt_started) * 1000
+        now = up.last_read  # this read's time
+        latency_ms = (now - stream.attempt_started) * 1000
         self.metrics.response_headers(stream.labels, status, latency_ms)
-        decision = self._report(stream, status=status, grpc=grpc)
+        decision = self._report(stream, status=status, grpc=grpc, now=now)
         if isinstance(decision, Retry) and not stream.finished:
             self.metrics.response_end(stream.labels, status, "failure")
             self._drop_attempt(stream, CANCEL)

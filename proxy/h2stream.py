@@ -149,7 +149,7 @@ class MuxStream:
         self.labels = ""
         self.route_labels = ""
         self.tap: TapStream | None = None
-        self.wake = trio.Event()
+        self.wake: trio.Event | None = None  # made when a task waits on the stream
         self.next_retry = False
         self.finished = False
         self.cancelled = False
@@ -241,4 +241,6 @@ class MuxStream:
 
     def unacked(self) -> int:
         """Flow-controlled bytes received from the client and never acknowledged."""
+        if self.acked >= len(self.body):
+            return 0
         return sum(flow for _, flow in self.body[self.acked :])

@@ -89,6 +89,30 @@ def test_bytes_split_anywhere_give_the_same_events() -> None:
     assert events == [Headers(1, REQUEST, False), Data(1, b"x" * 1000, 1000, True)]
 
 
+@pytest.mark.parametrize("step", [1, 7, 30, 100])
+def test_a_whole_connection_in_pieces_of_any_size_gives_the_same_events(step: int) -> None:
+    """The preface, SETTINGS and streams cut into ``step``-byte reads: frames that end inside
+    a read and frames that span reads give the same events as one read."""
+    client = _h2(client_side=True)
+    client.send_headers(1, REQUEST)
+    client.send_data(1, b"y" * 300, end_stream=True)
+    client.send_headers(3, REQUEST, end_stream=True)
+    wire = client.data_to_send()
+    whole = Peer(client_side=False).feed(wire)
+    peer = Peer(client_side=False)
+    events = []
+    for index in range(0, len(wire), step):
+        events += peer.feed(wire[index : index + step])
+    assert events == whole
+    assert events == [
+        WindowOpened(0),  # the client's SETTINGS name an initial window
+        Headers(1, REQUEST, False),
+        Data(1, b"y" * 300, 300, True),
+        Headers(3, REQUEST, True),
+    ]
+    assert not peer._buffer
+
+
 def test_responses_the_peer_sends_are_valid_for_h2() -> None:
     peer, client = _pair_as_server()
     client.send_headers(1, REQUEST, end_stream=True)
@@ -192,3 +216,38 @@ def test_protocol_errors_are_refused(wire: bytes, message: str) -> None:
     peer = Peer(client_side=False)
     with pytest.raises(PeerError, match=message):
         peer.feed(wire)
+
+
+def test_our_settings_ask_for_no_hpack_table_and_h2_then_sends_no_indexed_entries() -> None:
+    peer, server = _pair_as_client()
+    assert server.remote_settings.header_table_size == 0
+    headers = [(b":status", b"200"), (b"server", b"h2"), (b"x-id", b"7")]
+    for stream_id in (1, 3):
+        assert peer.open_stream() == stream_id
+        peer.send_headers(stream_id, REQUEST, True)
+        server.receive_data(bytes(peer.out))
+        peer.out.clear()
+        server.send_headers(stream_id, headers, end_stream=True)
+        assert peer.feed(server.data_to_send()) == [Headers(stream_id, headers, True)]
+        assert len(peer.decoder._table.dynamic_entries) == 0
+
+
+def test_repeated_responses_of_an_encoder_that_indexes_after_a_size_update_hit_the_cache() -> None:
+    """nginx: "literal with incremental indexing" for its fields, but a table size update to 0
+    first once the client's SETTINGS named a table size; the blocks then repeat byte for byte and
+    leave the table empty, so the second one is served from the cache."""
+    peer, _ = _pair_as_client()
+    size_update_to_zero = b"\x20"
+    fields = b"\x88" + b"\x76\x0cnginx/1.22.1" + b"\x5c\x016"  # :status 200, server, content-length
+    block = size_update_to_zero + fields
+    response = len(block).to_bytes(3, "big") + b"\x01\x05" + (1).to_bytes(4, "big") + block
+    peer.open_stream()
+    expected = [(b":status", b"200"), (b"server", b"nginx/1.22.1"), (b"content-length", b"6")]
+    assert peer.feed(response) == [Headers(1, expected, True)]
+    assert len(peer.decoder._table.dynamic_entries) == 0
+    for stream_id in (3, 5):
+        if stream_id == 5:
+            peer.decoder._decoder.decode = None  # type: ignore[assignment]  # decoding would fail
+        peer.open_stream()
+        again = len(fields).to_bytes(3, "big") + b"\x01\x05" + stream_id.to_bytes(4, "big")
+        assert peer.feed(again + fields) == [Headers(stream_id, expected, True)]
