@@ -118,7 +118,7 @@ def start_server(
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHLET_")}
     env["KUBECONFIG"] = str(kubeconfig)
     argv = [sys.executable, "-m", "destination", "--source", "kubernetes"]
-    argv += ["--tls-cert", str(files.cert), "--tls-key", str(files.key)]
+    argv += ["--tls-cert-file", str(files.cert), "--tls-key-file", str(files.key)]
     argv += ["--listen-addr", f"127.0.0.1:{port}", "--max-streams", str(streams + 10)]
     argv += ["--log-level", "warn"]
     return subprocess.Popen(argv, env=env), port, files.cert

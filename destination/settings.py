@@ -64,8 +64,8 @@ class DestinationSettings:
 _FLAGS: Final = {
     # flag/env suffix -> help
     "listen-addr": "host:port to listen on (default 0.0.0.0:8086)",
-    "tls-cert": "serving certificate (PEM), reloaded when it changes",
-    "tls-key": "serving key (PEM), reloaded when it changes",
+    "tls-cert-file": "serving certificate (PEM), reloaded when it changes",
+    "tls-key-file": "serving key (PEM), reloaded when it changes",
     "source": "'kubernetes' or the path of a local YAML file of services and endpoints",
     "cluster-domain": "the cluster's DNS domain (default cluster.local)",
     "control-plane-ns": "the control plane's namespace (default meshlet)",
@@ -78,15 +78,22 @@ _FLAGS: Final = {
     "log-format": "plain or json (default plain)",
 }
 
+_ALIASES: Final = {"tls-cert-file": "tls-cert", "tls-key-file": "tls-key"}
+"""Earlier names, still accepted as flags and variables (``MESHLET_DESTINATION_TLS_CERT``); the
+``*_FILE`` names match the other components' (``MESHLET_WEBHOOK_TLS_CERT_FILE``)."""
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshlet-destination",
         description="Stream endpoints and service profiles to meshlet proxies (NDJSON over HTTPS).",
-        epilog=f"Every flag can also be set as {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}TLS_CERT).",
+        epilog=(
+            f"Every flag can also be set as {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}TLS_CERT_FILE)."
+        ),
     )
     for flag, text in _FLAGS.items():
-        parser.add_argument(f"--{flag}", help=text)
+        alias = [f"--{_ALIASES[flag]}"] if flag in _ALIASES else []
+        parser.add_argument(f"--{flag}", *alias, dest=flag.replace("-", "_"), help=text)
     parser.add_argument(
         "--self-signed",
         metavar="DIR",
@@ -114,8 +121,8 @@ def _listen(text: str) -> tuple[str, int]:
 
 def _fields(values: dict[str, str]) -> dict[str, object]:
     fields: dict[str, object] = {
-        "tls_cert": Path(values["tls_cert"]),
-        "tls_key": Path(values["tls_key"]),
+        "tls_cert": Path(values["tls_cert_file"]),
+        "tls_key": Path(values["tls_key_file"]),
     }
     if "listen_addr" in values:
         fields["listen_host"], fields["listen_port"] = _listen(values["listen_addr"])
@@ -148,15 +155,17 @@ def load_settings(
     for flag in _FLAGS:
         key = flag.replace("-", "_")
         env = environ.get(ENV_PREFIX + key.upper())
+        if not env and flag in _ALIASES:
+            env = environ.get(ENV_PREFIX + _ALIASES[flag].replace("-", "_").upper())
         if args.get(key) is not None:
             values[key] = args[key]
         elif env is not None and env != "":
             values[key] = env
     self_signed = Path(args["self_signed"]) if args.get("self_signed") else None
     if self_signed is not None:
-        values.setdefault("tls_cert", str(self_signed / "tls.crt"))
-        values.setdefault("tls_key", str(self_signed / "tls.key"))
-    for required in ("tls_cert", "tls_key"):
+        values.setdefault("tls_cert_file", str(self_signed / "tls.crt"))
+        values.setdefault("tls_key_file", str(self_signed / "tls.key"))
+    for required in ("tls_cert_file", "tls_key_file"):
         if required not in values:
             flag = required.replace("_", "-")
             raise SettingsError(

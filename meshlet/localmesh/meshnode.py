@@ -173,8 +173,8 @@ class MeshNode:
             [
                 DESTINATION_BIN,
                 *("--source", str(self.source)),
-                *("--tls-cert", str(self.dir / "dst" / "tls.crt")),
-                *("--tls-key", str(self.dir / "dst" / "tls.key")),
+                *("--tls-cert-file", str(self.dir / "dst" / "tls.crt")),
+                *("--tls-key-file", str(self.dir / "dst" / "tls.key")),
                 *("--listen-addr", f"{GATEWAY}:{DESTINATION_PORT}"),
                 *("--local-poll-interval", "100ms"),
                 *("--keepalive-interval", "2s"),

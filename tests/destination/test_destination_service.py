@@ -376,7 +376,10 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         ),
         (["--self-signed", str(tmp_path), "--keepalive-interval", "soon"], "keepalive-interval"),
         (
-            ["--tls-cert", str(tmp_path / "no.crt"), "--tls-key", str(tmp_path / "no.key")],
+            [
+                *("--tls-cert-file", str(tmp_path / "no.crt")),
+                *("--tls-key-file", str(tmp_path / "no.key")),
+            ],
             "cannot load TLS",
         ),
     ]

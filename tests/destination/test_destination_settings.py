@@ -8,7 +8,7 @@ import pytest
 
 from destination.settings import SettingsError, load_settings
 
-TLS = ["--tls-cert", "c.pem", "--tls-key", "k.pem"]
+TLS = ["--tls-cert-file", "c.pem", "--tls-key-file", "k.pem"]
 
 
 def test_defaults() -> None:
@@ -27,8 +27,8 @@ def test_defaults() -> None:
 
 def test_environment_and_flags() -> None:
     env = {
-        "MESHLET_DESTINATION_TLS_CERT": "/env/c.pem",
-        "MESHLET_DESTINATION_TLS_KEY": "/env/k.pem",
+        "MESHLET_DESTINATION_TLS_CERT_FILE": "/env/c.pem",
+        "MESHLET_DESTINATION_TLS_KEY_FILE": "/env/k.pem",
         "MESHLET_DESTINATION_SOURCE": "/env/local.yaml",
         "MESHLET_DESTINATION_LISTEN_ADDR": "127.0.0.1:9000",
         "MESHLET_DESTINATION_KEEPALIVE_INTERVAL": "500ms",
@@ -61,3 +61,32 @@ def test_self_signed_supplies_the_files() -> None:
 def test_errors_name_the_setting(argv: list[str], fragment: str) -> None:
     with pytest.raises(SettingsError, match=fragment):
         load_settings(argv, {})
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["--tls-cert", "/old/c.pem", "--tls-key", "/old/k.pem"], {}),
+        (
+            [],
+            {
+                "MESHLET_DESTINATION_TLS_CERT": "/old/c.pem",
+                "MESHLET_DESTINATION_TLS_KEY": "/old/k.pem",
+            },
+        ),
+    ],
+    ids=["flags", "variables"],
+)
+def test_the_earlier_certificate_names_still_work(argv: list[str], env: dict[str, str]) -> None:
+    settings, _ = load_settings(argv, env)
+    assert (settings.tls_cert, settings.tls_key) == (Path("/old/c.pem"), Path("/old/k.pem"))
+
+
+def test_the_file_names_win_over_the_earlier_ones() -> None:
+    env = {
+        "MESHLET_DESTINATION_TLS_CERT": "/old/c.pem",
+        "MESHLET_DESTINATION_TLS_CERT_FILE": "/new/c.pem",
+        "MESHLET_DESTINATION_TLS_KEY_FILE": "/new/k.pem",
+    }
+    settings, _ = load_settings([], env)
+    assert (settings.tls_cert, settings.tls_key) == (Path("/new/c.pem"), Path("/new/k.pem"))
