@@ -47,7 +47,7 @@ import hpack
 from proxy.h2frames import (
     PING_PAYLOAD,
     PREFACE,
-    encode_block,
+    BlockCache,
     error_response,
     goaway,
     header_frames,
@@ -82,7 +82,6 @@ _PUSH_PROMISE, _PING, _GOAWAY, _CONTINUATION = 0x5, 0x6, 0x7, 0x9
 _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 _HEADER_TABLE_SIZE: Final = 0x1
 _NO_TABLE: Final = b"\x00\x01\x00\x00\x00\x00"  # SETTINGS_HEADER_TABLE_SIZE = 0
-_ENCODED_LIMIT: Final = 64  # rewritten blocks kept per connection (emptied when full)
 
 
 HeaderRewrite = Callable[[list[tuple[bytes, bytes]], bool], list[tuple[bytes, bytes]]]
@@ -153,7 +152,7 @@ class FrameScanner:
         self._block_kind = _HEADERS
         self._in_block = False
         self._started: set[int] = set()  # streams whose response head was seen (upstream side)
-        self._encoded: dict[tuple[tuple[tuple[bytes, bytes], ...], bool], bytes] = {}
+        self._blocks = BlockCache()  # rewritten request blocks, encoded
         self.injected: list[bytes] = []  # frames to send after the current frame completes
 
     @property
@@ -288,8 +287,8 @@ class FrameScanner:
             return  # decoded for the compression state only
         end_stream = bool(flags & _END_STREAM)
         if self.rewrite is not None:
-            starts = stream_id not in self._started
-            block = self._rewritten(headers, starts)
+            rewritten = self.rewrite(headers, stream_id not in self._started)
+            block = self._blocks.encode(rewritten)  # most requests repeat: encoded once
             self.injected.append(header_frames(stream_id, end_stream, block))
         if self.from_client:
             if stream_id not in self._started:
@@ -313,19 +312,6 @@ class FrameScanner:
                 events.append(ResponseEnded(stream_id, grpc))
         elif not status_text and end_stream:  # trailers
             events.append(ResponseEnded(stream_id, grpc))
-
-    def _rewritten(self, headers: list[tuple[bytes, bytes]], starts: bool) -> bytes:
-        """``rewrite(headers, starts)`` re-encoded; the same fields (most requests of a
-        connection) are rewritten and encoded once."""
-        key = (tuple(headers), starts)
-        block = self._encoded.get(key)
-        if block is None:
-            assert self.rewrite is not None
-            block = encode_block(self.rewrite(headers, starts))
-            if len(self._encoded) >= _ENCODED_LIMIT:
-                self._encoded.clear()
-            self._encoded[key] = block
-        return block
 
     def forget(self, stream_id: int) -> None:
         self._started.discard(stream_id)

@@ -73,7 +73,7 @@ from proxy.h1.write import (
     write_request,
 )
 from proxy.http1mesh import proxy_mesh
-from proxy.http1response import ResponseRelay, receive_answer
+from proxy.http1response import ResponseRelay
 from proxy.http1tap import ExchangeTap
 from proxy.metrics import classify
 from proxy.mtls import inbound_request_headers
@@ -153,7 +153,7 @@ class _Session(ResponseRelay):
             # Idle between requests: the only time draining may cancel the session's scope.
             lifecycle.idle.add(self.scope)
             try:
-                data = await receive_answer(self.client)
+                data = await self.client.receive_answer()
             finally:
                 lifecycle.idle.discard(self.scope)
             self.reader.feed(data)

@@ -44,7 +44,7 @@ from proxy.net import RECEIVE_SIZE, Conn
 if TYPE_CHECKING:
     from proxy.context import ProxyContext, Route
 
-__all__ = ["ResponseRelay", "receive_answer", "upstream_event", "wire_event"]
+__all__ = ["ResponseRelay", "upstream_event", "wire_event"]
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,11 @@ async def upstream_event(upstream: Conn, wire: ResponseReader) -> Event:
         if event is None:
             if wire.switched:
                 raise UpstreamProtocolError("upstream switched protocols unasked")
-            wire.feed(await receive_answer(upstream))
+            wire.feed(await upstream.receive_answer())
             continue
         if event is CLOSED:
             raise UpstreamClosed("upstream closed the connection before the response was complete")
         return event
-
-
-async def receive_answer(conn: Conn) -> bytes:
-    """Read what the peer sends in answer to what we just sent it (``Conn.receive_answer``)."""
-    return await conn.receive_answer()
 
 
 class ResponseRelay:
