@@ -9,7 +9,7 @@
 The client's proxy picks an endpoint from discovery for every request (for h2c every stream,
 ``proxy/h2mux.py``) and dials it over mTLS with the server's identity. Load, all bounded in rate
 and time (``MESHLET_SOAK_SECONDS``, default 30; ``tox -e soak`` runs 300), at a rate of
-``MESHLET_SOAK_MESH_RPS`` (R, default 50; ``tox -e soak`` sets 500):
+``MESHLET_SOAK_MESH_RPS`` (R, default 50; ``tox -e soak`` sets 800):
 
 - HTTP/1.1 keep-alive through the VIP: ``h2load --h1``, 4 connections, R requests/s in all;
 - h2c: ``h2load``, ONE connection with 16 streams, 2R requests/s (both servers answering
