@@ -17,13 +17,11 @@ their idle count once the load stops (a leaked connection keeps its descriptors)
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,50 +29,22 @@ import pytest
 from tests.harness import Node, Pod
 from tests.harness.mesh import http_get, mesh_pod, start_app
 from tests.harness.nginx import start_h2c_nginx, write_h2c_config
+from tests.proxy_e2e.soak_watch import (
+    FDS_SLACK,
+    Samples,
+    fds,
+    h2load_counts,
+    loop,
+    sample,
+    start_h2load,
+    summarize_rss,
+    wait_fds_idle,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 SECONDS = float(os.environ.get("MESHLET_SOAK_SECONDS", "30"))
-RSS_ALLOWANCE_KIB = 6 * 1024
 H2_RPS = 50  # per h2load connection
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def _fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _loop(until: float, interval: float, step: Callable[[], None], errors: list[str]) -> None:
-    """Run ``step`` every ``interval`` seconds until ``until``, recording failures."""
-    next_at = time.monotonic()
-    while time.monotonic() < until:
-        try:
-            step()
-        except Exception as exc:
-            errors.append(repr(exc))
-        next_at += interval
-        time.sleep(max(0.0, next_at - time.monotonic()))
-
-
-def _h2load(client: Pod, args: list[str], url: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        client.exec_argv(["h2load", *args, "-D", str(int(SECONDS)), url]),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _succeeded(output: str) -> tuple[int, int]:
-    match = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", output)
-    assert match is not None, output
-    return int(match.group(2)), int(match.group(3))
 
 
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="needs h2load (nghttp2-client)")
@@ -96,13 +66,17 @@ def test_soak_mixed_load(node: Node, tmp_path: Path) -> None:
         start_h2c_nginx(server.pod, write_h2c_config(nginx_dir, keepalive_requests=most))
 
     proxies = {"client": client.proxy.pid, "server": server.proxy.pid}
-    idle_fds = {name: _fds(pid) for name, pid in proxies.items()}
-    loads = [_h2load(client.pod, ["--h1", "-c", "4", "--rps", "50"], f"http://{web.vip}/hello")]
+    idle_fds = {name: fds(pid) for name, pid in proxies.items()}
+    h1_args = ["--h1", "-c", "4", "--rps", "50"]
+    loads = [start_h2load(client.pod, h1_args, f"http://{web.vip}/hello", SECONDS)]
     if have_nginx:
         h2 = node.add_service("h2", 81, [server.pod], target_port=8081)
         loads.append(
-            _h2load(
-                client.pod, ["-c", "2", "-m", "4", "--rps", str(H2_RPS)], f"http://{h2.vip}:81/"
+            start_h2load(
+                client.pod,
+                ["-c", "2", "-m", "4", "--rps", str(H2_RPS)],
+                f"http://{h2.vip}:81/",
+                SECONDS,
             )
         )
     try:
@@ -116,22 +90,17 @@ def test_soak_mixed_load(node: Node, tmp_path: Path) -> None:
     assert errors == [], errors[:5]
     assert min(counts.values()) > SECONDS * 5, counts  # a quarter of the 20/s asked for
     for output in outputs:
-        done, succeeded = _succeeded(output)
+        done, succeeded = h2load_counts(output)
         assert done > 0, output
         assert succeeded == done, output
-    for name, series in samples.items():
-        warm = series[len(series) // 5 :]
-        third = max(1, len(warm) // 3)
-        early, late = max(warm[:third]), max(warm[-third:])
-        allowance = max(RSS_ALLOWANCE_KIB, early // 10)
-        print(f"soak {name} proxy RSS KiB: start {series[0]} early {early} late {late}")
-        assert late - early <= allowance, (name, series)
-    deadline = time.monotonic() + 10
-    for name, pid in proxies.items():
-        while _fds(pid) > idle_fds[name] + 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        print(f"soak {name} proxy fds: idle {idle_fds[name]} after {_fds(pid)}")
-        assert _fds(pid) <= idle_fds[name] + 2, (name, idle_fds[name], _fds(pid))
+    for name, series in samples.rss.items():
+        summary = summarize_rss(series)
+        print(f"soak {name} proxy RSS: {summary}")
+        assert not summary.grew, (name, series)
+    after_fds = wait_fds_idle(proxies, idle_fds, timeout=10)
+    for name in proxies:
+        print(f"soak {name} proxy fds: idle {idle_fds[name]} after {after_fds[name]}")
+        assert after_fds[name] <= idle_fds[name] + FDS_SLACK, (name, idle_fds[name], after_fds)
     assert client.proxy.popen.poll() is None
     assert server.proxy.popen.poll() is None
 
@@ -142,7 +111,7 @@ def _run_load(
     echo_vip: str,
     proxies: dict[str, int],
     loads: list[subprocess.Popen[str]],
-) -> tuple[list[str], dict[str, list[int]], dict[str, int], list[str]]:
+) -> tuple[list[str], Samples, dict[str, int], list[str]]:
     """Drive the churn and echo loops and sample RSS until the soak ends."""
     until = time.monotonic() + SECONDS
     errors: list[str] = []
@@ -165,16 +134,12 @@ def _run_load(
         counts["echo"] += 1
 
     workers = [
-        threading.Thread(target=_loop, args=(until, 0.05, churn, errors)),
-        threading.Thread(target=_loop, args=(until, 0.05, echo_once, errors)),
+        threading.Thread(target=loop, args=(until, 0.05, churn, errors)),
+        threading.Thread(target=loop, args=(until, 0.05, echo_once, errors)),
     ]
     for worker in workers:
         worker.start()
-    samples: dict[str, list[int]] = {name: [] for name in proxies}
-    while time.monotonic() < until:
-        for name, pid in proxies.items():
-            samples[name].append(_rss_kib(pid))
-        time.sleep(1)
+    samples = sample(proxies, until)
     for worker in workers:
         worker.join(30)
     outputs = [load.communicate(timeout=60)[0] for load in loads]
