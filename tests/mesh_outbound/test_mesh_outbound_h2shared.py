@@ -5,6 +5,8 @@ service, the proxy in-process)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import h2.config
@@ -13,10 +15,26 @@ import h2.settings
 import pytest
 import trio
 
-from tests.mesh_outbound.conftest import SERVICE_IP, SERVICE_PORT, H2Mesh, h2_answers
+from tests.mesh_outbound.conftest import (
+    SERVICE_IP,
+    SERVICE_PORT,
+    H2Mesh,
+    h2_answers,
+    outbound_proxy,
+)
+from tests.mesh_outbound.mo_h2backend import H2Backend
 from tests.mesh_outbound.mo_h2client import H2Client
 
 pytestmark = pytest.mark.trio
+
+
+@pytest.fixture
+async def one_endpoint(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[H2Mesh]:
+    """The Service with a single endpoint: every stream shares one upstream connection."""
+    backend = H2Backend("web-0", "127.0.0.2")
+    await nursery.start(backend.serve)
+    async with outbound_proxy(tmp_path, [backend], {}) as run:
+        yield H2Mesh([backend], run.destination, run.context, run.addresses, run.original)
 
 
 async def test_client_connections_share_one_upstream_connection_per_endpoint(
@@ -60,26 +78,27 @@ async def _silent_client(port: int, paths: list[str]) -> trio.SocketStream:
     return stream
 
 
-async def test_a_client_that_stops_reading_stalls_no_other_client(h2mesh: H2Mesh) -> None:
-    """24 streams of 1 MiB to a client that never reads: its socket and queue fill, each of its
-    streams holds a window's worth, more than a connection window in all. The other clients'
-    streams on the same upstream connections still flow, bodies whole."""
-    stalled = await _silent_client(h2mesh.port, ["/big"] * 24)
+async def test_a_client_that_stops_reading_stalls_no_other_client(one_endpoint: H2Mesh) -> None:
+    """24 streams of 1 MiB to a client that never reads, all on the one upstream connection:
+    its socket and queue fill, and each of its streams holds a stream window's worth, more than
+    the connection's window in all. The other clients' streams on that connection still flow,
+    bodies whole."""
+    backend = one_endpoint.backends[0]
+    stalled = await _silent_client(one_endpoint.port, ["/big"] * 24)
     try:
         with trio.fail_after(2):  # the big answers are under way
-            while sum(b.hits["/big"] for b in h2mesh.backends) < 24:
+            while backend.hits["/big"] < 24:
                 await trio.sleep(0.02)
         await trio.sleep(0.5)  # every window the silent client leaves open is used up
         paths = ["/", "/big", "/", "/big", "/"] * 3
         with trio.fail_after(10):
-            answers = await h2_answers(h2mesh, paths)
+            answers = await h2_answers(one_endpoint, paths)
         assert [a.status for a in answers] == [200] * 15
-        assert [len(a.body) for p, a in zip(paths, answers, strict=True) if p == "/big"] == [
-            1 << 20
-        ] * 6
+        big = [len(a.body) for p, a in zip(paths, answers, strict=True) if p == "/big"]
+        assert big == [1 << 20] * 6
     finally:
         await stalled.aclose()
-    assert [b.connections for b in h2mesh.backends] == [1, 1, 1]
+    assert backend.connections == 1
 
 
 async def test_a_client_leaving_mid_stream_leaves_the_other_streams_whole(
