@@ -12,7 +12,7 @@ import logging
 
 import trio
 
-from proxy.balance import Outcome, Pick, Retry, key_of
+from proxy.balance import Outcome, Pick, Retry
 from proxy.context import OUTBOUND
 from proxy.discovery import Endpoint
 from proxy.errors import UpstreamError
@@ -70,7 +70,7 @@ class MuxAttempts(MuxState, abc.ABC):
                 choice = stream.attempts.pick(now)
                 if isinstance(choice, Pick):
                     stream.pick, stream.reported = choice, False
-                    up = self.ups.with_room(key_of(choice.endpoint))
+                    up = self.pool.with_room(choice.endpoint)
                     if up is not None:
                         self._open(stream, up, choice.endpoint, now)
                         return

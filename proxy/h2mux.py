@@ -7,12 +7,14 @@ outbound mesh client; unknown to discovery, the connection takes the paired fram
 suffices). Known, a ``_Mux`` terminates HTTP/2 on both sides with ``proxy.h2peer.Peer`` (a small
 sans-IO endpoint: framing, HPACK decode, flow control, SETTINGS/PING/GOAWAY) and moves streams:
 
-- the client's HEADERS (decoded once) start a ``MuxStream`` and a task for its attempts: pick
-  (waiting up to the failfast timeout), an upstream HTTP/2 connection to that endpoint (one per
-  endpoint per client connection, mTLS through the connector; more when the peer's concurrency
-  limit is reached), a new upstream stream id, the header block re-encoded as literals;
-- the rest is event driven in the two readers: DATA and trailers are pumped per stream under
-  both peers' windows (``proxy/h2stream.py``); RST_STREAM crosses both ways;
+- the client's HEADERS (decoded once) start a ``MuxStream`` and its attempts (in a task of
+  their own when they must wait): pick (waiting up to the failfast timeout), an upstream HTTP/2
+  connection to that endpoint (one per endpoint for the whole process, shared by every client
+  connection, mTLS through the connector; more when the peer's concurrency limit is reached:
+  ``proxy/h2upstream.py``), a new upstream stream id, the header block re-encoded;
+- the rest is event driven in the client's reader and the upstreams' (which hand each stream's
+  events to its client connection): DATA and trailers are pumped per stream under both peers'
+  windows (``proxy/h2stream.py``); RST_STREAM crosses both ways;
 - the upstream's final response head is reported to the balancer (``attempts.finished``); a
   ``Retry`` answer (5xx on a retryable route with a complete body within the retry buffer, or a
   stream the upstream refused or never processed: RST_STREAM REFUSED_STREAM, above a GOAWAY's
@@ -26,8 +28,8 @@ connections to endpoints discovery removed take no new streams and are closed wh
 
 The modules, each building on the one before: ``proxy/h2muxstate.py`` (the connection's state,
 how a stream ends, the proxy's own error answers, writing), ``proxy/h2attempts.py`` (a stream's
-target, picks, upstream stream and retries), ``proxy/h2responses.py`` (the upstream connections'
-readers: responses, resets, GOAWAY) and this one (the entry point and the client connection:
+target, picks, upstream stream and retries), ``proxy/h2responses.py`` (what the shared upstream
+connections' readers hand the connection: responses, resets, GOAWAY) and this one (the entry point and the client connection:
 its reader, keepalive and draining).
 """
 
@@ -58,7 +60,6 @@ from proxy.h2peer import (
 )
 from proxy.h2responses import MuxResponses
 from proxy.h2stream import MuxStream, forwardable
-from proxy.h2upstream import Link, Upstream
 from proxy.http2 import serve_http2
 from proxy.net import Conn, format_address
 
@@ -113,6 +114,7 @@ class _Mux(MuxResponses):
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
                     nursery.start_soon(self._client_loop, prefix)
+                    nursery.start_soon(self._write_loop)
                     nursery.start_soon(self._drain_on_shutdown)
                     nursery.start_soon(self._keepalive)
                     await self.done.wait()
@@ -120,7 +122,7 @@ class _Mux(MuxResponses):
         finally:
             for stream in list(self.streams.values()):
                 self._abandon(stream, Outcome.CANCELLED)
-            self.ups.close_all()
+            self.pool.kick_all()  # the resets of the streams left
         await self._close_client()
 
     async def _close_client(self) -> None:
@@ -217,6 +219,7 @@ class _Mux(MuxResponses):
             end_stream=event.end_stream,
             now=self.down.last_read,  # this read's time
         )
+        stream.owner = self
         self.streams[event.stream_id] = stream
         self._start(stream)
 
@@ -234,31 +237,23 @@ class _Mux(MuxResponses):
     # -- keepalive, draining ----------------------------------------------------------------------
 
     async def _keepalive(self) -> None:
-        """A PING to a connection silent for the keepalive interval; still silent after the
-        keepalive timeout: an upstream is closed (its streams fail over), the client ends all."""
+        """A PING to a client silent for the keepalive interval; still silent after the
+        keepalive timeout, the connection ends (the shared upstreams keep their own watch)."""
         interval = self.context.settings.http2_keepalive_interval
         timeout = self.context.settings.http2_keepalive_timeout
+        down = self.down
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
-            links: list[Link] = [self.down, *self.ups.all()]
-            silent = [link for link in links if now - link.last_read >= interval]
-            if not silent:
+            if now - down.last_read < interval:
                 continue
-            for link in silent:
-                link.peer.ping()
+            down.peer.ping()
             await self._flush()
             await trio.sleep(timeout)
-            for link in silent:
-                if link.last_read > now:
-                    continue
-                if link is self.down:
-                    log.info("outbound h2 client did not answer a PING")
-                    self.done.set()
-                    return
-                assert isinstance(link, Upstream)
-                log.info("outbound h2 upstream %s did not answer a PING", link.endpoint.address)
-                link.close()  # its reader fails over its streams
+            if down.last_read <= now:
+                log.info("outbound h2 client did not answer a PING")
+                self.done.set()
+                return
 
     async def _drain_on_shutdown(self) -> None:
         await self.context.lifecycle.draining.wait()

@@ -1,8 +1,14 @@
 """What a per-stream HTTP/2 client connection (``proxy/h2mux.py``) shares across its modules, and
-how a stream ends there: ``MuxState`` holds the client ``Link``, the streams, the upstream
-connections and the nursery, reports each pick's outcome to the balancer exactly once, answers a
-stream with the proxy's own error response, finishes a stream on both connections (settling
-flow control, metrics and the target's use count) and writes what the peers queued.
+how a stream ends there: ``MuxState`` holds the client ``Link``, the streams, the process's
+shared upstream connections (``proxy/h2upstream.py``) and the nursery, reports each pick's
+outcome to the balancer exactly once, answers a stream with the proxy's own error response,
+finishes a stream on both connections (settling flow control, metrics and the target's use
+count) and writes what the peers queued: the client's bytes itself, the upstreams' by waking
+their writers.
+
+Backpressure towards a slow client: response DATA moves to the client's queue only while that
+queue is under ``_CLIENT_HIGH_WATER``; the rest waits on its stream, unacknowledged, so the
+upstream's stream window holds it back. Once the queue drains, the waiting streams are pumped.
 
 The attempts (``proxy/h2attempts.py``), the upstream readers (``proxy/h2responses.py``) and the
 client session (``proxy/h2mux.py``) build on it, in that order.
@@ -11,15 +17,16 @@ client session (``proxy/h2mux.py``) build on it, in that order.
 from __future__ import annotations
 
 import logging
+from typing import Final
 
 import trio
 
 from proxy.balance import GiveUp, Outcome, Retry
 from proxy.context import OUTBOUND, ProxyContext
-from proxy.errors import ProxyError, UpstreamError
+from proxy.errors import ProxyError
 from proxy.h2peer import CANCEL, NO_ERROR, Peer
 from proxy.h2stream import MuxStream
-from proxy.h2upstream import Link, Upstream, Upstreams
+from proxy.h2upstream import Link, Upstream
 from proxy.metrics import classify
 from proxy.net import Conn
 from proxy.outbound import Target
@@ -28,6 +35,8 @@ from proxy.tap import next_connection_id
 __all__ = ["MuxState"]
 
 log = logging.getLogger(__name__)
+
+_CLIENT_HIGH_WATER: Final = 256 * 1024  # queued for the client: pump no more response DATA
 
 
 class MuxState:
@@ -42,7 +51,9 @@ class MuxState:
         self.metrics = context.metrics
         self.limit = context.settings.outbound_retry_buffer_bytes
         self.streams: dict[int, MuxStream] = {}
-        self.ups = Upstreams()
+        self.pool = self.outbound.h2_upstreams
+        self.congested = False  # response DATA waits until the client's queue drains
+        self._writer = trio.lowlevel.ParkingLot()
         self.closing = False
         self.done = trio.Event()
         self.nursery: trio.Nursery | None = None
@@ -143,9 +154,12 @@ class MuxState:
         self._finish(stream, outcome)
 
     def _maybe_close(self, up: Upstream) -> None:
-        self.ups.maybe_close(up)
+        self.pool.maybe_close(up)
 
     def _pump_response(self, stream: MuxStream) -> None:
+        if len(self.down.peer.out) >= _CLIENT_HIGH_WATER:
+            self.congested = True
+            return
         if stream.pump_response(self.down.peer):
             self._response_done(stream)
 
@@ -157,15 +171,31 @@ class MuxState:
             stream.tap = None
         self._finish(stream, Outcome.SUCCESS)
 
+    def kick(self) -> None:
+        """Bytes were queued for the client (by an upstream's reader): wake ``_write_loop``."""
+        if self.down.peer.out and self._writer:
+            self._writer.unpark()
+
+    async def _write_loop(self) -> None:
+        """Writes what the upstreams' readers queue for the client."""
+        while True:
+            await self._writer.park()
+            await self._flush()
+
     async def _flush(self) -> None:
+        """Wake the upstreams' writers, write the client's bytes, and pump the streams a full
+        client queue held back once it drained."""
+        self.pool.kick_all()
+        down = self.down
         try:
-            for up in self.ups.all():
-                if up.peer.out:
-                    try:
-                        await up.flush()
-                    except UpstreamError:
-                        up.closing = True  # its reader sees the end and fails its streams
-            await self.down.flush()
+            await down.flush()
+            while self.congested and not down.sending and not down.peer.out:
+                self.congested = False
+                for stream in list(self.streams.values()):
+                    if stream.committed:
+                        self._pump_response(stream)
+                self.pool.kick_all()  # the WINDOW_UPDATEs for what moved
+                await down.flush()
         except ProxyError as exc:
             log.debug("outbound h2 client connection: %s", exc)
             self.done.set()

@@ -261,8 +261,11 @@ class Peer:
             raise PeerError("the connection window was exceeded", FLOW_CONTROL_ERROR)
         if flags & _PADDED:
             payload = _fragment(payload, flags, headers=False)
+        if self.client_side:  # an upstream: the connection's window comes back on receipt
+            self._owe_connection(flow)
         if stream_id not in self._recv_owed:  # a stream we forgot: return its bytes at once
-            self._owe(0, flow)
+            if not self.client_side:
+                self._owe_connection(flow)
             return
         events.append(Data(stream_id, payload, flow, bool(flags & _END_STREAM)))
 
@@ -381,16 +384,22 @@ class Peer:
         self.out += frame(_DATA, _END_STREAM if end_stream else 0, stream_id, data)
 
     def consumed(self, stream_id: int, flow: int) -> None:
-        """``flow`` received bytes of ``stream_id`` were passed on: the peer may send more."""
-        self._owe(stream_id, flow)
+        """``flow`` received bytes of ``stream_id`` were passed on: the peer may send more.
 
-    def _owe(self, stream_id: int, flow: int) -> None:
-        if stream_id and stream_id in self._recv_owed:
+        On the client side (an upstream connection shared by many client connections) only the
+        stream's window waits for this: the connection's came back on receipt, so bytes a slow
+        client has not taken yet hold back their own stream only (each bounded by its window).
+        """
+        if stream_id in self._recv_owed:
             owed = self._recv_owed[stream_id] + flow
             if owed >= INITIAL_WINDOW // 2:
                 self.out += frame(_WINDOW_UPDATE, 0, stream_id, owed.to_bytes(4, "big"))
                 owed = 0
             self._recv_owed[stream_id] = owed
+        if not self.client_side:
+            self._owe_connection(flow)
+
+    def _owe_connection(self, flow: int) -> None:
         self._recv_conn_owed += flow
         if self._recv_conn_owed >= _CONNECTION_WINDOW // 4:
             owed = self._recv_conn_owed

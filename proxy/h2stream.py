@@ -22,7 +22,7 @@ from proxy.h2peer import Peer
 from proxy.tap import TapStream
 
 if TYPE_CHECKING:
-    from proxy.h2upstream import Upstream
+    from proxy.h2upstream import StreamOwner, Upstream
     from proxy.outbound import Target
 
 __all__ = ["HOP_BY_HOP", "MuxStream", "forwardable", "grpc_status", "status_of"]
@@ -84,6 +84,7 @@ class MuxStream:
         "next_retry",
         "offset",
         "overflow",
+        "owner",
         "path",
         "pick",
         "reported",
@@ -119,6 +120,7 @@ class MuxStream:
     ) -> None:
         self.sid = sid
         self.headers = headers
+        self.owner: StreamOwner  # the client connection (set by its creator)
         self.attempts: Attempts[Endpoint]  # set once the stream's target is resolved
         self.target: Target
         self.task = False  # a task runs its attempts (picks that wait, connects, timeouts)

@@ -1,37 +1,65 @@
-"""The upstream HTTP/2 connections of one client connection on the per-stream path
-(``proxy/h2mux.py``): a ``Link`` (a socket and the ``Peer`` speaking over it), an ``Upstream``
-(a link to one endpoint and the streams it carries) and ``Upstreams``, the set of them by
-endpoint.
+"""The upstream HTTP/2 connections of the per-stream path (``proxy/h2mux.py``), shared by every
+client connection of the process: a ``Link`` (a socket and the ``Peer`` speaking over it), an
+``Upstream`` (a link to one endpoint and the streams it carries, whatever client connection they
+came from) and ``UpstreamPool``, the set of them by endpoint, with the tasks that move their bytes.
 
 Theory of operation. A stream picked for an endpoint takes an ``Upstream`` to it with room (not
 closing, under the peer's concurrency limit and our own, stream ids left); otherwise one is
 opened through the target's connector (mTLS when discovery gave an identity). Streams picked for
-the same endpoint while it connects wait for that connection instead of opening their own. An
-``Upstream`` that takes no new streams (GOAWAY received, its endpoint removed from discovery)
+the same endpoint while it connects wait for that connection instead of opening their own. As in
+Linkerd, one connection per endpoint carries the streams of all client connections: requests
+that arrive together leave in one write (one TLS record), and the peer's proxy reads them at
+once.
+
+Each ``Upstream`` has two tasks in the pool's nursery (``Outbound.run``), never in a client
+connection's: a writer, woken by ``kick`` whenever someone queued bytes in its peer (so the
+frames of every stream queued in one scheduler pass leave together, and a client connection
+that ends can never cut a frame in half), and a reader, which hands each stream's events to the
+client connection owning the stream (a ``StreamOwner``) and wakes its writer. The reader never
+waits for a client: a slow client's responses stay queued on its stream (the stream's window,
+not the connection's, bounds them: ``Peer`` returns connection window on receipt for upstream
+connections), so one slow client never stalls the others' streams.
+
+An ``Upstream`` that takes no new streams (GOAWAY received, its endpoint removed from discovery)
 is closed once its last stream is done (``maybe_close``); idle ones to removed endpoints are
-also swept whenever a new connection is opened.
+also swept whenever a new connection is opened. A connection silent for the keepalive interval
+gets a PING; still silent after the keepalive timeout, it is closed and its streams fail over.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+import logging
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
-from proxy.balance import Key, key_of
+from proxy.balance import key_of
 from proxy.discovery import Endpoint
-from proxy.h2peer import Peer
+from proxy.errors import ProxyError, UpstreamClosed, UpstreamError
+from proxy.h2peer import (
+    Data,
+    GoAwayReceived,
+    Headers,
+    Peer,
+    PeerError,
+    PeerEvent,
+    Reset,
+    WindowOpened,
+)
 from proxy.metrics import Metrics
-from proxy.net import Conn
+from proxy.net import Conn, format_address
 
 if TYPE_CHECKING:
     from proxy.h2stream import MuxStream
     from proxy.outbound import Target
 
-__all__ = ["Link", "Upstream", "Upstreams"]
+__all__ = ["Link", "StreamOwner", "Upstream", "UpstreamPool"]
+
+log = logging.getLogger(__name__)
 
 _MAX_UPSTREAM_STREAMS: Final = 1000  # per upstream connection, whatever the peer allows
 _UPSTREAM_ID_LIMIT: Final = 2**31 - 1000  # open a fresh connection before ids run out
+_PoolKey = tuple[str, int, str | None]  # address, port, TLS identity
 
 
 class Link:
@@ -59,10 +87,31 @@ class Link:
             self.sending = False
 
 
-class Upstream(Link):
-    """One HTTP/2 connection to an endpoint, carrying streams of one client connection."""
+class StreamOwner(Protocol):
+    """The client connection a stream came from: what an upstream's reader hands it."""
 
-    __slots__ = ("closed", "closing", "endpoint", "streams", "target")
+    def upstream_event(
+        self, up: Upstream, stream: MuxStream, event: Data | Headers | Reset
+    ) -> None:
+        """A frame of ``stream`` arrived on ``up``."""
+
+    def upstream_window(self, stream: MuxStream) -> None:
+        """``stream`` may send more of its request body."""
+
+    def upstream_refused(self, up: Upstream, stream: MuxStream) -> None:
+        """``up``'s GOAWAY says ``stream`` was never processed (safe to send elsewhere)."""
+
+    def upstream_gone(self, up: Upstream, stream: MuxStream, reason: UpstreamError) -> None:
+        """``up`` ended with ``stream`` on it."""
+
+    def kick(self) -> None:
+        """Bytes were queued for the client: wake the connection's writer."""
+
+
+class Upstream(Link):
+    """One HTTP/2 connection to an endpoint, carrying streams of any client connection."""
+
+    __slots__ = ("_lot", "closed", "closing", "endpoint", "streams", "target")
 
     def __init__(self, conn: Conn, endpoint: Endpoint, target: Target) -> None:
         super().__init__(conn, Peer(client_side=True))
@@ -71,6 +120,16 @@ class Upstream(Link):
         self.streams: dict[int, MuxStream] = {}
         self.closing = False  # GOAWAY received, ids exhausted, or the connection broke
         self.closed = False
+        self._lot = trio.lowlevel.ParkingLot()  # the writer, waiting for bytes
+
+    def kick(self) -> None:
+        """Wake the writer if bytes are queued."""
+        if self.peer.out and self._lot:
+            self._lot.unpark()
+
+    async def wait_for_bytes(self) -> None:
+        """The writer's wait until ``kick`` (or ``close``)."""
+        await self._lot.park()
 
     def close(self) -> None:
         """Close once (best effort to send what is queued, a GOAWAY included)."""
@@ -81,6 +140,7 @@ class Upstream(Link):
             self.conn.send_nowait(bytes(self.peer.out))  # what fits now, or nothing
         self.peer.out.clear()
         self.conn.close()
+        self._lot.unpark_all()
 
     def has_room(self) -> bool:
         peer = self.peer
@@ -91,38 +151,60 @@ class Upstream(Link):
         )
 
 
-class Upstreams:
-    """The upstream connections of one client connection, by endpoint."""
+def _pool_key(endpoint: Endpoint) -> _PoolKey:
+    return (endpoint.address, endpoint.port, endpoint.identity)
 
-    def __init__(self) -> None:
-        self._by_key: dict[Key, list[Upstream]] = {}
-        self._connecting: dict[Key, trio.Event] = {}
+
+class UpstreamPool:
+    """The process's upstream HTTP/2 connections, by endpoint (see the module docstring)."""
+
+    def __init__(self, keepalive_interval: float, keepalive_timeout: float) -> None:
+        self._by_key: dict[_PoolKey, list[Upstream]] = {}
+        self._all: list[Upstream] = []
+        self._connecting: dict[_PoolKey, trio.Event] = {}
+        self._keepalive = (keepalive_interval, keepalive_timeout)
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the connections' tasks until cancelled; then close every connection."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._keepalive_loop)
+                task_status.started()
+        finally:
+            self._nursery = None
+            self.close_all()
 
     def all(self) -> list[Upstream]:
-        return [up for ups in self._by_key.values() for up in ups]
+        return self._all
 
-    def with_room(self, key: Key) -> Upstream | None:
-        for up in self._by_key.get(key, ()):
+    def with_room(self, endpoint: Endpoint) -> Upstream | None:
+        for up in self._by_key.get(_pool_key(endpoint), ()):
             if up.has_room():
                 return up
         return None
 
-    async def get(
-        self, endpoint: Endpoint, target: Target, metrics: Metrics, home: Target
-    ) -> tuple[Upstream, bool]:
-        """An upstream to ``endpoint`` with room, and whether it was just opened (its reader
-        must be started). ``home`` is the connection's own target: connections to endpoints
-        it no longer lists are swept here."""
-        key = key_of(endpoint)
+    def kick_all(self) -> None:
+        """Wake the writer of every connection with bytes queued."""
+        for up in self._all:
+            if up.peer.out:
+                up.kick()
+
+    async def get(self, endpoint: Endpoint, target: Target, metrics: Metrics) -> Upstream:
+        """An upstream to ``endpoint`` with room (opened, with its tasks, if needed)."""
+        key = _pool_key(endpoint)
         while True:
-            up = self.with_room(key)
+            up = self.with_room(endpoint)
             if up is not None:
-                return up, False
+                return up
             pending = self._connecting.get(key)
             if pending is None:
                 break
             await pending.wait()
-        self._close_removed(home)
+        if self._nursery is None:
+            raise UpstreamClosed("the proxy is shutting down")
+        self._close_removed()
         event = self._connecting[key] = trio.Event()
         try:
             conn = await target.connect(endpoint, metrics)
@@ -130,20 +212,23 @@ class Upstreams:
             del self._connecting[key]
             event.set()
         up = Upstream(conn, endpoint, target)
+        if self._nursery is None:  # shut down while connecting
+            up.close()
+            raise UpstreamClosed("the proxy is shutting down")
         up.peer.initiate()
         self._by_key.setdefault(key, []).append(up)
-        return up, True
+        self._all.append(up)
+        self._nursery.start_soon(self._read_loop, up)
+        self._nursery.start_soon(self._write_loop, up)
+        return up
 
-    def _close_removed(self, home: Target) -> None:
+    def _close_removed(self) -> None:
         """Idle connections to endpoints discovery no longer lists are closed."""
-        if home.endpoints is None:
-            return
-        current = home.endpoints.current().endpoints
-        for key in [k for k in self._by_key if k not in current]:
-            for up in list(self._by_key[key]):
-                if up.target is home:
-                    up.closing = True
-                    self.maybe_close(up)
+        for up in list(self._all):
+            endpoints = up.target.endpoints
+            if endpoints is not None and key_of(up.endpoint) not in endpoints.current().endpoints:
+                up.closing = True
+                self.maybe_close(up)
 
     def maybe_close(self, up: Upstream) -> None:
         """Close ``up`` once idle if it takes no new streams (GOAWAY, or its endpoint was
@@ -161,15 +246,125 @@ class Upstreams:
 
     def forget(self, up: Upstream) -> bool:
         """Take ``up`` out of the set (it takes no new streams); whether it was in it."""
-        ups = self._by_key.get(key_of(up.endpoint), [])
+        key = _pool_key(up.endpoint)
+        ups = self._by_key.get(key, [])
         if up not in ups:
             return False
         ups.remove(up)
+        self._all.remove(up)
         if not ups:
-            del self._by_key[key_of(up.endpoint)]
+            del self._by_key[key]
         return True
 
     def close_all(self) -> None:
-        for up in self.all():
+        for up in list(self._all):
             up.close()
         self._by_key.clear()
+        self._all.clear()
+
+    # -- the connections' tasks -------------------------------------------------------------------
+
+    async def _write_loop(self, up: Upstream) -> None:
+        out = up.peer.out
+        try:
+            while not up.closed:
+                if not out:
+                    await up.wait_for_bytes()
+                    continue
+                data = bytes(out)
+                out.clear()
+                up.sending = True
+                await up.conn.send(data)
+                up.sending = False
+        except ProxyError as exc:
+            log.debug("outbound h2 upstream %s: %s", up.endpoint.address, exc)
+            up.closing = True
+            up.close()  # its reader sees the end and fails over its streams
+
+    async def _read_loop(self, up: Upstream) -> None:
+        reason: UpstreamError = UpstreamClosed("upstream closed the connection")
+        try:
+            while True:
+                data = await up.conn.receive()
+                if not data:
+                    break
+                up.last_read = trio.current_time()
+                try:
+                    events = up.peer.feed(data)
+                except PeerError as exc:
+                    log.info("outbound h2 upstream %s broke the protocol: %s", up.endpoint, exc)
+                    up.peer.goaway(0, exc.code)
+                    reason = UpstreamClosed(f"upstream broke HTTP/2: {exc}")
+                    break
+                owners: set[StreamOwner] = set()
+                for event in events:
+                    self._dispatch(up, event, owners)
+                self.kick_all()
+                for owner in owners:
+                    owner.kick()
+        except UpstreamError as exc:
+            reason = exc
+        except ProxyError as exc:
+            log.debug("outbound h2 upstream: %s", exc)
+        self._gone(up, reason)
+
+    def _dispatch(self, up: Upstream, event: PeerEvent, owners: set[StreamOwner]) -> None:
+        streams = up.streams
+        if isinstance(event, (Data, Headers, Reset)):
+            stream = streams.get(event.stream_id)
+            if stream is None:
+                if isinstance(event, Data):
+                    up.peer.consumed(event.stream_id, event.flow)
+                return
+            owner = stream.owner
+            owner.upstream_event(up, stream, event)
+            owners.add(owner)
+        elif isinstance(event, WindowOpened):
+            if event.stream_id == 0:
+                chosen = list(streams.values())
+            else:
+                one = streams.get(event.stream_id)
+                chosen = [] if one is None else [one]
+            for stream in chosen:
+                stream.owner.upstream_window(stream)
+                owners.add(stream.owner)
+        elif isinstance(event, GoAwayReceived):
+            up.closing = True
+            log.info("outbound h2 upstream %s sent GOAWAY", format_address(key_of(up.endpoint)))
+            for up_id in [i for i in streams if i > event.last_stream_id]:
+                stream = streams[up_id]  # never processed: safe to send elsewhere
+                stream.owner.upstream_refused(up, stream)
+                owners.add(stream.owner)
+            self.maybe_close(up)
+
+    def _gone(self, up: Upstream, reason: UpstreamError) -> None:
+        up.closing = True
+        self.forget(up)
+        owners: set[StreamOwner] = set()
+        for stream in list(up.streams.values()):
+            stream.owner.upstream_gone(up, stream, reason)
+            owners.add(stream.owner)
+        up.streams.clear()
+        up.close()
+        self.kick_all()
+        for owner in owners:
+            owner.kick()
+
+    async def _keepalive_loop(self) -> None:
+        """A PING to a connection silent for the keepalive interval; still silent after the
+        keepalive timeout, it is closed (its reader fails over its streams)."""
+        interval, timeout = self._keepalive
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            silent = [up for up in self._all if now - up.last_read >= interval]
+            if not silent:
+                continue
+            for up in silent:
+                up.peer.ping()
+                up.kick()
+            await trio.sleep(timeout)
+            for up in silent:
+                if up.last_read <= now and not up.closed:
+                    log.info("outbound h2 upstream %s did not answer a PING", up.endpoint.address)
+                    up.close()

@@ -26,6 +26,7 @@ import trio
 from proxy.balance import BalanceSettings
 from proxy.context import OUTBOUND, EndpointConnector
 from proxy.discovery import Endpoint, EndpointView, ProfileView
+from proxy.h2upstream import UpstreamPool
 from proxy.metrics import Metrics, escape_label
 from proxy.net import Conn, connect, format_address
 from proxy.settings import ProxySettings
@@ -101,6 +102,10 @@ class Outbound:
         self.balance = balance or BalanceSettings()
         self.rng = rng or random.Random()  # noqa: S311 (load balancing, not cryptography)
         self.targets: dict[str, Target] = {}
+        self.h2_upstreams = UpstreamPool(
+            settings.http2_keepalive_interval, settings.http2_keepalive_timeout
+        )
+        """The per-stream HTTP/2 path's upstream connections, shared by all its clients."""
         self.closed = False
         self._hosts: dict[bytes, str | None] = {}
 
@@ -204,14 +209,17 @@ class Outbound:
         return released
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Release idle authorities until cancelled; then close every pooled connection."""
-        task_status.started()
+        """Release idle authorities and hold the shared HTTP/2 upstream connections until
+        cancelled; then close every pooled connection."""
         period = max(self.settings.outbound_discovery_idle_timeout / 2, 0.05)
         try:
-            while True:
-                await trio.sleep(period)
-                for authority in self.release_idle(trio.current_time()):
-                    log.debug("released outbound authority %s (idle)", authority)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.h2_upstreams.run)
+                task_status.started()
+                while True:
+                    await trio.sleep(period)
+                    for authority in self.release_idle(trio.current_time()):
+                        log.debug("released outbound authority %s (idle)", authority)
         finally:
             self.closed = True
             for target in self.targets.values():

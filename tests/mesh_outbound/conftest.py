@@ -29,6 +29,8 @@ from tests.destination.dst_server import (
     write_yaml,
 )
 from tests.mesh_outbound.mo_backend import Backend
+from tests.mesh_outbound.mo_h2backend import H2Backend
+from tests.mesh_outbound.mo_h2client import H2Client
 from tests.mesh_outbound.mo_served import ServedBackend
 
 SERVICE_IP = "127.0.10.1"  # the Service's ClusterIP (nothing listens there)
@@ -163,3 +165,52 @@ async def mesh(
             run.addresses,
             run.original,
         )
+
+
+@dataclasses.dataclass
+class H2Mesh:
+    backends: list[H2Backend]
+    destination: DestinationProcess
+    context: ProxyContext
+    addresses: ProxyAddresses
+    original: list[tuple[str, int]]
+
+    @property
+    def port(self) -> int:
+        return self.addresses.outbound[1]
+
+    def set_endpoints(self, backends: list[H2Backend]) -> None:
+        write_yaml(self.destination.yaml_file, render_yaml(backends))
+
+    def balancer_pending(self) -> int:
+        assert self.context.outbound is not None
+        target = self.context.outbound.targets[f"{SERVICE_IP}:{SERVICE_PORT}"]
+        return sum(s.pending for s in target.destination.balancer.stats())
+
+
+@pytest.fixture
+async def h2mesh(
+    nursery: trio.Nursery, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[H2Mesh]:
+    backends = [H2Backend(f"web-{i}", f"127.0.0.{i + 2}") for i in range(3)]
+    for backend in backends:
+        await nursery.start(backend.serve)
+    async with outbound_proxy(tmp_path, backends, getattr(request, "param", {})) as run:
+        yield H2Mesh(backends, run.destination, run.context, run.addresses, run.original)
+
+
+async def h2_answers(mesh: H2Mesh, paths: list[str], **kwargs: Any) -> list[Any]:
+    """Every path as a request on ONE connection, all at once."""
+    async with trio.open_nursery() as nursery:
+        client = await H2Client.connect(nursery, mesh.port)
+        answers: list[Any] = [None] * len(paths)
+
+        async def one(index: int, path: str) -> None:
+            answers[index] = await client.request(path, **kwargs)
+
+        async with trio.open_nursery() as inner:
+            for index, path in enumerate(paths):
+                inner.start_soon(one, index, path)
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+    return answers

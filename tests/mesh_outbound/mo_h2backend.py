@@ -2,7 +2,8 @@
 library as server, on Trio), each on its own 127.0.0.x address.
 
 Paths: ``/`` answers the backend's name (after ``delay``; ``fail_status`` instead when set);
-``/echo`` returns the request body with a trailer ``x-body-bytes``; ``/grpc`` answers 200 with
+``/echo`` returns the request body with a trailer ``x-body-bytes``; ``/big`` answers
+``big_bytes`` bytes; ``/grpc`` answers 200 with
 trailers ``grpc-status: 0``; ``/reset`` resets the stream (``RST_STREAM`` CANCEL) without an
 answer; ``/slow`` waits ``slow_seconds``, ``/timeout`` one second. ``refuse_next`` refuses
 that many streams with RST_STREAM REFUSED_STREAM; ``goaway_after`` sends GOAWAY (last stream =
@@ -31,6 +32,7 @@ class H2Backend(ServedBackend):
     refuse_next: int = 0
     goaway_after: int = 0
     connections: int = 0
+    big_bytes: int = 1 << 20
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         self.connections += 1
@@ -118,7 +120,9 @@ class H2Backend(ServedBackend):
             await trio.sleep(1.0)
         elif self.delay:
             await trio.sleep(self.delay)
-        if path == "/echo":
+        if path == "/big":
+            body = b"b" * self.big_bytes
+        if path in {"/echo", "/big"}:
             conn.send_headers(stream_id, [(b":status", b"200")])
             view = memoryview(body)
             while view:  # as the proxy's windows allow

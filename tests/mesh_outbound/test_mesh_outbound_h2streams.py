@@ -3,25 +3,21 @@ h2c backends, a real destination service, the proxy in-process, one client conne
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from proxy.__main__ import ProxyAddresses
-from proxy.context import ProxyContext
 from proxy.tap import TapEnd, TapFilter, TapRequest, TapResponse
-from tests.destination.dst_server import DestinationProcess, write_yaml
 from tests.mesh_outbound.conftest import (
     EMPTY_IP,
     SERVICE_IP,
     SERVICE_PORT,
+    H2Mesh,
+    h2_answers,
     outbound_proxy,
-    render_yaml,
 )
 from tests.mesh_outbound.mo_h2backend import H2Backend
 from tests.mesh_outbound.mo_h2client import H2Client
@@ -29,57 +25,8 @@ from tests.mesh_outbound.mo_h2client import H2Client
 pytestmark = pytest.mark.trio
 
 
-@dataclasses.dataclass
-class H2Mesh:
-    backends: list[H2Backend]
-    destination: DestinationProcess
-    context: ProxyContext
-    addresses: ProxyAddresses
-    original: list[tuple[str, int]]
-
-    @property
-    def port(self) -> int:
-        return self.addresses.outbound[1]
-
-    def set_endpoints(self, backends: list[H2Backend]) -> None:
-        write_yaml(self.destination.yaml_file, render_yaml(backends))
-
-    def balancer_pending(self) -> int:
-        assert self.context.outbound is not None
-        target = self.context.outbound.targets[f"{SERVICE_IP}:{SERVICE_PORT}"]
-        return sum(s.pending for s in target.destination.balancer.stats())
-
-
-@pytest.fixture
-async def h2mesh(
-    nursery: trio.Nursery, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[H2Mesh]:
-    backends = [H2Backend(f"web-{i}", f"127.0.0.{i + 2}") for i in range(3)]
-    for backend in backends:
-        await nursery.start(backend.serve)
-    async with outbound_proxy(tmp_path, backends, getattr(request, "param", {})) as run:
-        yield H2Mesh(backends, run.destination, run.context, run.addresses, run.original)
-
-
-async def _answers(mesh: H2Mesh, paths: list[str], **kwargs: Any) -> list[Any]:
-    """Every path as a request on ONE connection, all at once."""
-    async with trio.open_nursery() as nursery:
-        client = await H2Client.connect(nursery, mesh.port)
-        answers: list[Any] = [None] * len(paths)
-
-        async def one(index: int, path: str) -> None:
-            answers[index] = await client.request(path, **kwargs)
-
-        async with trio.open_nursery() as inner:
-            for index, path in enumerate(paths):
-                inner.start_soon(one, index, path)
-        await client.aclose()
-        nursery.cancel_scope.cancel()
-    return answers
-
-
 async def test_streams_of_one_connection_spread_over_all_endpoints(h2mesh: H2Mesh) -> None:
-    answers = await _answers(h2mesh, ["/"] * 30)
+    answers = await h2_answers(h2mesh, ["/"] * 30)
     assert {a.status for a in answers} == {200}
     assert {a.text for a in answers} == {"web-0", "web-1", "web-2"}
     assert all(b.connections == 1 for b in h2mesh.backends)  # one upstream per endpoint
@@ -102,7 +49,7 @@ async def test_sequential_streams_spread_too(h2mesh: H2Mesh) -> None:
 
 async def test_bodies_and_trailers_cross_intact_under_flow_control(h2mesh: H2Mesh) -> None:
     body = bytes(range(256)) * 1200  # 300 KiB: several windows each way
-    answers = await _answers(h2mesh, ["/echo"] * 4, method="POST", body=body)
+    answers = await h2_answers(h2mesh, ["/echo"] * 4, method="POST", body=body)
     for answer in answers:
         assert answer.status == 200
         assert bytes(answer.body) == body
@@ -110,7 +57,7 @@ async def test_bodies_and_trailers_cross_intact_under_flow_control(h2mesh: H2Mes
 
 
 async def test_grpc_trailers_and_resets_pass_per_stream(h2mesh: H2Mesh) -> None:
-    answers = await _answers(h2mesh, ["/grpc", "/reset", "/grpc"])
+    answers = await h2_answers(h2mesh, ["/grpc", "/reset", "/grpc"])
     assert answers[0].trailers[b"grpc-status"] == b"0"
     assert answers[2].trailers[b"grpc-status"] == b"0"
     assert answers[1].reset == 0x8  # the upstream's RST_STREAM CANCEL, passed on
@@ -120,7 +67,7 @@ async def test_grpc_trailers_and_resets_pass_per_stream(h2mesh: H2Mesh) -> None:
 
 async def test_retryable_get_on_5xx_goes_elsewhere(h2mesh: H2Mesh) -> None:
     h2mesh.backends[0].fail_status = 503
-    answers = await _answers(h2mesh, ["/retry"] * 20)
+    answers = await h2_answers(h2mesh, ["/retry"] * 20)
     assert [a.status for a in answers] == [200] * 20
     assert h2mesh.backends[0].hits["/retry"] >= 1
     metrics = h2mesh.context.metrics.render().decode()
@@ -129,7 +76,7 @@ async def test_retryable_get_on_5xx_goes_elsewhere(h2mesh: H2Mesh) -> None:
 
 async def test_non_retryable_post_is_not_retried(h2mesh: H2Mesh) -> None:
     h2mesh.backends[0].fail_status = 503
-    answers = await _answers(h2mesh, ["/retry"] * 20, method="POST", body=b"x" * 100)
+    answers = await h2_answers(h2mesh, ["/retry"] * 20, method="POST", body=b"x" * 100)
     failed = sum(1 for a in answers if a.status == 503)
     assert failed == h2mesh.backends[0].hits["/retry"] >= 1
 
@@ -137,12 +84,12 @@ async def test_non_retryable_post_is_not_retried(h2mesh: H2Mesh) -> None:
 async def test_refused_streams_and_goaway_are_retried(h2mesh: H2Mesh) -> None:
     h2mesh.backends[0].refuse_next = 3
     h2mesh.backends[1].goaway_after = 2
-    answers = await _answers(h2mesh, ["/"] * 40)
+    answers = await h2_answers(h2mesh, ["/"] * 40)
     assert [a.status for a in answers] == [200] * 40
 
 
 async def test_route_timeout_answers_504(h2mesh: H2Mesh) -> None:
-    answers = await _answers(h2mesh, ["/timeout"])
+    answers = await h2_answers(h2mesh, ["/timeout"])
     assert answers[0].status == 504
     assert answers[0].headers[b"meshlet-proxy-error"] == b"route_timeout"
     with trio.fail_after(3):
@@ -152,7 +99,7 @@ async def test_route_timeout_answers_504(h2mesh: H2Mesh) -> None:
 
 async def test_no_endpoints_answers_503_per_stream(h2mesh: H2Mesh) -> None:
     h2mesh.original[0] = (EMPTY_IP, SERVICE_PORT)
-    answers = await _answers(h2mesh, ["/", "/"], authority=f"{EMPTY_IP}:{SERVICE_PORT}")
+    answers = await h2_answers(h2mesh, ["/", "/"], authority=f"{EMPTY_IP}:{SERVICE_PORT}")
     assert [a.status for a in answers] == [503, 503]
     assert answers[0].headers[b"meshlet-proxy-error"] == b"no_endpoints"
 
@@ -188,7 +135,7 @@ async def test_removed_endpoint_drains_and_gets_no_new_streams(h2mesh: H2Mesh) -
 
 @pytest.mark.parametrize("h2mesh", [{"outbound_http2_per_stream": False}], indirect=True)
 async def test_per_connection_mode_relays_one_connection_to_one_endpoint(h2mesh: H2Mesh) -> None:
-    answers = await _answers(h2mesh, ["/"] * 12)
+    answers = await h2_answers(h2mesh, ["/"] * 12)
     assert {a.status for a in answers} == {200}
     assert len({a.text for a in answers}) == 1  # the whole connection went to one endpoint
     assert sum(b.connections for b in h2mesh.backends) == 1
@@ -213,7 +160,7 @@ async def test_a_silent_upstream_is_found_by_keepalive(
     async with outbound_proxy(tmp_path, [backend], keepalive) as run:
         mesh = H2Mesh([backend], run.destination, run.context, run.addresses, run.original)
         with trio.fail_after(5):
-            answers = await _answers(mesh, ["/"], authority=f"{SERVICE_IP}:{SERVICE_PORT}")
+            answers = await h2_answers(mesh, ["/"], authority=f"{SERVICE_IP}:{SERVICE_PORT}")
     assert answers[0].status == 502
     assert answers[0].headers[b"meshlet-proxy-error"] == b"upstream_closed"
     for stream in held:
@@ -245,7 +192,7 @@ async def test_draining_lets_streams_in_flight_finish_then_closes(h2mesh: H2Mesh
 
 async def test_streams_are_tapped_with_their_endpoint(h2mesh: H2Mesh) -> None:
     subscriber = h2mesh.context.tap.subscribe(TapFilter())
-    answers = await _answers(h2mesh, ["/grpc"], method="POST", body=b"x")
+    answers = await h2_answers(h2mesh, ["/grpc"], method="POST", body=b"x")
     assert answers[0].status == 200
     events = subscriber.take()
     assert [type(e) for e in events] == [TapRequest, TapResponse, TapEnd]

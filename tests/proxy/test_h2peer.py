@@ -164,6 +164,46 @@ def test_consumed_bytes_are_returned_to_the_sender() -> None:
     assert client.local_flow_control_window(1) == INITIAL_WINDOW
 
 
+def test_an_upstream_returns_connection_window_on_receipt_and_stream_window_when_passed_on() -> None:
+    """The client side (a shared upstream) gives the connection's window back as DATA arrives, so
+    a stream whose client is slow holds back only its own window, never the connection's."""
+    peer, server = _pair_as_client()
+    streams = [peer.open_stream() for _ in range(24)]
+    for stream in streams:
+        peer.send_headers(stream, REQUEST, True)
+    server.receive_data(bytes(peer.out))
+    peer.out.clear()
+    received = 0
+    for stream in streams:  # a stream window each, 1.5 MiB in all: more than the connection's
+        server.send_headers(stream, [(b":status", b"200")])
+        for _ in range(4):
+            server.send_data(stream, b"z" * 16383)
+        events = peer.feed(server.data_to_send())
+        received += sum(e.flow for e in events if isinstance(e, Data))
+        server.receive_data(bytes(peer.out))  # nothing consumed: connection updates only
+        peer.out.clear()
+        assert server.local_flow_control_window(stream) == INITIAL_WINDOW - 4 * 16383
+    assert received == 24 * 4 * 16383
+    assert server.outbound_flow_control_window > 1 << 19  # given back as it arrived
+    peer.consumed(streams[0], 4 * 16383)
+    server.receive_data(bytes(peer.out))
+    assert server.local_flow_control_window(streams[0]) == INITIAL_WINDOW
+
+
+def test_a_server_side_peer_returns_connection_window_only_when_passed_on() -> None:
+    peer, client = _pair_as_server()
+    before = client.outbound_flow_control_window
+    client.send_headers(1, REQUEST)
+    for _ in range(20):
+        client.send_data(1, b"z" * 16000)  # past the stream window: h2 would refuse; so stop
+        if client.local_flow_control_window(1) < 16000:
+            break
+    sent = before - client.outbound_flow_control_window
+    peer.feed(client.data_to_send())
+    client.receive_data(bytes(peer.out))
+    assert client.outbound_flow_control_window == before - sent  # held until consumed
+
+
 def test_ping_is_answered_and_goaway_reported() -> None:
     peer, client = _pair_as_server()
     client.ping(b"12345678")
