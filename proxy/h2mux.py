@@ -29,8 +29,8 @@ connections to endpoints discovery removed take no new streams and are closed wh
 The modules, each building on the one before: ``proxy/h2muxstate.py`` (the connection's state,
 how a stream ends, the proxy's own error answers, writing), ``proxy/h2attempts.py`` (a stream's
 target, picks, upstream stream and retries), ``proxy/h2responses.py`` (what the shared upstream
-connections' readers hand the connection: responses, resets, GOAWAY) and this one (the entry point and the client connection:
-its reader, keepalive and draining).
+connections' readers hand the connection: responses, resets, GOAWAY) and this one (the entry
+point and the client connection: its reader, keepalive and draining).
 """
 
 from __future__ import annotations

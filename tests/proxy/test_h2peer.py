@@ -164,7 +164,7 @@ def test_consumed_bytes_are_returned_to_the_sender() -> None:
     assert client.local_flow_control_window(1) == INITIAL_WINDOW
 
 
-def test_an_upstream_returns_connection_window_on_receipt_and_stream_window_when_passed_on() -> None:
+def test_an_upstream_returns_connection_window_on_receipt_and_stream_window_once_sent_on() -> None:
     """The client side (a shared upstream) gives the connection's window back as DATA arrives, so
     a stream whose client is slow holds back only its own window, never the connection's."""
     peer, server = _pair_as_client()
