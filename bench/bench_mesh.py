@@ -14,7 +14,11 @@ meshlet-destination in local mode in a node namespace, and four pods:
 Per protocol (HTTP/1.1 and h2c, prior knowledge) and path: p50/p99 latency (h2load's per-request
 log) and each proxy's CPU (cores, /proc utime+stime over the run) and RSS at a fixed 1,000
 requests/s over 10 connections, then the requests/s at saturation (10 connections, 10 streams
-each for h2c). Medians of ``--runs`` runs (3). ``--quick``: 3 s per fixed-rate run.
+each for h2c). Then the same fixed rate evenly spaced (rows ``direct~``/``meshed~``,
+``bench/spaced_load.py``): 10 h2load processes in the client pod, one connection each at 100
+requests/s, their timers staggered 1 ms apart and the spacing achieved measured from their logs;
+the burst rows (one h2load firing its 10 connections together every 10 ms) stay as the worst
+case. Medians of ``--runs`` runs (3). ``--quick``: 3 s per fixed-rate run.
 
 The harness lives under ``tests/``: run from the repository root, as root.
 """
@@ -25,15 +29,18 @@ import importlib
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
+from bench import h2load_logs, spaced_load
+from bench.procstat import cpu_seconds as _cpu_seconds
+from bench.procstat import rss_mb as _rss_mb
+from meshlet.localmesh.netns import clean_env
 
 
 @dataclass
@@ -45,21 +52,9 @@ class Sample:
     achieved: float  # requests/s actually sent (below 1,000 when the path cannot keep up)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-def _rss_mb(pid: int) -> float:
-    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return pages * _PAGE / 2**20
-
-
 def _h2load(pod: Any, args: list[str]) -> str:
     done = pod.run_result(["h2load", *args], timeout=300)
-    if "0 failed, 0 errored" not in done.stdout:
-        raise RuntimeError(f"h2load failed: {done.stdout[-800:]}{done.stderr[-400:]}")
-    return str(done.stdout)
+    return h2load_logs.h2load_summary(done.stdout, done.stderr)
 
 
 def _fixed_rate(
@@ -72,11 +67,10 @@ def _fixed_rate(
     _h2load(pod, [*args, url])
     elapsed = time.monotonic() - started
     cores = tuple((_cpu_seconds(pid) - b) / elapsed for pid, b in zip(pids, before, strict=True))
-    latencies = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line)
-    p50 = latencies[len(latencies) // 2] / 1000
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000
+    entries = h2load_logs.parse_log(log.read_text())
+    p50, p99 = h2load_logs.latency_ms(entries)
     rss = tuple(_rss_mb(pid) for pid in pids)
-    return Sample(p50, p99, cores, rss, len(latencies) / elapsed)
+    return Sample(p50, p99, cores, rss, len(entries) / elapsed)
 
 
 def _saturation(pod: Any, url: str, h1: bool, requests: int) -> float:
@@ -166,12 +160,36 @@ def _report(
     )
     for h1 in (True, False):
         p99s = {}
+        spaced = {}
         for name, (pod, url_h1, url_h2, pids) in paths.items():
             url = url_h1 if h1 else url_h2
             p99s[name] = _row(
                 name, pod, url, h1, pids, runs=runs, seconds=seconds, requests=requests, root=root
             )
+            spaced[name] = [
+                _spaced(pod, url, h1, pids, seconds=seconds, root=root / f"spaced-{name}-{h1}-{i}")
+                for i in range(runs)
+            ]
         print(f"  p99 added by the two proxies: {p99s['meshed'] - p99s['direct']:.2f} ms")
+        spaced_p99s = spaced_load.print_table("http/1.1" if h1 else "h2c", spaced)
+        added = spaced_p99s["meshed"] - spaced_p99s["direct"]
+        print(f"  p99 added by the two proxies (evenly spaced): {added:.2f} ms")
+
+
+def _spaced(
+    pod: Any, url: str, h1: bool, pids: list[int], *, seconds: int, root: Path
+) -> spaced_load.SpacedSample:
+    """A spaced run from ``pod``: each h2load goes through ``ip netns exec`` (its PID is
+    h2load's own: ``ip netns exec`` execs)."""
+
+    def launch(argv: list[str], output: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            pod.exec_argv(argv), stdout=output, stderr=subprocess.STDOUT, env=clean_env()
+        )
+
+    return spaced_load.run_spaced(
+        launch, url, h1, seconds=seconds, pids=pids, root=root, name=root.name
+    )
 
 
 def _row(

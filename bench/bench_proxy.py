@@ -14,6 +14,10 @@
 For each protocol (h2c, HTTP/1.1) and target: latency p50/p99 (from h2load's per-request log) and
 the proxy's CPU (cores, from /proc utime+stime over the run) and RSS at a fixed 1,000 requests/s
 over 10 connections, then the requests/s at saturation (10 connections, 10 streams each for h2c).
+Then the same fixed rate evenly spaced (rows ``<target>~``, ``bench/spaced_load.py``): 10 h2load
+processes of one connection each at 100 requests/s, their timers staggered 1 ms apart, with the
+spacing achieved measured from their logs, and the p99 each proxy adds over ``direct~``. The
+burst rows stay: one h2load fires its 10 connections together every 10 ms (the worst case).
 Each figure is the median of ``--runs`` runs (default 3). Both nginx run with the tests'
 configuration (``tests/harness/nginx.py``): run from the repository root.
 """
@@ -31,10 +35,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import h2load_logs, spaced_load
+from bench.procstat import cpu_seconds as _cpu_seconds
+from bench.procstat import rss_mb as _rss_mb
 from tests.harness import nginx
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 _HELLO = '"hello\\n"'  # nginx syntax
 _REVERSE = """
@@ -115,16 +119,6 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-def _rss_mb(pid: int) -> float:
-    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return pages * _PAGE / 2**20
-
-
 @dataclass
 class Target:
     name: str
@@ -146,9 +140,7 @@ def _h2load(args: list[str], log: Path | None = None) -> str:
     if log is not None:
         argv[1:1] = ["--log-file", str(log)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    if "0 failed, 0 errored" not in result.stdout:
-        raise RuntimeError(f"h2load failed: {result.stdout[-800:]}{result.stderr[-400:]}")
-    return result.stdout
+    return h2load_logs.h2load_summary(result.stdout, result.stderr)
 
 
 def _fixed_rate(target: Target, h1: bool, seconds: int, log: Path) -> Sample:
@@ -162,9 +154,7 @@ def _fixed_rate(target: Target, h1: bool, seconds: int, log: Path) -> Sample:
     elapsed = time.monotonic() - started
     cores = (_cpu_seconds(target.pid) - before) / elapsed if target.pid else 0.0
     rss = _rss_mb(target.pid) if target.pid else 0.0
-    latencies = sorted(int(line.split()[2]) for line in log.read_text().splitlines() if line)
-    p50 = latencies[len(latencies) // 2] / 1000
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000
+    p50, p99 = h2load_logs.latency_ms(h2load_logs.parse_log(log.read_text()))
     return Sample(p50, p99, cores, rss)
 
 
@@ -285,6 +275,8 @@ def _report(
     print(header + f"{'RSS MB':>7} {'max req/s':>10}")
     print(f"load average: {os.getloadavg()[0]:.2f}")
     for h1 in protocols:
+        protocol = "http/1.1" if h1 else "h2c"
+        spaced: dict[str, list[spaced_load.SpacedSample]] = {}
         for listed in targets:
             target = listed
             if listed.name == "meshlet" and h1:  # the proxy process forwarding to HTTP/1.1
@@ -295,7 +287,7 @@ def _report(
             ]
             rates = [_saturation(target, h1, saturation_requests) for _ in range(runs)]
             print(
-                f"{'http/1.1' if h1 else 'h2c':8} {target.name:8} "
+                f"{protocol:8} {target.name:8} "
                 f"{statistics.median(s.p50_ms for s in samples):7.2f} "
                 f"{statistics.median(s.p99_ms for s in samples):7.2f} "
                 f"{statistics.median(s.cores for s in samples):6.3f} "
@@ -303,3 +295,27 @@ def _report(
                 f"{statistics.median(rates):10.0f}",
                 flush=True,
             )
+            spaced[target.name] = [
+                _spaced(target, h1, seconds, root / f"spaced-{target.name}-{h1}-{index}")
+                for index in range(runs)
+            ]
+        _spaced_table(protocol, spaced)
+
+
+def _spaced(target: Target, h1: bool, seconds: int, root: Path) -> spaced_load.SpacedSample:
+    port = target.h1 if h1 else target.h2c
+    return spaced_load.run_spaced(
+        lambda argv, output: subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT),
+        f"http://127.0.0.1:{port}/",
+        h1,
+        seconds=seconds,
+        pids=[target.pid] if target.pid else [],
+        root=root,
+        name=target.name,
+    )
+
+
+def _spaced_table(protocol: str, spaced: dict[str, list[spaced_load.SpacedSample]]) -> None:
+    p99s = spaced_load.print_table(protocol, spaced)
+    added = {name: p99 - p99s["direct"] for name, p99 in p99s.items() if name != "direct"}
+    print("  p99 added (evenly spaced): " + ", ".join(f"{n} {a:.2f} ms" for n, a in added.items()))
