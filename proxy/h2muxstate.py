@@ -172,8 +172,19 @@ class MuxState:
         self._finish(stream, Outcome.SUCCESS)
 
     def kick(self) -> None:
-        """Bytes were queued for the client (by an upstream's reader): wake ``_write_loop``."""
-        if self.down.peer.out and self._writer:
+        """Bytes were queued for the client (by an upstream's reader): write what the socket
+        takes now, and wake ``_write_loop`` for the rest (or to pump held-back streams)."""
+        down = self.down
+        out = down.peer.out
+        if not out:
+            return
+        if not down.sending:
+            sent = down.conn.send_some(out)
+            if sent:
+                del out[:sent]
+                if not out and not self.congested:
+                    return
+        if self._writer:
             self._writer.unpark()
 
     async def _write_loop(self) -> None:

@@ -114,6 +114,16 @@ class Conn:
         await self._write(data)
         self.stats.written += len(data)
 
+    def send_some(self, data: bytes | bytearray) -> int:
+        """As much of ``data`` as the socket takes now, without waiting; 0 on any failure (the
+        next ``send`` names it)."""
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:
+            return 0
+        self.stats.written += sent
+        return sent
+
     def send_nowait(self, data: bytes) -> None:
         """Best effort, no waiting: what fits in the socket buffer now (for a last frame on a
         connection about to be closed); anything else is dropped."""

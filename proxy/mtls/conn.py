@@ -139,6 +139,9 @@ class TlsConn(Conn):
         await self._flush()
         self.stats.written += len(data)
 
+    def send_some(self, data: bytes | bytearray) -> int:
+        return 0  # records are written whole, by ``send``
+
     def send_nowait(self, data: bytes) -> None:
         if self._writing:
             return  # records of another task are still going out: ours would overtake them
