@@ -22,8 +22,10 @@ connections), so one slow client never stalls the others' streams.
 
 An ``Upstream`` that takes no new streams (GOAWAY received, its endpoint removed from discovery)
 is closed once its last stream is done (``maybe_close``); idle ones to removed endpoints are
-also swept whenever a new connection is opened. A connection silent for the keepalive interval
-gets a PING; still silent after the keepalive timeout, it is closed and its streams fail over.
+also swept whenever a new connection is opened, and any without a stream for the outbound idle
+timeout (``MESHLET_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT``, as for unused authorities) is
+closed. A connection silent for the keepalive interval gets a PING; still silent after the
+keepalive timeout, it is closed and its streams fail over.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ class StreamOwner(Protocol):
 class Upstream(Link):
     """One HTTP/2 connection to an endpoint, carrying streams of any client connection."""
 
-    __slots__ = ("_lot", "closed", "closing", "endpoint", "streams", "target")
+    __slots__ = ("_lot", "closed", "closing", "endpoint", "idle_since", "streams", "target")
 
     def __init__(self, conn: Conn, endpoint: Endpoint, target: Target) -> None:
         super().__init__(conn, Peer(client_side=True))
@@ -120,6 +122,7 @@ class Upstream(Link):
         self.streams: dict[int, MuxStream] = {}
         self.closing = False  # GOAWAY received, ids exhausted, or the connection broke
         self.closed = False
+        self.idle_since = self.last_read  # when its last stream ended (or it opened)
         self._lot = trio.lowlevel.ParkingLot()  # the writer, waiting for bytes
 
     def kick(self) -> None:
@@ -158,11 +161,14 @@ def _pool_key(endpoint: Endpoint) -> _PoolKey:
 class UpstreamPool:
     """The process's upstream HTTP/2 connections, by endpoint (see the module docstring)."""
 
-    def __init__(self, keepalive_interval: float, keepalive_timeout: float) -> None:
+    def __init__(
+        self, keepalive_interval: float, keepalive_timeout: float, idle_timeout: float
+    ) -> None:
         self._by_key: dict[_PoolKey, list[Upstream]] = {}
         self._all: list[Upstream] = []
         self._connecting: dict[_PoolKey, trio.Event] = {}
         self._keepalive = (keepalive_interval, keepalive_timeout)
+        self._idle_timeout = idle_timeout
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -171,6 +177,7 @@ class UpstreamPool:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._keepalive_loop)
+                nursery.start_soon(self._idle_loop)
                 task_status.started()
         finally:
             self._nursery = None
@@ -235,6 +242,7 @@ class UpstreamPool:
         removed from discovery)."""
         if up.streams:
             return
+        up.idle_since = trio.current_time()
         if not up.closing:
             endpoints = up.target.endpoints
             if endpoints is None or key_of(up.endpoint) in endpoints.current().endpoints:
@@ -349,6 +357,17 @@ class UpstreamPool:
         self.kick_all()
         for owner in owners:
             owner.kick()
+
+    async def _idle_loop(self) -> None:
+        """Connections without a stream for the idle timeout are closed (a GOAWAY first)."""
+        idle = self._idle_timeout
+        while True:
+            await trio.sleep(max(idle / 2, 0.05))
+            now = trio.current_time()
+            for up in list(self._all):
+                if not up.streams and now - up.idle_since >= idle:
+                    up.closing = True
+                    self.maybe_close(up)
 
     async def _keepalive_loop(self) -> None:
         """A PING to a connection silent for the keepalive interval; still silent after the

@@ -103,7 +103,9 @@ class Outbound:
         self.rng = rng or random.Random()  # noqa: S311 (load balancing, not cryptography)
         self.targets: dict[str, Target] = {}
         self.h2_upstreams = UpstreamPool(
-            settings.http2_keepalive_interval, settings.http2_keepalive_timeout
+            settings.http2_keepalive_interval,
+            settings.http2_keepalive_timeout,
+            settings.outbound_discovery_idle_timeout,
         )
         """The per-stream HTTP/2 path's upstream connections, shared by all its clients."""
         self.closed = False

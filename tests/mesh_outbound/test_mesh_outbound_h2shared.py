@@ -127,3 +127,24 @@ async def test_a_client_leaving_mid_stream_leaves_the_other_streams_whole(
     answers = await h2_answers(h2mesh, ["/"] * 6)  # and the connections still serve
     assert {a.status for a in answers} == {200}
     assert [b.connections for b in h2mesh.backends] == [1, 1, 1]
+
+
+async def test_a_connection_without_streams_for_the_idle_timeout_is_closed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A stream longer than the idle timeout keeps its connection; once it has had no stream for
+    the idle timeout, the connection is closed and the next stream opens a new one."""
+    backend = H2Backend("web-0", "127.0.0.2", slow_seconds=0.6)
+    await nursery.start(backend.serve)
+    async with outbound_proxy(tmp_path, [backend], {"outbound_discovery_idle_timeout": 0.2}) as run:
+        mesh = H2Mesh([backend], run.destination, run.context, run.addresses, run.original)
+        answers = await h2_answers(mesh, ["/slow", "/"])
+        assert [a.status for a in answers] == [200, 200]
+        assert backend.connections == 1
+        assert len(mesh.context.outbound.h2_upstreams.all()) == 1
+        with trio.fail_after(2):
+            while mesh.context.outbound.h2_upstreams.all():
+                await trio.sleep(0.05)
+        answers = await h2_answers(mesh, ["/"])
+        assert answers[0].status == 200
+        assert backend.connections == 2
