@@ -79,17 +79,19 @@ async def _silent_client(port: int, paths: list[str]) -> trio.SocketStream:
 
 
 async def test_a_client_that_stops_reading_stalls_no_other_client(one_endpoint: H2Mesh) -> None:
-    """24 streams of 1 MiB to a client that never reads, all on the one upstream connection:
-    its socket and queue fill, and each of its streams holds a stream window's worth, more than
-    the connection's window in all. The other clients' streams on that connection still flow,
-    bodies whole."""
+    """17 streams of 8 MiB to a client that never reads, on one upstream connection: its socket
+    and queue fill, and each of its streams holds a stream window's worth, more than the
+    connection's window in all. Another client's streams on that connection (it has room for 3
+    more) still flow, bodies whole."""
     backend = one_endpoint.backends[0]
-    stalled = await _silent_client(one_endpoint.port, ["/big"] * 24)
+    backend.big_bytes = 8 << 20
+    stalled = await _silent_client(one_endpoint.port, ["/big"] * 17)
     try:
         with trio.fail_after(2):  # the big answers are under way
-            while backend.hits["/big"] < 24:
+            while backend.hits["/big"] < 17:
                 await trio.sleep(0.02)
         await trio.sleep(0.5)  # every window the silent client leaves open is used up
+        backend.big_bytes = 1 << 20
         paths = ["/", "/big", "/", "/big", "/"] * 3
         with trio.fail_after(10):
             answers = await h2_answers(one_endpoint, paths)
@@ -98,7 +100,7 @@ async def test_a_client_that_stops_reading_stalls_no_other_client(one_endpoint: 
         assert big == [1 << 20] * 6
     finally:
         await stalled.aclose()
-    assert backend.connections == 1
+    assert backend.connections == 2  # the silent client's 17 streams and 3 more; then the rest
 
 
 async def test_a_client_leaving_mid_stream_leaves_the_other_streams_whole(
