@@ -51,14 +51,7 @@ class MuxResponses(MuxAttempts):
         elif isinstance(event, Headers):
             self._response_headers(stream, up, event)
         elif stream.committed:
-            up.streams.pop(event.stream_id)
-            self.down.peer.reset(stream.sid, event.code)
-            self.metrics.response_end(stream.labels, stream.status, "failure")
-            if stream.tap is not None:
-                stream.tap.end(error="reset")
-                stream.tap = None
-            stream.up = None
-            self._finish(stream, Outcome.FAILURE)
+            self._fail_committed(up, stream, event.code, "reset")
         else:
             refused = event.code == REFUSED_STREAM
             outcome = Outcome.CONNECT_FAILED if refused else Outcome.FAILURE
@@ -75,16 +68,20 @@ class MuxResponses(MuxAttempts):
 
     def upstream_gone(self, up: Upstream, stream: MuxStream, reason: UpstreamError) -> None:
         if stream.committed:
-            up.streams.pop(stream.up_id, None)
-            self.down.peer.reset(stream.sid, _INTERNAL_ERROR)
-            self.metrics.response_end(stream.labels, stream.status, "failure")
-            if stream.tap is not None:
-                stream.tap.end(error="upstream_closed")
-                stream.tap = None
-            stream.up = None
-            self._finish(stream, Outcome.FAILURE)
+            self._fail_committed(up, stream, _INTERNAL_ERROR, "upstream_closed")
         else:
             self._attempt_failed(stream, Outcome.FAILURE, reason)
+
+    def _fail_committed(self, up: Upstream, stream: MuxStream, code: int, error: str) -> None:
+        """The upstream side of a committed stream ended early: reset it to the client."""
+        up.streams.pop(stream.up_id, None)
+        self.down.peer.reset(stream.sid, code)
+        self.metrics.response_end(stream.labels, stream.status, "failure")
+        if stream.tap is not None:
+            stream.tap.end(error=error)
+            stream.tap = None
+        stream.up = None
+        self._finish(stream, Outcome.FAILURE)
 
     def _response_headers(self, stream: MuxStream, up: Upstream, event: Headers) -> None:
         headers = forwardable(event.headers)
