@@ -48,7 +48,17 @@ def format_address(address: tuple[str, int]) -> str:
 class Conn:
     """One TCP connection, counted, with errors translated to the side it faces."""
 
-    __slots__ = ("_error", "_fd", "_metrics", "_streak", "peer_id", "stats", "stream", "tls_labels")
+    __slots__ = (
+        "_emptied",
+        "_error",
+        "_fd",
+        "_metrics",
+        "_streak",
+        "peer_id",
+        "stats",
+        "stream",
+        "tls_labels",
+    )
 
     def __init__(
         self,
@@ -67,6 +77,7 @@ class Conn:
         """The identity the peer proved over mutual TLS; ``None`` for plaintext."""
         self._fd = stream.socket.fileno()
         self._streak = 0  # reads in a row that found bytes without waiting
+        self._emptied = False  # the last read emptied the socket: wait before the next one
         self.stats = stats
         self._metrics = metrics
         self._error: type[ProxyError] = UpstreamClosed if upstream else ClientClosed
@@ -75,8 +86,11 @@ class Conn:
         """The next bytes, or ``b""`` at end of stream.
 
         Like ``send``, a read(2) straight from the non-blocking socket first; only when nothing
-        is there does the task wait for readiness in trio. A connection that always has bytes
-        waiting still yields to the others every ``_YIELD_EVERY`` reads.
+        is there does the task wait for readiness in trio. But when the last read took less
+        than it asked for, the socket was emptied and the next bytes are rarely there yet (the
+        peer's next request or response): the task then waits for readiness first, sparing the
+        read(2) that would fail with EAGAIN. A connection that always has bytes waiting still
+        yields to the others every ``_YIELD_EVERY`` reads.
         """
         data = await self._read(max_bytes)
         self.stats.read += len(data)
@@ -87,13 +101,15 @@ class Conn:
         request after a response, a response after a request): it cannot be there yet, so wait
         for readiness first instead of a read(2) that fails with EAGAIN (two system calls per
         request saved)."""
-        with contextlib.suppress(OSError, ValueError, trio.ClosedResourceError):
-            await trio.lowlevel.wait_readable(self._fd)  # the read names any failure
+        self._emptied = True
         return await self.receive()
 
     async def _read(self, max_bytes: int) -> bytes:
         """The socket's next bytes (``b""`` at end of stream), errors translated, not counted."""
         try:
+            if self._emptied:
+                with contextlib.suppress(OSError, ValueError, trio.ClosedResourceError):
+                    await trio.lowlevel.wait_readable(self._fd)  # the read names any failure
             try:
                 data = os.read(self._fd, max_bytes)
             except BlockingIOError:
@@ -102,11 +118,12 @@ class Conn:
                 data = os.read(self._fd, max_bytes)
             else:
                 self._streak += 1
-                if self._streak >= _YIELD_EVERY:
+                if self._streak >= _YIELD_EVERY and not self._emptied:
                     self._streak = 0
                     await trio.lowlevel.checkpoint()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise self._error(f"receive failed: {_describe(exc)}") from exc
+        self._emptied = len(data) < max_bytes
         return data
 
     async def send(self, data: bytes) -> None:

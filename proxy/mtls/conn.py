@@ -109,8 +109,7 @@ class TlsConn(Conn):
 
     async def receive_answer(self) -> bytes:
         if not (self._ended or self._in.pending or self._obj.pending()):
-            with contextlib.suppress(OSError, ValueError, trio.ClosedResourceError):
-                await trio.lowlevel.wait_readable(self._fd)  # the read names any failure
+            self._emptied = True  # the socket read waits for readiness first
         return await self.receive()
 
     def _decrypt(self, max_bytes: int) -> bytes | None:
