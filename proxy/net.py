@@ -107,7 +107,10 @@ class Conn:
     async def _read(self, max_bytes: int) -> bytes:
         """The socket's next bytes (``b""`` at end of stream), errors translated, not counted."""
         try:
-            if self._emptied:
+            # Never wait on a closed connection's -1: trio would keep this task registered for
+            # that "fd" (its epoll_ctl fails after the registration), and the next closed
+            # connection's wait would raise BusyResourceError. The read names the failure.
+            if self._emptied and self._fd >= 0:
                 with contextlib.suppress(OSError, ValueError, trio.ClosedResourceError):
                     await trio.lowlevel.wait_readable(self._fd)  # the read names any failure
             try:

@@ -127,3 +127,20 @@ async def test_a_closed_connection_never_reaches_a_reused_descriptor() -> None:
         reused.close()
         other.close()
         right.close()
+
+
+async def test_reads_of_closed_connections_name_the_failure_every_time() -> None:
+    """A read after close is refused as such, however many closed connections try: waiting for
+    readiness on a closed connection's -1 would leave the task registered with trio for that
+    "descriptor", and the next closed connection's read would fail with BusyResourceError."""
+    metrics = Metrics()
+    for _ in range(3):
+        left, right = trio.socket.socketpair()
+        stats = metrics.tcp_open("inbound", "src", "x")
+        conn = Conn(trio.SocketStream(left), metrics, stats, upstream=False)
+        conn.close()
+        try:
+            with pytest.raises(ClientClosed):
+                await conn.receive_answer()  # waits for readiness first
+        finally:
+            right.close()
