@@ -261,11 +261,12 @@ class Peer:
             raise PeerError("the connection window was exceeded", FLOW_CONTROL_ERROR)
         if flags & _PADDED:
             payload = _fragment(payload, flags, headers=False)
-        if self.client_side:  # an upstream: the connection's window comes back on receipt
+        forgotten = stream_id not in self._recv_owed
+        # An upstream's connection window comes back on receipt (see ``consumed``); a forgotten
+        # stream's bytes come back at once.
+        if self.client_side or forgotten:
             self._owe_connection(flow)
-        if stream_id not in self._recv_owed:  # a stream we forgot: return its bytes at once
-            if not self.client_side:
-                self._owe_connection(flow)
+        if forgotten:
             return
         events.append(Data(stream_id, payload, flow, bool(flags & _END_STREAM)))
 

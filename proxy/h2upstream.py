@@ -170,7 +170,6 @@ class UpstreamPool:
         self, keepalive_interval: float, keepalive_timeout: float, idle_timeout: float
     ) -> None:
         self._by_key: dict[_PoolKey, list[Upstream]] = {}
-        self._all: list[Upstream] = []
         self._connecting: dict[_PoolKey, trio.Event] = {}
         self._keepalive = (keepalive_interval, keepalive_timeout)
         self._idle_timeout = idle_timeout
@@ -189,7 +188,7 @@ class UpstreamPool:
             self.close_all()
 
     def all(self) -> list[Upstream]:
-        return self._all
+        return [up for ups in self._by_key.values() for up in ups]
 
     def with_room(self, endpoint: Endpoint) -> Upstream | None:
         for up in self._by_key.get(_pool_key(endpoint), ()):
@@ -199,8 +198,8 @@ class UpstreamPool:
 
     def kick_all(self) -> None:
         """Wake the writer of every connection with bytes queued."""
-        for up in self._all:
-            if up.peer.out:
+        for ups in self._by_key.values():
+            for up in ups:
                 up.kick()
 
     async def get(self, endpoint: Endpoint, target: Target, metrics: Metrics) -> Upstream:
@@ -229,14 +228,13 @@ class UpstreamPool:
             raise UpstreamClosed("the proxy is shutting down")
         up.peer.initiate()
         self._by_key.setdefault(key, []).append(up)
-        self._all.append(up)
         self._nursery.start_soon(self._read_loop, up)
         self._nursery.start_soon(self._write_loop, up)
         return up
 
     def _close_removed(self) -> None:
         """Idle connections to endpoints discovery no longer lists are closed."""
-        for up in list(self._all):
+        for up in self.all():
             endpoints = up.target.endpoints
             if endpoints is not None and key_of(up.endpoint) not in endpoints.current().endpoints:
                 up.closing = True
@@ -264,31 +262,24 @@ class UpstreamPool:
         if up not in ups:
             return False
         ups.remove(up)
-        self._all.remove(up)
         if not ups:
             del self._by_key[key]
         return True
 
     def close_all(self) -> None:
-        for up in list(self._all):
+        for up in self.all():
             up.close()
         self._by_key.clear()
-        self._all.clear()
 
     # -- the connections' tasks -------------------------------------------------------------------
 
     async def _write_loop(self, up: Upstream) -> None:
-        out = up.peer.out
         try:
             while not up.closed:
-                if not out:
+                if up.peer.out:
+                    await up.flush()
+                else:
                     await up.wait_for_bytes()
-                    continue
-                data = bytes(out)
-                out.clear()
-                up.sending = True
-                await up.conn.send(data)
-                up.sending = False
         except ProxyError as exc:
             log.debug("outbound h2 upstream %s: %s", up.endpoint.address, exc)
             up.closing = True
@@ -312,9 +303,7 @@ class UpstreamPool:
                 owners: set[StreamOwner] = set()
                 for event in events:
                     self._dispatch(up, event, owners)
-                self.kick_all()
-                for owner in owners:
-                    owner.kick()
+                self._wake(owners)
         except UpstreamError as exc:
             reason = exc
         except ProxyError as exc:
@@ -359,6 +348,10 @@ class UpstreamPool:
             owners.add(stream.owner)
         up.streams.clear()
         up.close()
+        self._wake(owners)
+
+    def _wake(self, owners: set[StreamOwner]) -> None:
+        """Send what the events queued: the upstreams' writers, then the clients'."""
         self.kick_all()
         for owner in owners:
             owner.kick()
@@ -369,7 +362,7 @@ class UpstreamPool:
         while True:
             await trio.sleep(max(idle / 2, 0.05))
             now = trio.current_time()
-            for up in list(self._all):
+            for up in self.all():
                 if not up.streams and now - up.idle_since >= idle:
                     up.closing = True
                     self.maybe_close(up)
@@ -381,7 +374,7 @@ class UpstreamPool:
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
-            silent = [up for up in self._all if now - up.last_read >= interval]
+            silent = [up for up in self.all() if now - up.last_read >= interval]
             if not silent:
                 continue
             for up in silent:

@@ -191,17 +191,25 @@ def test_an_upstream_returns_connection_window_on_receipt_and_stream_window_once
 
 
 def test_a_server_side_peer_returns_connection_window_only_when_passed_on() -> None:
+    """A client's bytes are its back-pressure: 5 streams of a window each (320 KiB, past the
+    quarter window at which the peer would send a connection WINDOW_UPDATE) come back to the
+    client only once consumed."""
     peer, client = _pair_as_server()
     before = client.outbound_flow_control_window
-    client.send_headers(1, REQUEST)
-    for _ in range(20):
-        client.send_data(1, b"z" * 16000)  # past the stream window: h2 would refuse; so stop
-        if client.local_flow_control_window(1) < 16000:
-            break
+    for stream in range(1, 11, 2):
+        client.send_headers(stream, REQUEST)
+        for _ in range(4):
+            client.send_data(stream, b"z" * 16383)
     sent = before - client.outbound_flow_control_window
+    assert sent == 5 * 4 * 16383
     peer.feed(client.data_to_send())
     client.receive_data(bytes(peer.out))
+    peer.out.clear()
     assert client.outbound_flow_control_window == before - sent  # held until consumed
+    for stream in range(1, 11, 2):
+        peer.consumed(stream, 4 * 16383)
+    client.receive_data(bytes(peer.out))
+    assert client.outbound_flow_control_window == before  # and given back then
 
 
 def test_ping_is_answered_and_goaway_reported() -> None:
