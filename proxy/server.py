@@ -52,7 +52,7 @@ from proxy.http1 import serve_http1
 from proxy.http2 import serve_http2
 from proxy.metrics import TLS_DISABLED, Metrics, TcpConnection
 from proxy.mtls import MeshTlsError
-from proxy.mtls.transport import TransportHeaderError, read_transport_header
+from proxy.mtls.transport import Session, TransportHeaderError, read_transport_header
 from proxy.net import Conn, format_address
 from proxy.origdst import OriginalDestinationError, original_destination
 from proxy.policy import InboundPolicy
@@ -337,9 +337,14 @@ async def _accept_transport(  # noqa: PLR0917 (the connection's state, passed on
     if meshed is None:
         raise TransportHeaderError("a connection to the proxy port that is not mTLS to this proxy")
     _open_record(meshed, context.metrics, INBOUND, original)
-    port, rest = await read_transport_header(
+    header, rest = await read_transport_header(
         meshed.receive, b"", timeout=context.settings.detect_timeout
     )
+    port = header.port
+    if header.session is not Session.OPAQUE:
+        raise TransportHeaderError(
+            f"the transport header's session {header.session.name} is not served"
+        )
     if port == original[1]:
         raise TransportHeaderError(f"the transport header names the proxy's own port {port}")
     route = Route(INBOUND, ("127.0.0.1", port), context.settings.inbound_connect_timeout)

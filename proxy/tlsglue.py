@@ -42,7 +42,7 @@ from proxy.mtls import (
     read_client_hello,
 )
 from proxy.mtls.conn import TlsConn
-from proxy.mtls.transport import encode_transport_header
+from proxy.mtls.transport import Session, encode_transport_header
 from proxy.net import Conn, connect, format_address
 from proxy.settings import PREFIX, ProxySettings, SettingsError
 
@@ -104,6 +104,7 @@ class MeshTls:
         metrics: Metrics,
         direction: str,
         opaque_transport_port: int | None = None,
+        session: Session = Session.OPAQUE,
     ) -> Conn:
         """A connection to ``address``: mTLS to ``identity`` when both sides are meshed.
 
@@ -127,7 +128,9 @@ class MeshTls:
             handshake_timeout=self.settings.handshake_timeout,
             identity_wait=self.settings.identity_wait,
         )
-        if opaque_transport_port is None and address[1] in self.opaque_ports:
+        if session is not Session.OPAQUE:
+            opaque_transport_port = self.peer_proxy_port
+        elif opaque_transport_port is None and address[1] in self.opaque_ports:
             # Discovery hints only annotated ports; the peer's proxy skips detection on the
             # default opaque ports as well, so TLS sent there would reach its application.
             opaque_transport_port = self.peer_proxy_port
@@ -140,7 +143,7 @@ class MeshTls:
         )
         if opaque_transport_port is not None:
             try:
-                await conn.send(encode_transport_header(address[1]))
+                await conn.send(encode_transport_header(address[1], session))
             except BaseException:
                 conn.close()
                 raise

@@ -8,7 +8,8 @@ import trio
 import trio.testing
 
 from proxy.mtls.transport import (
-    TRANSPORT_HEADER_SIZE,
+    Session,
+    TransportHeader,
     TransportHeaderError,
     encode_transport_header,
     parse_transport_header,
@@ -16,10 +17,11 @@ from proxy.mtls.transport import (
 )
 
 
-def test_header_round_trip_and_partial_input() -> None:
-    header = encode_transport_header(5432)
-    assert len(header) == TRANSPORT_HEADER_SIZE == 24
-    assert parse_transport_header(header + b"rest") == (5432, b"rest")
+@pytest.mark.parametrize(("session", "size"), [(Session.OPAQUE, 24), (Session.HTTP1_OVER_H2, 28)])
+def test_header_round_trip_and_partial_input(session: Session, size: int) -> None:
+    header = encode_transport_header(5432, session)
+    assert len(header) == size
+    assert parse_transport_header(header + b"rest") == (TransportHeader(5432, session), b"rest")
     for end in range(len(header)):
         assert parse_transport_header(header[:end]) is None
 
@@ -29,6 +31,8 @@ def test_header_round_trip_and_partial_input() -> None:
     [
         pytest.param(b"GET / HTTP/1.1\r\n", id="http"),
         pytest.param(b"\x00meshlet.io/other", id="other-magic"),
+        pytest.param(b"\x00meshlet.io/opaque/2\x00\x00\x50\n", id="other-version"),
+        pytest.param(b"\x00meshlet.io/h1-over-h2/1\x00\x00\x50x", id="h1-no-newline"),
         pytest.param(encode_transport_header(80)[:-3] + b"\x00\x00\n", id="port-0"),
         pytest.param(encode_transport_header(80)[:-1] + b"x", id="no-newline"),
     ],
@@ -48,7 +52,10 @@ async def test_read_transport_header_from_a_stream() -> None:
     async def receive() -> bytes:
         return chunks.pop(0)
 
-    assert await read_transport_header(receive, b"", timeout=5) == (3306, b"banner")
+    assert await read_transport_header(receive, b"", timeout=5) == (
+        TransportHeader(3306),
+        b"banner",
+    )
     chunks[:] = [header[:10], b""]
     with pytest.raises(TransportHeaderError, match="no complete transport header"):
         await read_transport_header(receive, b"", timeout=5)
