@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import yaml
 
+from destination.model import BadObject, parse_pod
 from identity.cli import main as identity_cli
 from meshlet.localmesh import mesh_app
 from meshlet.localmesh.kubelet import (
@@ -65,6 +66,7 @@ __all__ = [
     "MeshNode",
     "MeshPod",
     "MeshService",
+    "pod_owner",
 ]
 
 MESH_APP: Final = str(mesh_app.__file__)
@@ -81,6 +83,9 @@ class MeshPod:
     env: dict[str, str]
     apps: list[Process] = field(default_factory=list)
     opaque_ports: str | None = None  # the pod's config.meshlet.io/opaque-ports, for discovery
+    owner: tuple[str, str] | None = None
+    """(kind, name) from the pod's manifest as Kubernetes-mode discovery reads it (the injector's
+    ``meshlet.io/proxy-<kind>`` label, else the controller reference), for ``dst_<kind>``."""
 
     @property
     def name(self) -> str:
@@ -201,7 +206,7 @@ class MeshNode:
                     "namespace": mesh_service.namespace,
                     "clusterIP": service.vip,
                     "ports": [{"port": service.port, "targetPort": service.target_port}],
-                    "endpoints": [_endpoint(member, service) for member in mesh_service.endpoints],
+                    "endpoints": [_endpoint(member) for member in mesh_service.endpoints],
                 }
             )
             if mesh_service.profile_routes:
@@ -279,8 +284,15 @@ class MeshNode:
         ``replicaset`` makes the pod a Deployment's (its owner reference).
         """
         pod = self.node.add_pod(name)
+        manifest = pod_manifest(
+            name=name,
+            namespace=namespace,
+            serviceaccount=serviceaccount,
+            ports=list(ports),
+            replicaset=replicaset,
+        )
         if not meshed:
-            member = MeshPod(pod, namespace, serviceaccount, None, {})
+            member = MeshPod(pod, namespace, serviceaccount, None, {}, owner=pod_owner(manifest))
             self.pods[name] = member
             return member
         home = self.dir / "pods" / name
@@ -291,15 +303,9 @@ class MeshNode:
             path.chmod(0o711)
         identity_dir.mkdir(mode=0o700)
         os.chown(identity_dir, PROXY_UID, PROXY_UID)
-        manifest = pod_manifest(
-            name=name,
-            namespace=namespace,
-            serviceaccount=serviceaccount,
-            ports=list(ports),
-            replicaset=replicaset,
-        )
+        injected = self.injector(manifest)
         env, init_args = sidecar_settings(
-            self.injector(manifest),
+            injected,
             PodFacts(name, namespace, pod.ip, serviceaccount),
             {
                 "meshlet-identity-end-entity": identity_dir,
@@ -323,7 +329,7 @@ class MeshNode:
             log_path=self.log_dir / f"proxy-{name}.log",
             label=f"meshlet-proxy in {name}",
         )
-        member = MeshPod(pod, namespace, serviceaccount, proxy, env)
+        member = MeshPod(pod, namespace, serviceaccount, proxy, env, owner=pod_owner(injected))
         self.pods[name] = member
         return member
 
@@ -385,14 +391,21 @@ def _first_snapshot(data: bytes) -> dict[str, Any] | None:
     return None
 
 
-def _endpoint(member: MeshPod, service: Service) -> dict[str, Any]:
+def pod_owner(manifest: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, name) of a Pod manifest's owner, as Kubernetes-mode discovery derives it."""
+    pod = parse_pod(manifest)
+    return None if isinstance(pod, BadObject) else pod.owner
+
+
+def _endpoint(member: MeshPod) -> dict[str, Any]:
     endpoint: dict[str, Any] = {
         "address": member.pod.ip,
         "pod": member.name,
         "serviceAccount": member.serviceaccount,
         "meshed": member.proxy is not None,
-        "owner": {"kind": "deployment", "name": service.name},
     }
+    if member.owner is not None:
+        endpoint["owner"] = {"kind": member.owner[0], "name": member.owner[1]}
     if member.opaque_ports is not None:
         endpoint["opaquePorts"] = member.opaque_ports
     return endpoint

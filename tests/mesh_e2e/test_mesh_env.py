@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meshlet.localmesh.kubelet import in_process_injector, pod_manifest
+from meshlet.localmesh.meshnode import pod_owner
 from meshlet.names import DESTINATION_PORT, IDENTITY_PORT, control_plane_identity
 from tests.harness.mesh_node import injected_env
 from tests.harness.node import GATEWAY
 from webhook.config import ProxyConfig
-from webhook.patch import MeshParams, inject_pod
+from webhook.patch import MeshParams, Owner, inject_pod
 
 ANCHORS = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 MOUNTS = {
@@ -60,3 +62,21 @@ def test_env_is_resolved_as_the_kubelet_would() -> None:
     assert not any("$(" in value for value in env.values())
     assert init_args[:2] == ["--incoming-proxy-port", "4143"]
     assert "--proxy-uid" in init_args
+
+
+def test_discovery_names_the_pods_own_owner_not_a_service() -> None:
+    """The local destination's endpoint owner is read off the pod's injected manifest the way
+    Kubernetes-mode discovery reads a Pod, so a pod behind two Services has one deployment."""
+    injector = in_process_injector(ANCHORS, owner=lambda _: Owner("deployment", "reviews"))
+    manifest = pod_manifest(
+        name="reviews-5d8f7-x2k4p",
+        namespace="shop",
+        serviceaccount="reviews",
+        ports=[8080],
+        replicaset="reviews-5d8f7",
+    )
+    assert pod_owner(injector(manifest)) == ("deployment", "reviews")
+    # Unmeshed: the controller reference alone (a ReplicaSet without its template hash label).
+    assert pod_owner(manifest) == ("replicaset", "reviews-5d8f7")
+    bare = pod_manifest(name="solo", namespace="shop", serviceaccount="x", ports=[80])
+    assert pod_owner(bare) is None
