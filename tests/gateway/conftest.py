@@ -43,6 +43,8 @@ start_mesh_proxy = mesh_tls_fixtures.start_mesh_proxy
 
 BIG = 8 * 1024 * 1024
 _PIECE = 65536
+_FRAME = 16384
+_READ = 1 << 20
 
 
 def big_body() -> bytes:
@@ -224,6 +226,7 @@ class H2Client:
         )
         self.responses: dict[int, Response] = {}
         self.ack_delay = ack_delay
+        self.unacked: list[tuple[int, int]] = []  # (flow-controlled bytes, stream id)
         self.eof = False
 
     async def start(self) -> None:
@@ -277,12 +280,25 @@ class H2Client:
                 return
 
     async def read_once(self) -> None:
-        data = await self.conn.receive()
+        data = await self.conn.receive(_READ)  # more than a window: a sender's excess shows
         if not data:
             self.eof = True
             raise AssertionError("the proxy closed the connection")
         for event in self.h2.receive_data(data):
             await self._event(event)
+        # A slow reader acknowledges only once less than a frame may come, and after a pause in
+        # which a sender ignoring the windows would send on (``h2`` then fails the connection).
+        exhausted = any(
+            self.h2.remote_flow_control_window(sid) < _FRAME
+            for _, sid in self.unacked
+            if not self.responses[sid].ended
+        )
+        if self.ack_delay and exhausted:
+            await trio.sleep(self.ack_delay)
+        if not self.ack_delay or exhausted:
+            for flow, sid in self.unacked:
+                self.h2.acknowledge_received_data(flow, sid)
+            self.unacked.clear()
         await self._send()
 
     async def _event(self, event: h2.events.Event) -> None:
@@ -294,10 +310,7 @@ class H2Client:
             assert event.stream_id is not None
             assert event.data is not None
             self.responses[event.stream_id].data += event.data
-            if self.ack_delay:
-                await self._send()
-                await trio.sleep(self.ack_delay)
-            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self.unacked.append((event.flow_controlled_length, event.stream_id))
         elif isinstance(event, h2.events.StreamEnded):
             assert event.stream_id is not None
             self.responses[event.stream_id].ended = True

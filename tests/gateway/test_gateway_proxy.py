@@ -160,9 +160,9 @@ async def test_an_app_refusing_connections_is_a_502(gateway: Gateway) -> None:
 
 
 async def test_a_large_response_follows_flow_control(app: App, gateway: Gateway) -> None:
-    """8 MiB to a client that acknowledges each frame late: ``h2`` would fail the connection
-    had the proxy sent past a window; the body arrives whole."""
-    client = await gateway.connect(app.port, ack_delay=0.001)
+    """8 MiB to a client that acknowledges late, half a window at a time: ``h2`` would fail
+    the connection had the proxy sent past a window; the body arrives whole."""
+    client = await gateway.connect(app.port, ack_delay=0.005)
     try:
         response = await client.get(b"/big")
     finally:
