@@ -228,6 +228,7 @@ class H2Client:
         self.ack_delay = ack_delay
         self.unacked: list[tuple[int, int]] = []  # (flow-controlled bytes, stream id)
         self.eof = False
+        self.goaway: int | None = None  # the last stream id of the proxy's GOAWAY
 
     async def start(self) -> None:
         self.h2.initiate_connection()
@@ -283,7 +284,7 @@ class H2Client:
         data = await self.conn.receive(_READ)  # more than a window: a sender's excess shows
         if not data:
             self.eof = True
-            raise AssertionError("the proxy closed the connection")
+            return
         for event in self.h2.receive_data(data):
             await self._event(event)
         # A slow reader acknowledges only once less than a frame may come, and after a pause in
@@ -314,6 +315,8 @@ class H2Client:
         elif isinstance(event, h2.events.StreamEnded):
             assert event.stream_id is not None
             self.responses[event.stream_id].ended = True
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.goaway = event.last_stream_id
         elif isinstance(event, h2.events.StreamReset):
             assert event.stream_id is not None
             response = self.responses.get(event.stream_id)
@@ -325,6 +328,7 @@ class H2Client:
             while not all(
                 self.responses[s].ended or self.responses[s].reset is not None for s in sids
             ):
+                assert not self.eof, "the proxy closed the connection"
                 await self.read_once()
         return [self.responses[s] for s in sids]
 

@@ -17,6 +17,9 @@ from .conftest import BIG, App, Gateway, big_body, body_of, start_gateway
 
 pytestmark = pytest.mark.trio
 
+_DATA, _HEADERS, _GOAWAY = 0x0, 0x1, 0x7
+_END_STREAM, _END_HEADERS = 0x1, 0x4
+
 
 async def test_get_and_post_reach_the_app_as_http1(app: App, gateway: Gateway) -> None:
     tapped = gateway.server.context.tap.subscribe(TapFilter(direction="inbound"))
@@ -188,6 +191,36 @@ async def test_a_reset_stream_closes_its_app_connection_only(app: App, gateway: 
         assert (await client.get(b"/echo")).status == 200
     finally:
         client.close()
+
+
+async def test_draining_sends_goaway_and_finishes_the_streams(app: App, gateway: Gateway) -> None:
+    """SIGTERM: GOAWAY naming the last stream, the stream in flight answered, then the end.
+    (Read frame by frame: ``h2`` takes no frame after a GOAWAY.)"""
+    client = await gateway.connect(app.port)
+    try:
+        assert (await client.get(b"/echo")).status == 200
+        slow = await client.request(b"GET", b"/slow")
+        with trio.fail_after(10):
+            while not app.requests or app.requests[-1].target != "/slow":
+                await trio.sleep(0.01)
+        gateway.server.context.lifecycle.drain()
+        raw = b""
+        with trio.fail_after(10):
+            while data := await client.conn.receive():
+                raw += data
+    finally:
+        client.close()
+    frames = []  # (type, flags, stream id, payload)
+    while len(raw) >= 9:
+        length = int.from_bytes(raw[:3], "big")
+        frames.append((raw[3], raw[4], int.from_bytes(raw[5:9], "big"), raw[9 : 9 + length]))
+        raw = raw[9 + length :]
+    goaways = [i for i, f in enumerate(frames) if f[0] == _GOAWAY]
+    assert goaways, frames
+    assert int.from_bytes(frames[goaways[0]][3][:4], "big") == slow
+    after = [(kind, flags) for kind, flags, sid, _ in frames[goaways[0] :] if sid == slow]
+    assert (_HEADERS, _END_HEADERS) in after  # the response head came after the GOAWAY
+    assert after[-1] == (_DATA, _END_STREAM)  # and its body, to the end
 
 
 async def test_the_inbound_policy_refuses_each_request(
