@@ -14,15 +14,17 @@ connection's nursery:
   stream's window: the peer is owed a WINDOW_UPDATE only once the bytes are written to the
   application, ``Peer.consumed``); RST_STREAM cancels the stream's task; WINDOW_UPDATE wakes the
   streams waiting to send;
-- one task per stream: an application connection (an idle keep-alive one of this gateway
-  connection, or a new one to ``127.0.0.1:<port>``), the head, then the request body as it
-  arrives alongside the response: 1xx dropped (a 101 is a 502), the final head as HEADERS, each
-  body piece as DATA within the stream's send window (the task reads the application again only
-  once what it read left: at most a window per stream is held). The application connection
-  goes back to the idle list when the exchange completed both ways and the response was not
-  delimited by the connection's end; a connection that broke, was reset or whose stream was
-  reset is closed (aborted). Idle ones are kept at most ``_MAX_IDLE_APP_CONNECTIONS`` and for
-  the HTTP/1 pool idle timeout (``MESHLET_PROXY_HTTP1_POOL_IDLE_TIMEOUT``);
+- one task per stream (``proxy/h1gatewaystream.py``): an application connection (an idle
+  keep-alive one of this gateway connection, or a new one to ``127.0.0.1:<port>``), the head,
+  then the request body as it arrives alongside the response: 1xx dropped (a 101 is a 502),
+  the final head as HEADERS, each body piece as DATA within the stream's send window (the task
+  reads the application again only once what it read left: at most a window per stream). The
+  application connection goes back to the idle list when the exchange completed both ways and
+  the response was not delimited by the connection's end; a connection that broke, was reset
+  or whose stream was reset is closed (aborted). Idle ones are kept at most
+  ``MAX_IDLE_APP_CONNECTIONS`` and for the HTTP/1 pool idle timeout
+  (``MESHLET_PROXY_HTTP1_POOL_IDLE_TIMEOUT``). A reused one the application closed while idle
+  gets an idempotent bodiless request once more on a new one;
 - keepalive (a PING after ``http2_keepalive_interval`` of silence, closed when unanswered for
   ``http2_keepalive_timeout``) and draining (SIGTERM: GOAWAY, then close once the streams end).
 
@@ -36,32 +38,14 @@ request is counted as every inbound request (``request_total``, ``response_total
 from __future__ import annotations
 
 import logging
-from collections import deque
-from typing import Final
 
 import trio
 
 from proxy.context import INBOUND, ProxyContext, Route
-from proxy.errors import (
-    ERROR_HEADER,
-    ClientProtocolError,
-    ProxyError,
-    UpstreamProtocolError,
-    unwrap_groups,
-)
-from proxy.h1 import End, ResponseHead, ResponseReader
-from proxy.h1.replay import reuse_idle
-from proxy.h1h2convert import (
-    RejectedStream,
-    StreamRequest,
-    body_bytes,
-    body_end,
-    response_has_body,
-    response_headers,
-    stream_request,
-)
+from proxy.errors import ClientProtocolError, ProxyError
+from proxy.h1gatewaystream import AppPool, GatewayStream, StreamExchange
+from proxy.h1h2convert import RejectedStream, stream_request
 from proxy.h2peer import (
-    INTERNAL_ERROR,
     MAX_CONCURRENT,
     NO_ERROR,
     REFUSED_STREAM,
@@ -75,20 +59,13 @@ from proxy.h2peer import (
     WindowOpened,
 )
 from proxy.h2upstream import Link
-from proxy.http1response import upstream_event
 from proxy.metrics import classify
 from proxy.net import Conn
-from proxy.tap import TapStream, next_connection_id
+from proxy.tap import next_connection_id
 
 __all__ = ["serve_h1_gateway"]
 
 log = logging.getLogger(__name__)
-
-_MAX_IDLE_APP_CONNECTIONS: Final = 16
-"""Idle keep-alive connections to the application kept per gateway connection (busy ones are
-bounded by the streams, ``MAX_CONCURRENT``)."""
-_SWITCHING_PROTOCOLS: Final = 101
-_HEAD: Final = b"HEAD"
 
 
 async def serve_h1_gateway(
@@ -98,34 +75,7 @@ async def serve_h1_gateway(
     await _Gateway(client, route, context).run(prefix)
 
 
-class _Stream:
-    """One request stream and its exchange with the application."""
-
-    __slots__ = (
-        "arrived", "body", "body_ended", "body_written", "complete", "labels", "received",
-        "request", "reset", "responded", "scope", "sid", "started", "status", "tap", "window",
-    )  # fmt: skip
-
-    def __init__(self, sid: int, request: StreamRequest, end_stream: bool, labels: str) -> None:
-        self.sid = sid
-        self.request = request
-        self.labels = labels
-        self.started = trio.current_time()
-        self.body: deque[tuple[bytes, int]] = deque()  # DATA received, not yet written
-        self.body_ended = end_stream  # the peer sent all of the request body
-        self.body_written = end_stream  # ... and the application has all of it
-        self.received = 0
-        self.arrived = trio.Event()
-        self.window = trio.Event()
-        self.scope = trio.CancelScope()
-        self.reset = False  # the peer reset the stream (or we did)
-        self.responded = False  # the response head went out
-        self.complete = False  # the response went out whole (or the proxy's own answer)
-        self.status = 0
-        self.tap: TapStream | None = None
-
-
-class _Gateway:
+class _Gateway(StreamExchange):
     """One gateway connection: the peer, its streams, the idle application connections."""
 
     def __init__(self, client: Conn, route: Route, context: ProxyContext) -> None:
@@ -136,8 +86,8 @@ class _Gateway:
         self.context = context
         self.settings = context.settings
         self.metrics = context.metrics
-        self.streams: dict[int, _Stream] = {}
-        self.idle: list[tuple[Conn, ResponseReader]] = []
+        self.streams: dict[int, GatewayStream] = {}
+        self.pool = AppPool(route, context.metrics, context.settings.http1_pool_idle_timeout)
         self.closing = False
         self.done = trio.Event()
         self.nursery: trio.Nursery | None = None
@@ -155,13 +105,11 @@ class _Gateway:
                 nursery.start_soon(self._read_loop, prefix)
                 nursery.start_soon(self._keepalive)
                 nursery.start_soon(self._drain_on_shutdown)
-                nursery.start_soon(self._expire_idle)
+                nursery.start_soon(self.pool.expire)
                 await self.done.wait()
                 nursery.cancel_scope.cancel()
         finally:
-            for conn, _ in self.idle:
-                conn.close()
-            self.idle.clear()
+            self.pool.close()
         with trio.move_on_after(self.settings.http2_keepalive_timeout):
             try:  # half-close, then read until the peer closes, so the last frames arrive
                 await self.link.flush()
@@ -245,7 +193,7 @@ class _Gateway:
             return
         labels = self.metrics.http_labels(INBOUND, request.authority, self.client.tls_labels)
         self.metrics.request(labels)
-        stream = _Stream(sid, request, event.end_stream, labels)
+        stream = GatewayStream(sid, request, event.end_stream, labels)
         peer_id = self.client.peer_id
         stream.tap = self.context.tap.request_start(
             conn=self.tap_conn,
@@ -278,147 +226,7 @@ class _Gateway:
         else:
             self.peer.reset(event.stream_id, NO_ERROR)  # no body is needed any more
 
-    def _answer(self, sid: int, error: ProxyError) -> None:
-        headers = [
-            (b":status", b"%d" % error.status),
-            (ERROR_HEADER, error.slug.encode()),
-            (b"content-length", b"0"),
-        ]
-        self.peer.send_headers(sid, headers, True)
-
-    # -- one stream ------------------------------------------------------------------------------
-
-    async def _serve(self, stream: _Stream) -> None:
-        app: tuple[Conn, ResponseReader] | None = None
-        reusable = False
-        try:
-            with stream.scope:
-                try:
-                    app = await self._app_connection()
-                    reusable = await self._exchange(stream, *app)
-                except ProxyError as exc:
-                    self._failed(stream, exc)
-        finally:
-            if app is not None:
-                if reusable:
-                    self._put_idle(*app)
-                else:
-                    app[0].abort()
-            self._finish(stream)
-        await self._flush()
-
-    async def _exchange(self, stream: _Stream, app: Conn, wire: ResponseReader) -> bool:
-        """The request and its response; whether ``app`` may carry another exchange."""
-        wire.start(head_request=stream.request.method == _HEAD)
-        await app.send(stream.request.head)
-        if stream.body_written:
-            await self._relay(stream, app, wire)
-        else:
-            with unwrap_groups():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump_body, stream, app)
-                    await self._relay(stream, app, wire)
-                    nursery.cancel_scope.cancel()  # an early response ends the upload
-        return wire.keep_alive and stream.body_written and wire.idle
-
-    async def _pump_body(self, stream: _Stream, app: Conn) -> None:
-        """The request body to the application as it arrives; its window back once written."""
-        request = stream.request
-        expected = request.content_length
-        while True:
-            while not stream.body and not stream.body_ended:
-                stream.arrived = trio.Event()
-                await stream.arrived.wait()
-            if stream.body:
-                pieces = list(stream.body)
-                stream.body.clear()
-                stream.received += sum(len(data) for data, _ in pieces)
-                if expected is not None and stream.received > expected:
-                    raise ClientProtocolError("the request body is longer than its content-length")
-                await app.send(b"".join([body_bytes(request, data) for data, _ in pieces]))
-                self.peer.consumed(stream.sid, sum(flow for _, flow in pieces))
-                await self._flush()
-                continue
-            if expected is not None and stream.received != expected:
-                raise ClientProtocolError("the request body is shorter than its content-length")
-            end = body_end(request)
-            if end:
-                await app.send(end)
-            stream.body_written = True
-            return
-
-    async def _relay(self, stream: _Stream, app: Conn, wire: ResponseReader) -> None:
-        """The application's response as HEADERS and DATA on the stream."""
-        while True:
-            head = await upstream_event(app, wire)
-            if type(head) is not ResponseHead:
-                raise UpstreamProtocolError("upstream sent body bytes without a response head")
-            if head.status == _SWITCHING_PROTOCOLS:
-                raise UpstreamProtocolError("upstream switched protocols on an h1-over-h2 stream")
-            if head.status >= 200:
-                break
-            await upstream_event(app, wire)  # a 1xx head is a whole message: dropped
-        sid = stream.sid
-        stream.status = head.status
-        latency_ms = (trio.current_time() - stream.started) * 1000
-        self.metrics.response_headers(stream.labels, head.status, latency_ms)
-        if stream.tap is not None:
-            stream.tap.response_start(head.status)
-        has_body = response_has_body(head)
-        self.peer.send_headers(sid, response_headers(head), not has_body)
-        stream.responded = True
-        if has_body:
-            await self._flush()
-        while True:
-            event = await upstream_event(app, wire)
-            if type(event) is bytes:
-                await self._send_data(stream, event)
-            elif type(event) is End:
-                break
-            else:
-                raise UpstreamProtocolError("upstream sent a second response unasked")
-        if has_body:
-            self.peer.send_data(sid, b"", True)
-        stream.complete = True
-        self.metrics.response_end(stream.labels, head.status, classify(head.status, None))
-        if stream.tap is not None:
-            stream.tap.end()
-        await self._flush()
-
-    async def _send_data(self, stream: _Stream, data: bytes) -> None:
-        """``data`` as DATA frames, each within the stream's and the connection's window."""
-        if stream.tap is not None:
-            stream.tap.response_bytes += len(data)
-        while data:
-            window = self.peer.window(stream.sid)
-            if window <= 0:
-                stream.window = trio.Event()
-                await self._flush()
-                await stream.window.wait()
-                continue
-            piece, data = data[:window], data[window:]
-            self.peer.send_data(stream.sid, piece, False)
-        await self._flush()
-
-    def _failed(self, stream: _Stream, exc: ProxyError) -> None:
-        """The exchange failed: the proxy's own answer before the head, RST_STREAM after it."""
-        log.info("inbound h1-over-h2 %s: %s", stream.request.authority.decode("latin-1"), exc)
-        status = exc.status_hint if isinstance(exc, ClientProtocolError) else exc.status
-        if stream.responded:
-            self.peer.reset(stream.sid, INTERNAL_ERROR)
-            stream.reset = True
-            return  # _finish counts the failure
-        latency_ms = (trio.current_time() - stream.started) * 1000
-        self.metrics.response_headers(stream.labels, status, latency_ms)
-        self.metrics.response_end(stream.labels, status, "failure")
-        if stream.tap is not None:
-            stream.tap.response_start(status)
-            stream.tap.end(error=exc.slug)
-        stream.status = status
-        stream.complete = True
-        self._answer(stream.sid, exc)
-
-    def _finish(self, stream: _Stream) -> None:
+    def _finish(self, stream: GatewayStream) -> None:
         """The stream is over: forget it, settle flow control, metrics and tap (no waiting)."""
         sid = stream.sid
         self.streams.pop(sid, None)
@@ -436,48 +244,6 @@ class _Gateway:
             self.peer.consumed(sid, unacked)
         if self.closing and not self.streams:
             self.done.set()
-
-    # -- application connections -----------------------------------------------------------------
-
-    async def _app_connection(self) -> tuple[Conn, ResponseReader]:
-        """An idle keep-alive connection still fit to use, else a new one."""
-        now = trio.current_time()
-        limit = self.settings.http1_pool_idle_timeout
-        while self.idle:
-            conn, wire = self.idle.pop()  # the most recently used
-            if reuse_idle(now - wire.idle_since, limit) and not conn.readable_now():
-                return conn, wire
-            conn.close()
-        conn = await self.route.connect(self.metrics)
-        return conn, ResponseReader()
-
-    def _put_idle(self, conn: Conn, wire: ResponseReader) -> None:
-        if (
-            len(self.idle) >= _MAX_IDLE_APP_CONNECTIONS
-            or self.settings.http1_pool_idle_timeout <= 0
-            or self.done.is_set()
-        ):
-            conn.close()
-            return
-        wire.start_next_cycle()
-        wire.idle_since = trio.current_time()
-        self.idle.append((conn, wire))
-
-    async def _expire_idle(self) -> None:
-        """Close the idle application connections once they idled the pool idle timeout."""
-        limit = self.settings.http1_pool_idle_timeout
-        if limit <= 0:
-            return
-        while True:
-            await trio.sleep(limit)
-            now = trio.current_time()
-            keep = []
-            for conn, wire in self.idle:
-                if reuse_idle(now - wire.idle_since, limit):
-                    keep.append((conn, wire))
-                else:
-                    conn.close()
-            self.idle[:] = keep
 
     # -- keepalive, draining ---------------------------------------------------------------------
 

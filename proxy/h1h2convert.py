@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from proxy.h1 import CHUNKED, LENGTH, NO_BODY, ResponseHead
+from proxy.h1.replay import IDEMPOTENT_METHODS
 from proxy.h1.write import CHUNKED_FIELD, chunk, last_chunk, request_head
 from proxy.mtls.labels import inbound_request_headers
 from proxy.mtls.transport import ORIG_PROTO_HEADER
@@ -55,6 +56,7 @@ _TARGET: Final = re.compile(rb"[\x21-\x7e]+")  # a request target: visible ASCII
 _AUTHORITY: Final = re.compile(rb"[\x21-\x7e]*")
 _DIGITS: Final = re.compile(rb"[0-9]{1,18}")
 _DROPPED: Final = HOP_BY_HOP | {b"host", ORIG_PROTO_HEADER}
+_IDEMPOTENCY_KEYS: Final = frozenset({b"idempotency-key", b"x-idempotency-key"})
 
 
 class RejectedStream(Exception):
@@ -73,6 +75,8 @@ class StreamRequest:
     content_length: int | None
     head: bytes
     """The request head for the application, ready to write."""
+    idempotent: bool
+    """Sending it twice is the same as once (RFC 9110 9.2.2, or an ``Idempotency-Key``)."""
 
 
 @dataclass(slots=True)
@@ -86,6 +90,7 @@ class _Block:
     version: bytes | None = None
     content_length: int | None = None
     connection: frozenset[bytes] = frozenset()
+    idempotency_key: bool = False
 
 
 def _read_block(headers: list[Header]) -> tuple[_Block, list[Header]]:  # noqa: PLR0912
@@ -125,6 +130,7 @@ def _read_block(headers: list[Header]) -> tuple[_Block, list[Header]]:  # noqa: 
         elif name == b"connection":
             block.connection |= {t.strip().lower() for t in value.split(b",")}
         elif name not in _DROPPED:
+            block.idempotency_key |= name in _IDEMPOTENCY_KEYS
             fields.append((name, value))
     if block.connection:
         named = block.connection - {b"content-length"}
@@ -161,7 +167,10 @@ def stream_request(headers: list[Header], end_stream: bool, client_id: str | Non
     if authority or version == b"1.1":
         fields.insert(0, (b"host", authority))
     head = request_head(method, path, fields, version=version)
-    return StreamRequest(method, path, authority, version, framing, content_length, head)
+    idempotent = method in IDEMPOTENT_METHODS or block.idempotency_key
+    return StreamRequest(
+        method, path, authority, version, framing, content_length, head, idempotent
+    )
 
 
 def body_bytes(request: StreamRequest, data: bytes) -> bytes:
