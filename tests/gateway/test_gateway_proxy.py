@@ -132,6 +132,28 @@ async def test_concurrent_streams_share_keep_alive_app_connections(
     assert app.connections <= 5  # each round reuses the previous round's connections
 
 
+async def test_an_idempotent_request_meeting_a_dead_idle_connection_is_sent_again(
+    app: App, gateway: Gateway
+) -> None:
+    """The app closes a reused connection without answering (as a keep-alive timeout racing the
+    request would): a GET goes once more on a new connection; a POST is a 502."""
+    client = await gateway.connect(app.port)
+    try:
+        assert (await client.get(b"/echo")).status == 200  # a connection now idle in the pool
+        replayed = await client.get(b"/dies-on-reuse")
+        assert replayed.status == 200
+        assert [r.target for r in app.requests] == ["/echo", "/dies-on-reuse", "/dies-on-reuse"]
+        sid = await client.request(
+            b"POST", b"/dies-on-reuse", headers=[(b"content-length", b"2")], body=[b"hi"]
+        )
+        (posted,) = await client.wait(sid)
+        assert posted.status == 502
+        assert posted.headers[b"meshlet-proxy-error"] == b"upstream_closed"
+    finally:
+        client.close()
+    assert app.connections == 2
+
+
 async def test_streams_the_proxy_refuses_never_reach_the_app(app: App, gateway: Gateway) -> None:
     client = await gateway.connect(app.port)
     try:
