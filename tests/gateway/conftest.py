@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ BIG = 8 * 1024 * 1024
 _PIECE = 65536
 _FRAME = 16384
 _READ = 1 << 20
+_APP_RECEIVE_BUFFER = 65536
 
 
 def big_body() -> bytes:
@@ -72,6 +74,7 @@ class App:
     connections: int = 0
     requests: list[Received] = field(default_factory=list)
     drip_closed: trio.Event = field(default_factory=trio.Event)
+    release: trio.Event = field(default_factory=trio.Event)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         self.connections += 1
@@ -101,6 +104,8 @@ class App:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
+                if request is not None and request.target == b"/hold":
+                    await self.release.wait()  # the body stays unread until the test says
                 try:
                     conn.receive_data(await stream.receive_some(_PIECE))
                 except trio.BrokenResourceError:
@@ -204,6 +209,9 @@ async def app(nursery: trio.Nursery) -> App:
     listeners = await nursery.start(
         functools.partial(trio.serve_tcp, recorder.handle, 0, host="127.0.0.1")
     )
+    # A small fixed receive buffer (inherited by accepted sockets): bytes the app does not read
+    # back up to the proxy soon (the request-body flow-control test).
+    listeners[0].socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _APP_RECEIVE_BUFFER)
     recorder.port = listeners[0].socket.getsockname()[1]
     return recorder
 
@@ -232,6 +240,7 @@ class H2Client:
         self.ack_delay = ack_delay
         self.unacked: list[tuple[int, int]] = []  # (flow-controlled bytes, stream id)
         self.eof = False
+        self.sent = 0  # request body bytes sent
         self.goaway: int | None = None  # the last stream id of the proxy's GOAWAY
 
     async def start(self) -> None:
@@ -280,6 +289,7 @@ class H2Client:
                 continue
             chunk, view = view[:window], view[window:]
             self.h2.send_data(sid, bytes(chunk), end_stream=end and not view)
+            self.sent += len(chunk)
             await self._send()
             if not view:
                 return

@@ -13,12 +13,13 @@ from proxy.policy import DefaultInboundPolicy
 from proxy.tap import TapFilter, TapRequest, TapResponse
 from tests.mesh_tls.conftest import WEB, IdentityService, StartMeshProxy, free_port
 
-from .conftest import BIG, App, Gateway, big_body, body_of, start_gateway
+from .conftest import BIG, App, Gateway, Response, big_body, body_of, start_gateway
 
 pytestmark = pytest.mark.trio
 
 _DATA, _HEADERS, _GOAWAY = 0x0, 0x1, 0x7
 _END_STREAM, _END_HEADERS = 0x1, 0x4
+UPLOAD = 16 * 1024 * 1024
 
 
 async def test_get_and_post_reach_the_app_as_http1(app: App, gateway: Gateway) -> None:
@@ -80,6 +81,38 @@ async def test_a_chunked_upload_of_a_mebibyte_arrives_whole(app: App, gateway: G
     assert response.status == 200
     (received,) = app.requests
     assert received.header("transfer-encoding") == ["chunked"]
+    assert (received.length, received.sha256) == (len(body), hashlib.sha256(body).hexdigest())
+
+
+async def test_request_body_windows_return_only_as_the_app_reads(
+    app: App, gateway: Gateway
+) -> None:
+    """An app that does not read the body holds the client back (the proxy returns a window
+    only once it wrote the bytes); once it reads, the body arrives whole."""
+    body = bytes(range(256)) * (UPLOAD // 256)
+    client = await gateway.connect(app.port)
+    response: list[Response] = []
+
+    async def upload() -> None:
+        sid = await client.request(
+            b"POST", b"/hold", headers=[(b"content-length", str(len(body)).encode())], body=[body]
+        )
+        response.extend(await client.wait(sid))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(upload)
+            with trio.fail_after(20):  # until the upload stalls (or completes)
+                sent = -1
+                while client.sent != sent:
+                    sent = client.sent
+                    await trio.sleep(0.5)
+            assert 0 < sent < len(body) // 2
+            app.release.set()
+    finally:
+        client.close()
+    assert response[0].status == 200
+    (received,) = app.requests
     assert (received.length, received.sha256) == (len(body), hashlib.sha256(body).hexdigest())
 
 
