@@ -42,9 +42,12 @@ async def test_get_and_post_reach_the_app_as_http1(app: App, gateway: Gateway) -
         (posted,) = await client.wait(sid)
         assert posted.status == 200
         assert body_of(posted)["sha256"] == hashlib.sha256(post).hexdigest()
+        old = await client.get(b"/echo", orig_proto=b"HTTP/1.0")
+        assert old.status == 200
     finally:
         client.close()
-    get, post_received = app.requests
+    get, post_received, old_received = app.requests
+    assert old_received.version == "1.0"
     assert (get.method, get.target, get.version) == ("GET", "/echo?q=1", "1.1")
     assert get.headers[0] == ("host", "app.shop")  # Host first, from :authority
     assert get.header("x-custom") == ["yes"]
@@ -55,18 +58,19 @@ async def test_get_and_post_reach_the_app_as_http1(app: App, gateway: Gateway) -
     assert post_received.length == len(post)
     metrics = await gateway.server.metrics()
     labels = rf'direction="inbound",authority="app.shop",tls="true",client_id="{re.escape(WEB)}"'
-    assert re.search(rf"request_total\{{{labels}\}} 2", metrics), metrics
+    assert re.search(rf"request_total\{{{labels}\}} 3", metrics), metrics
     assert re.search(
-        rf'response_total\{{{labels},status_code="200",classification="success"\}} 2', metrics
+        rf'response_total\{{{labels},status_code="200",classification="success"\}} 3', metrics
     ), metrics
-    assert re.search(rf'response_latency_ms_count\{{{labels},status_code="200"\}} 2', metrics)
+    assert re.search(rf'response_latency_ms_count\{{{labels},status_code="200"\}} 3', metrics)
     events = tapped.take()
     requests = [e for e in events if isinstance(e, TapRequest)]
     assert [(e.method, e.path, e.tls, e.client_id) for e in requests] == [
         ("GET", "/echo?q=1", "true", WEB),
         ("POST", "/echo", "true", WEB),
+        ("GET", "/echo", "true", WEB),
     ]
-    assert [e.status for e in events if isinstance(e, TapResponse)] == [200, 200]
+    assert [e.status for e in events if isinstance(e, TapResponse)] == [200, 200, 200]
 
 
 async def test_a_chunked_upload_of_a_mebibyte_arrives_whole(app: App, gateway: Gateway) -> None:
