@@ -90,6 +90,7 @@ class _Gateway(StreamExchange):
         self.pool = AppPool(route, context.metrics, context.settings.http1_pool_idle_timeout)
         self.closing = False
         self.done = trio.Event()
+        self._writer = trio.lowlevel.ParkingLot()
         self.nursery: trio.Nursery | None = None
         self.tap_conn = next_connection_id()
         try:
@@ -103,6 +104,7 @@ class _Gateway(StreamExchange):
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 nursery.start_soon(self._read_loop, prefix)
+                nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._keepalive)
                 nursery.start_soon(self._drain_on_shutdown)
                 nursery.start_soon(self.pool.expire)
@@ -125,6 +127,16 @@ class _Gateway(StreamExchange):
         except ProxyError as exc:
             log.debug("inbound h1-over-h2 connection: %s", exc)
             self.done.set()
+
+    def _kick(self) -> None:
+        if self.peer.out:
+            self._writer.unpark()
+
+    async def _write_loop(self) -> None:
+        """Sends what the stream tasks queue (the reader sends what its events queued)."""
+        while True:
+            await self._writer.park()
+            await self._flush()
 
     # -- the reader ------------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ the send windows). A reused connection the application closed while idle, before
 answer, gets an idempotent request without a body once more on a new connection
 (``proxy/h1/replay.py``). Failures before the head are the proxy's own answer (``_failed``:
 502/504 with ``meshlet-proxy-error``), after it RST_STREAM. The gateway connection (the reader,
-``_finish``, ``_flush``) is the subclass in ``proxy/h1gateway.py``.
+``_finish``, ``_kick``: its writer sends what the streams queue) is the subclass in
+``proxy/h1gateway.py``.
 """
 
 from __future__ import annotations
@@ -152,7 +153,10 @@ class StreamExchange:
     pool: AppPool
     metrics: Metrics
 
-    async def _flush(self) -> None:
+    def _kick(self) -> None:
+        """Have the connection's writer send what the peer queued (stream tasks never write
+        to the connection themselves: a reset cancels them, and a write cut short would break
+        the TLS records of every stream)."""
         raise NotImplementedError
 
     def _finish(self, stream: GatewayStream) -> None:
@@ -191,7 +195,7 @@ class StreamExchange:
                 else:
                     app[0].abort()
             self._finish(stream)
-        await self._flush()
+            self._kick()
 
     def _replayable(self, stream: GatewayStream, wire: ResponseReader, exc: ProxyError) -> bool:
         """Whether a request whose application connection failed may go once more on a new
@@ -240,7 +244,7 @@ class StreamExchange:
                     raise ClientProtocolError("the request body is longer than its content-length")
                 await app.send(b"".join([body_bytes(request, data) for data, _ in pieces]))
                 self.peer.consumed(stream.sid, sum(flow for _, flow in pieces))
-                await self._flush()
+                self._kick()
                 continue
             if expected is not None and stream.received != expected:
                 raise ClientProtocolError("the request body is shorter than its content-length")
@@ -271,7 +275,7 @@ class StreamExchange:
         self.peer.send_headers(sid, response_headers(head), not has_body)
         stream.responded = True
         if has_body:
-            await self._flush()
+            self._kick()
         while True:
             event = await upstream_event(app, wire)
             if type(event) is bytes:
@@ -286,7 +290,7 @@ class StreamExchange:
         self.metrics.response_end(stream.labels, head.status, classify(head.status, None))
         if stream.tap is not None:
             stream.tap.end()
-        await self._flush()
+        self._kick()
 
     async def _send_data(self, stream: GatewayStream, data: bytes) -> None:
         """``data`` as DATA frames, each within the stream's and the connection's window."""
@@ -296,12 +300,12 @@ class StreamExchange:
             window = self.peer.window(stream.sid)
             if window <= 0:
                 stream.window = trio.Event()
-                await self._flush()
+                self._kick()
                 await stream.window.wait()
                 continue
             piece, data = data[:window], data[window:]
             self.peer.send_data(stream.sid, piece, False)
-        await self._flush()
+        self._kick()
 
     def _failed(self, stream: GatewayStream, exc: ProxyError) -> None:
         """The exchange failed: the proxy's own answer before the head, RST_STREAM after it."""
