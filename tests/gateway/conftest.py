@@ -44,7 +44,6 @@ start_mesh_proxy = mesh_tls_fixtures.start_mesh_proxy
 
 BIG = 8 * 1024 * 1024
 _PIECE = 65536
-_FRAME = 16384
 _READ = 1 << 20
 _APP_RECEIVE_BUFFER = 65536
 
@@ -301,10 +300,10 @@ class H2Client:
             return
         for event in self.h2.receive_data(data):
             await self._event(event)
-        # A slow reader acknowledges only once less than a frame may come, and after a pause in
+        # A slow reader acknowledges only once nothing more may come, and after a pause in
         # which a sender ignoring the windows would send on (``h2`` then fails the connection).
         exhausted = any(
-            self.h2.remote_flow_control_window(sid) < _FRAME
+            self.h2.remote_flow_control_window(sid) == 0
             for _, sid in self.unacked
             if not self.responses[sid].ended
         )
