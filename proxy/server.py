@@ -19,8 +19,9 @@ are a ClientHello naming this proxy's identity is terminated (client certificate
 its plaintext is detected afresh (HTTP/1, HTTP/2, opaque) and forwarded to the same loopback
 port; TLS for any other name passes through untouched. A connection addressed to the inbound
 listener's own port (a meshed peer reaching an opaque port) must be mTLS to our identity
-followed by the transport header of ``proxy/mtls/transport.py``; it is spliced to the port the
-header names. A connection's metric record opens once its TLS state is known, so its
+followed by the transport header of ``proxy/mtls/transport.py``; an opaque session is spliced to
+the port the header names, an HTTP/1-over-HTTP/2 session is served by ``proxy/h1gateway.py``.
+A connection's metric record opens once its TLS state is known, so its
 ``tls``/``client_id``/``no_tls_reason`` labels are the final ones.
 """
 
@@ -47,6 +48,7 @@ from proxy.context import (
 )
 from proxy.detect import Protocol, detect
 from proxy.errors import NoOriginalDestination, ProxyError
+from proxy.h1gateway import serve_h1_gateway
 from proxy.h2mux import serve_h2_mesh
 from proxy.http1 import serve_http1
 from proxy.http2 import serve_http2
@@ -209,20 +211,22 @@ async def _handle(
     # until then the bytes read are counted on a scratch record.
     client = Conn(stream, metrics, TcpConnection(""), upstream=False)
     route = _plaintext_route(client, direction, target, connect_timeout, mesh)
+    session: Session | None = None
     try:
         if original[1] in context.settings.opaque_ports:
             protocol, prefix = Protocol.OPAQUE, b""
         else:
             protocol, prefix = await _detect(client, context.settings.detect_timeout)
         if transport:
-            client, prefix, route = await _accept_transport(
+            client, prefix, route, session = await _accept_transport(
                 client, protocol, prefix, mesh, context, original
             )
-            protocol = Protocol.OPAQUE
+            # The policy refuses an HTTP/1-over-HTTP/2 peer's requests in HTTP/2 (403 each).
+            protocol = Protocol.HTTP2 if session is Session.HTTP1_OVER_H2 else Protocol.OPAQUE
         elif direction == INBOUND and protocol is Protocol.TLS and mesh.enabled:
             client, protocol, prefix = await _terminate_tls(client, prefix, mesh, context, original)
         if await _admitted(client, protocol, prefix, metrics, direction, original, authorizer):
-            await _dispatch(protocol, client, prefix, route, context)
+            await _dispatch(protocol, client, prefix, route, context, session)
     except MeshTlsError as exc:
         # A refused meshed connection is news (a misconfigured or hostile peer): say why.
         log.info(
@@ -272,9 +276,17 @@ def _plaintext_route(
     return route
 
 
-async def _dispatch(
-    protocol: Protocol, client: Conn, prefix: bytes, route: Route, context: ProxyContext
+async def _dispatch(  # noqa: PLR0917 (the connection's state, passed on)
+    protocol: Protocol,
+    client: Conn,
+    prefix: bytes,
+    route: Route,
+    context: ProxyContext,
+    session: Session | None = None,
 ) -> None:
+    if session is Session.HTTP1_OVER_H2:
+        await serve_h1_gateway(client, prefix, route, context)  # a meshed peer's HTTP/1 requests
+        return
     if protocol is Protocol.HTTP1:
         await serve_http1(client, prefix, route, context)  # picks per request (mesh) itself
         return
@@ -323,9 +335,10 @@ async def _accept_transport(  # noqa: PLR0917 (the connection's state, passed on
     mesh: MeshTls,
     context: ProxyContext,
     original: tuple[str, int],
-) -> tuple[Conn, bytes, Route]:
+) -> tuple[Conn, bytes, Route, Session]:
     """A connection to our own port: only mTLS to our identity followed by the transport header
-    (``proxy/mtls/transport.py``) is accepted; the route is the application port it names."""
+    (``proxy/mtls/transport.py``) is accepted; the route is the application port it names, the
+    session what follows (opaque bytes, or HTTP/2 for the HTTP/1 gateway)."""
     meshed = None
     if protocol is Protocol.TLS:
         meshed, prefix = await mesh.accept_inbound(
@@ -341,14 +354,14 @@ async def _accept_transport(  # noqa: PLR0917 (the connection's state, passed on
         meshed.receive, b"", timeout=context.settings.detect_timeout
     )
     port = header.port
-    if header.session is not Session.OPAQUE:
-        raise TransportHeaderError(
-            f"the transport header's session {header.session.name} is not served"
-        )
     if port == original[1]:
         raise TransportHeaderError(f"the transport header names the proxy's own port {port}")
     route = Route(INBOUND, ("127.0.0.1", port), context.settings.inbound_connect_timeout)
-    return meshed, rest, route
+    if header.session is Session.HTTP1_OVER_H2 and not rest:
+        # The policy's refusal answers requests, so it needs the first bytes of the session.
+        with trio.move_on_after(context.settings.detect_timeout):
+            rest = await meshed.receive()
+    return meshed, rest, route, header.session
 
 
 def _open_record(client: Conn, metrics: Metrics, direction: str, original: tuple[str, int]) -> None:

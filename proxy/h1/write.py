@@ -38,8 +38,10 @@ _REASONS: Final = {
 }  # fmt: skip
 
 
-def request_head(method: bytes, target: bytes, headers: list[Header]) -> bytes:
-    lines = [method + b" " + target + b" HTTP/1.1"]
+def request_head(
+    method: bytes, target: bytes, headers: list[Header], *, version: bytes = b"1.1"
+) -> bytes:
+    lines = [method + b" " + target + b" HTTP/" + version]
     lines += [name + b": " + value for name, value in headers]
     lines += [b"", b""]
     return b"\r\n".join(lines)
