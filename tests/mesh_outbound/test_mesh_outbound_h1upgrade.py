@@ -1,0 +1,292 @@
+"""Outbound HTTP/1 requests to a meshed endpoint whose proxy speaks HTTP/2 travel as streams on
+one shared mTLS HTTP/2 connection to that proxy (docs/mesh-outbound.md, "HTTP/1 over HTTP/2
+between proxies"). The real outbound proxy (identity from a real ``meshlet-identity``) is driven
+by curl and raw HTTP/1 clients; the server proxy is played by ``mo_h1h2peer.H1H2Peer``."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+import trio
+
+from proxy.__main__ import run_proxy
+from proxy.context import Lifecycle, ProxyContext
+from proxy.metrics import Metrics
+from proxy.mtls.transport import Session
+from proxy.outbound import Outbound
+from proxy.settings import Address, ProxySettings
+from proxy.tlsglue import load_mesh_tls
+from tests.identity.conftest import PKI
+from tests.mesh_outbound.mo_h1h2peer import NOLENGTH_BYTES, H1H2Peer
+from tests.mesh_tls.conftest import (
+    DB,
+    WEB,
+    IdentityService,
+    StaticDiscovery,
+    _identity_service,
+    _pki,
+)
+
+pytestmark = pytest.mark.trio
+
+HOST = "web.shop.svc.cluster.local:8080"
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdentityService]:
+    """One real ``meshlet-identity`` for the module (its start is the slow part)."""
+    directory = tmp_path_factory.mktemp("h1upgrade")
+    pki: PKI = _pki(directory / "pki")
+    yield from _identity_service(directory, pki, {})
+
+
+@dataclasses.dataclass
+class Upgrade:
+    peer: H1H2Peer
+    port: int  # the client proxy's outbound listener
+    context: ProxyContext
+
+
+async def _start(
+    nursery: trio.Nursery, identity: IdentityService, *, upgrade: bool, hint: str | None = "h2"
+) -> Upgrade:
+    server_mesh = load_mesh_tls(ProxySettings(extra=identity.variables(DB)))
+    assert server_mesh.identity is not None
+    nursery.start_soon(server_mesh.identity.run)
+    peer = H1H2Peer(server_mesh.identity)
+    await nursery.start(peer.serve)
+    settings = ProxySettings(
+        inbound_listen=Address("127.0.0.1", 0),
+        outbound_listen=Address("127.0.0.1", 0),
+        admin_listen=Address("127.0.0.1", 0),
+        extra=identity.variables(WEB),
+        outbound_http1_upgrade=upgrade,
+    )
+    mesh = dataclasses.replace(load_mesh_tls(settings), peer_proxy_port=peer.port)
+    discovery = StaticDiscovery({("127.0.0.1", peer.plain_port): DB})
+    discovery.state = dataclasses.replace(
+        discovery.state,
+        endpoints=MappingProxyType(
+            {
+                k: dataclasses.replace(e, protocol_hint=hint)
+                for k, e in discovery.state.endpoints.items()
+            }
+        ),
+    )
+    outbound = Outbound(settings, discovery, connector=mesh.connect_endpoint)
+    context = ProxyContext(settings, Metrics(), Lifecycle(), outbound=outbound)
+    addresses = await nursery.start(
+        functools.partial(
+            run_proxy,
+            settings,
+            resolver=lambda _sock: ("127.0.10.1", 8080),
+            context=context,
+            mesh=mesh,
+        )
+    )
+    with trio.fail_after(20):
+        assert mesh.identity is not None
+        while not (mesh.identity.is_ready and server_mesh.identity.is_ready):
+            await trio.sleep(0.05)
+    return Upgrade(peer, addresses.outbound[1], context)
+
+
+@pytest.fixture
+async def upgrade(nursery: trio.Nursery, identity: IdentityService) -> Upgrade:
+    return await _start(nursery, identity, upgrade=True)
+
+
+async def _curl(port: int, path: str, *args: str) -> tuple[bytes, bytes]:
+    """(response head, body) of one curl request through the proxy."""
+    result = await trio.run_process(
+        [
+            "curl",
+            "-sS",
+            "--http1.1",
+            "-i",
+            "--max-time",
+            "10",
+            "-H",
+            f"Host: {HOST}",
+            *args,
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_stdout=True,
+    )
+    head, _, body = result.stdout.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def _raw(port: int, request: bytes) -> bytes:
+    """Everything the proxy sends back on one connection until it closes."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(request)
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+            return data
+
+
+def _fields(head: bytes) -> dict[bytes, bytes]:
+    lines = head.split(b"\r\n")[1:]
+    return {n.strip().lower(): v.strip() for n, _, v in (line.partition(b":") for line in lines)}
+
+
+async def test_get_is_a_stream_on_the_peers_proxy_port(upgrade: Upgrade) -> None:
+    head, body = await _curl(
+        upgrade.port, "/?q=1", "-H", "X-Trace: abc", "-H", "Connection: x-hop", "-H", "X-Hop: 1"
+    )
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == b"hello"
+    assert _fields(head)[b"content-length"] == b"5"
+    peer = upgrade.peer
+    assert [(h.port, h.session) for h in peer.transport] == [
+        (peer.plain_port, Session.HTTP1_OVER_H2)
+    ]
+    assert peer.plain == []
+    (stream,) = peer.streams
+    assert stream.headers[:4] == [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":authority", HOST.encode()),
+        (b":path", b"/?q=1"),
+    ]
+    assert stream.field(b"meshlet-orig-proto") == b"HTTP/1.1"
+    assert stream.field(b"x-trace") == b"abc"
+    assert stream.end_on_headers
+    for hop in (b"host", b"connection", b"x-hop", b"transfer-encoding", b"keep-alive"):
+        assert hop not in stream.names
+    metrics = upgrade.context.metrics.render().decode()
+    assert f'tls="true",server_id="{DB}"' in metrics
+
+
+async def test_post_with_content_length_and_head(upgrade: Upgrade) -> None:
+    head, body = await _curl(upgrade.port, "/echo", "--data-binary", "abc")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == f"3 {hashlib.sha256(b'abc').hexdigest()}".encode()
+    head, body = await _curl(upgrade.port, "/", "-I")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert _fields(head)[b"content-length"] == b"5"
+    assert body == b""
+    post, head_request = upgrade.peer.streams
+    assert post.field(b":method") == b"POST"
+    assert post.field(b"content-length") == b"3"
+    assert bytes(post.body) == b"abc"
+    assert not post.end_on_headers
+    assert head_request.field(b":method") == b"HEAD"
+
+
+async def test_a_chunked_upload_of_a_mebibyte_arrives_whole(
+    upgrade: Upgrade, tmp_path: Path
+) -> None:
+    data = bytes(range(256)) * 4096 + b"tail"
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(data)
+    head, body = await _curl(
+        upgrade.port,
+        "/echo",
+        *("-H", "Transfer-Encoding: chunked", "-H", "Expect:"),  # curl would ask to continue
+        *("--data-binary", f"@{upload}"),
+    )
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode()
+    (stream,) = upgrade.peer.streams
+    assert stream.field(b"content-length") is None
+    assert b"transfer-encoding" not in stream.names
+
+
+async def test_a_response_without_length_is_chunked_to_http11_and_closed_to_http10(
+    upgrade: Upgrade,
+) -> None:
+    expected = bytes(range(256)) * (NOLENGTH_BYTES // 256) + b"x" * (NOLENGTH_BYTES % 256)
+    head, body = await _curl(upgrade.port, "/nolength", "--raw")
+    fields = _fields(head)
+    assert fields[b"transfer-encoding"] == b"chunked"
+    assert b"content-length" not in fields
+    assert body.endswith(b"0\r\n\r\n")
+    _, body = await _curl(upgrade.port, "/nolength")  # curl decodes the chunks
+    assert body == expected
+    answer = await _raw(upgrade.port, f"GET /nolength HTTP/1.0\r\nHost: {HOST}\r\n\r\n".encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    fields = _fields(head)
+    assert b"transfer-encoding" not in fields
+    assert fields[b"connection"] == b"close"
+    assert body == expected
+    assert upgrade.peer.streams[-1].field(b"meshlet-orig-proto") == b"HTTP/1.0"
+
+
+async def test_ten_client_connections_share_one_upstream_connection(upgrade: Upgrade) -> None:
+    answers: list[tuple[bytes, bytes]] = []
+
+    async def one() -> None:
+        answers.append(await _curl(upgrade.port, "/slow"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(one)
+    assert [body for _, body in answers] == [b"hello"] * 10
+    assert upgrade.peer.connections == 1
+    assert len(upgrade.peer.streams) == 10
+
+
+async def test_a_refused_stream_is_sent_again(upgrade: Upgrade) -> None:
+    upgrade.peer.refuse = 1
+    head, body = await _curl(upgrade.port, "/echo", "--data-binary", "again")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == f"5 {hashlib.sha256(b'again').hexdigest()}".encode()
+    first, second = upgrade.peer.streams
+    assert first.refused
+    assert not second.refused
+    assert bytes(second.body) == b"again"
+
+
+async def test_upgrade_and_expect_continue_stay_on_http1(upgrade: Upgrade) -> None:
+    websocket = (
+        f"GET /ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    expect = (
+        f"POST /up HTTP/1.1\r\nHost: {HOST}\r\nExpect: 100-continue\r\n"
+        "Content-Length: 3\r\nConnection: close\r\n\r\n"
+    )
+    for request in (websocket, expect):
+        answer = await _raw(upgrade.port, request.encode())
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert answer.endswith(b"plain"), answer
+    assert upgrade.peer.streams == []
+    assert upgrade.peer.connections == 0
+    assert [head.split(b"\r\n")[0] for head in upgrade.peer.plain] == [
+        b"GET /ws HTTP/1.1",
+        b"POST /up HTTP/1.1",
+    ]
+    assert b"upgrade: websocket" in upgrade.peer.plain[0].lower()
+
+
+async def test_with_the_setting_off_nothing_is_upgraded(
+    nursery: trio.Nursery, identity: IdentityService
+) -> None:
+    off = await _start(nursery, identity, upgrade=False)
+    head, body = await _curl(off.port, "/")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == b"plain"
+    assert off.peer.connections == 0
+    assert len(off.peer.plain) == 1
+
+
+async def test_without_the_h2_hint_nothing_is_upgraded(
+    nursery: trio.Nursery, identity: IdentityService
+) -> None:
+    plain = await _start(nursery, identity, upgrade=True, hint=None)
+    head, body = await _curl(plain.port, "/")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == b"plain"
+    assert plain.peer.connections == 0
+    assert len(plain.peer.plain) == 1
