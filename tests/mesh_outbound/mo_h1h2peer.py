@@ -2,14 +2,15 @@
 listeners proving the server identity (certificates from a real ``meshlet-identity``).
 
 - the *proxy port*: reads the transport header, then serves HTTP/2 with the ``h2`` library and
-  records every stream (fields, body, whether END_STREAM came with the HEADERS);
+  records every stream (fields, body, whether END_STREAM came with the HEADERS, a reset);
 - the *application port* (the endpoint's own port, where plain HTTP/1 from the client proxy
   lands): records each HTTP/1 request head and answers ``200 plain``.
 
 HTTP/2 answers by ``:path``: ``/`` ``hello`` with a content-length; ``/nolength`` 300 000 bytes
-without one (more than a stream window); ``/echo`` the body's length and sha256; ``/slow`` after
-0.3 s. ``HEAD`` gets the content-length of ``hello`` and no body. ``refuse`` counts the streams
-to answer with RST_STREAM REFUSED_STREAM first.
+without one (more than a stream window); ``/echo`` the body's length and sha256; ``/slow`` that
+after 0.3 s; ``/fail-once`` 503 the first time, then as ``/echo``; ``/stall`` never. ``HEAD``
+gets the content-length of ``hello`` and no body. ``refuse`` counts the streams to answer with
+RST_STREAM REFUSED_STREAM first.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class PeerStream:
     end_on_headers: bool
     body: bytearray = dataclasses.field(default_factory=bytearray)
     refused: bool = False
+    reset: int | None = None  # the client's RST_STREAM code
 
     def field(self, name: bytes) -> bytes | None:
         return next((v for n, v in self.headers if n == name), None)
@@ -55,6 +57,7 @@ class H1H2Peer:
         self.streams: list[PeerStream] = []
         self.plain: list[bytes] = []
         self.refuse = 0
+        self.failed_once = False
         self.port = 0
         self.plain_port = 0
 
@@ -151,6 +154,10 @@ class H1H2Peer:
             record = mine[event.stream_id]
             record.body += event.data
             conn.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            assert event.stream_id is not None
+            mine[event.stream_id].reset = event.error_code
+            pending.pop(event.stream_id, None)
         elif isinstance(event, h2.events.StreamEnded):
             assert event.stream_id is not None
             record = mine[event.stream_id]
@@ -170,6 +177,13 @@ class H1H2Peer:
         body = b"hello"
         if path == b"/slow":
             await trio.sleep(0.3)
+        elif path == b"/stall":
+            await trio.sleep_forever()
+        elif path == b"/fail-once":
+            path = b"/echo"
+            if not self.failed_once:
+                self.failed_once = True
+                headers = [(b":status", b"503")]
         if path == b"/nolength":
             body = bytes(range(256)) * (NOLENGTH_BYTES // 256) + b"x" * (NOLENGTH_BYTES % 256)
         else:

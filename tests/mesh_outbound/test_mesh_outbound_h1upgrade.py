@@ -11,12 +11,14 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
+from typing import cast
 
 import pytest
 import trio
 
 from proxy.__main__ import run_proxy
 from proxy.context import Lifecycle, ProxyContext
+from proxy.discovery import ProfileState, ProfileView
 from proxy.metrics import Metrics
 from proxy.mtls.transport import Session
 from proxy.outbound import Outbound
@@ -31,11 +33,46 @@ from tests.mesh_tls.conftest import (
     StaticDiscovery,
     _identity_service,
     _pki,
+    _StaticView,
 )
 
 pytestmark = pytest.mark.trio
 
 HOST = "web.shop.svc.cluster.local:8080"
+PROFILE = {
+    "routes": [
+        {
+            "name": "POST /fail-once",
+            "condition": {"method": "POST", "path_regex": "/fail-once"},
+            "is_retryable": True,
+        },
+        {
+            "name": "GET /stall",
+            "condition": {"method": "GET", "path_regex": "/stall"},
+            "timeout": "300ms",
+        },
+    ]
+}
+
+
+class _Discovery(StaticDiscovery):
+    """The peer's endpoint with the ``h2`` hint (or ``hint``), and ``PROFILE``'s routes."""
+
+    def __init__(self, address: tuple[str, int], hint: str | None) -> None:
+        super().__init__({address: DB})
+        self.state = dataclasses.replace(
+            self.state,
+            endpoints=MappingProxyType(
+                {
+                    k: dataclasses.replace(e, protocol_hint=hint)
+                    for k, e in self.state.endpoints.items()
+                }
+            ),
+        )
+
+    async def profile(self, authority: str) -> ProfileView:
+        state = ProfileState(resolved=True, connected=True, profile=PROFILE, version=1)
+        return cast(ProfileView, _StaticView(state))
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +106,7 @@ async def _start(
         outbound_http1_upgrade=upgrade,
     )
     mesh = dataclasses.replace(load_mesh_tls(settings), peer_proxy_port=peer.port)
-    discovery = StaticDiscovery({("127.0.0.1", peer.plain_port): DB})
-    discovery.state = dataclasses.replace(
-        discovery.state,
-        endpoints=MappingProxyType(
-            {
-                k: dataclasses.replace(e, protocol_hint=hint)
-                for k, e in discovery.state.endpoints.items()
-            }
-        ),
-    )
+    discovery = _Discovery(("127.0.0.1", peer.plain_port), hint)
     outbound = Outbound(settings, discovery, connector=mesh.connect_endpoint)
     context = ProxyContext(settings, Metrics(), Lifecycle(), outbound=outbound)
     addresses = await nursery.start(
@@ -166,6 +194,12 @@ async def test_get_is_a_stream_on_the_peers_proxy_port(upgrade: Upgrade) -> None
         assert hop not in stream.names
     metrics = upgrade.context.metrics.render().decode()
     assert f'tls="true",server_id="{DB}"' in metrics
+    assert upgrade.context.outbound is not None
+    pool = upgrade.context.outbound.h2_upstreams
+    (up,) = pool.all()  # kept apart from native HTTP/2 streams' connections
+    assert up.session is Session.HTTP1_OVER_H2
+    assert pool.with_room(up.endpoint, Session.HTTP1_OVER_H2) is up
+    assert pool.with_room(up.endpoint) is None
 
 
 async def test_post_with_content_length_and_head(upgrade: Upgrade) -> None:
@@ -290,3 +324,25 @@ async def test_without_the_h2_hint_nothing_is_upgraded(
     assert body == b"plain"
     assert plain.peer.connections == 0
     assert len(plain.peer.plain) == 1
+
+
+async def test_a_retryable_route_is_retried_with_its_body(upgrade: Upgrade) -> None:
+    head, body = await _curl(upgrade.port, "/fail-once", "--data-binary", "twice")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == f"5 {hashlib.sha256(b'twice').hexdigest()}".encode()
+    assert [bytes(s.body) for s in upgrade.peer.streams] == [b"twice", b"twice"]
+    metrics = upgrade.context.metrics.render().decode()
+    assert 'rt_route="POST /fail-once"' in metrics
+
+
+async def test_the_route_timeout_answers_504_and_resets_the_stream(upgrade: Upgrade) -> None:
+    head, _ = await _curl(upgrade.port, "/stall")
+    assert head.startswith(b"HTTP/1.1 504"), head
+    assert _fields(head)[b"meshlet-proxy-error"] == b"route_timeout"
+    with trio.fail_after(5):
+        while upgrade.peer.streams[0].reset is None:
+            await trio.sleep(0.02)
+    assert upgrade.peer.streams[0].reset == 0x8  # CANCEL
+    _, body = await _curl(upgrade.port, "/")  # the shared connection still serves
+    assert body == b"hello"
+    assert upgrade.peer.connections == 1
