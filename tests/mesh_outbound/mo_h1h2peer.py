@@ -172,7 +172,7 @@ class H1H2Peer:
         pending: dict[int, bytes],
         flush: Any,
     ) -> None:
-        path = record.field(b":path") or b""
+        path = (record.field(b":path") or b"").split(b"?", 1)[0]
         headers = [(b":status", b"200")]
         body = b"hello"
         if path == b"/slow":

@@ -23,6 +23,7 @@ from proxy.metrics import Metrics
 from proxy.mtls.transport import Session
 from proxy.outbound import Outbound
 from proxy.settings import Address, ProxySettings
+from proxy.tap import TapEnd, TapFilter, TapRequest, TapResponse
 from proxy.tlsglue import load_mesh_tls
 from tests.identity.conftest import PKI
 from tests.mesh_outbound.mo_h1h2peer import NOLENGTH_BYTES, H1H2Peer
@@ -346,3 +347,20 @@ async def test_the_route_timeout_answers_504_and_resets_the_stream(upgrade: Upgr
     _, body = await _curl(upgrade.port, "/")  # the shared connection still serves
     assert body == b"hello"
     assert upgrade.peer.connections == 1
+
+
+async def test_an_upgraded_request_is_tapped_with_its_endpoint(upgrade: Upgrade) -> None:
+    subscriber = upgrade.context.tap.subscribe(TapFilter(direction="outbound"))
+    _, body = await _curl(upgrade.port, "/nolength?x=1")
+    assert len(body) == NOLENGTH_BYTES
+    events = subscriber.take()
+    assert [type(e) for e in events] == [TapRequest, TapResponse, TapEnd]
+    started, response, end = events
+    assert isinstance(started, TapRequest)
+    assert (started.method, started.path, started.authority) == ("GET", "/nolength?x=1", HOST)
+    assert started.dst == f"127.0.0.1:{upgrade.peer.plain_port}"
+    assert (started.tls, started.server_id) == ("true", DB)
+    assert isinstance(response, TapResponse)
+    assert response.status == 200
+    assert isinstance(end, TapEnd)
+    assert (end.error, end.response_bytes) == ("", NOLENGTH_BYTES)
