@@ -8,7 +8,8 @@ listeners proving the server identity (certificates from a real ``meshlet-identi
 
 HTTP/2 answers by ``:path``: ``/`` ``hello`` with a content-length; ``/nolength`` 300 000 bytes
 without one (more than a stream window); ``/echo`` the body's length and sha256; ``/slow`` that
-after 0.3 s; ``/fail-once`` 503 the first time, then as ``/echo``; ``/stall`` never. ``HEAD``
+after 0.3 s; ``/fail-once`` 503 the first time, then as ``/echo``; ``/stall`` never; ``/reset`` a
+RST_STREAM INTERNAL_ERROR; ``/break`` a head and ``partial``, then the connection ends. ``HEAD``
 gets the content-length of ``hello`` and no body. ``refuse`` counts the streams to answer with
 RST_STREAM REFUSED_STREAM first.
 """
@@ -101,12 +102,14 @@ class H1H2Peer:
         pending: dict[int, bytes] = {}
         mine: dict[int, PeerStream] = {}
 
-        async def flush() -> None:
+        async def flush(*, hangup: bool = False) -> None:
             self._push(conn, pending)
             async with lock:
                 out = conn.data_to_send()
                 if out:
                     await tls.send_all(out)
+                if hangup:
+                    await tls.aclose()
 
         async with tls, trio.open_nursery() as nursery:
             await flush()
@@ -114,7 +117,7 @@ class H1H2Peer:
                 if not data:
                     try:
                         data = await tls.receive_some(65536)
-                    except trio.BrokenResourceError:
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
                         break
                     if not data:
                         break
@@ -179,6 +182,15 @@ class H1H2Peer:
             await trio.sleep(0.3)
         elif path == b"/stall":
             await trio.sleep_forever()
+        elif path == b"/reset":
+            conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            await flush()
+            return
+        elif path == b"/break":  # a head, some body, then the connection ends
+            conn.send_headers(stream_id, headers, end_stream=False)
+            conn.send_data(stream_id, b"partial", end_stream=False)
+            await flush(hangup=True)
+            return
         elif path == b"/fail-once":
             path = b"/echo"
             if not self.failed_once:

@@ -5,6 +5,7 @@ by curl and raw HTTP/1 clients; the server proxy is played by ``mo_h1h2peer.H1H2
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -364,3 +365,28 @@ async def test_an_upgraded_request_is_tapped_with_its_endpoint(upgrade: Upgrade)
     assert response.status == 200
     assert isinstance(end, TapEnd)
     assert (end.error, end.response_bytes) == ("", NOLENGTH_BYTES)
+
+
+async def test_a_stream_reset_before_its_head_is_answered_502(upgrade: Upgrade) -> None:
+    head, _ = await _curl(upgrade.port, "/reset")
+    assert head.startswith(b"HTTP/1.1 502"), head
+    assert _fields(head)[b"meshlet-proxy-error"] == b"upstream_closed"
+    assert len(upgrade.peer.streams) == 1  # GET /reset is on no retryable route
+
+
+async def test_a_connection_ending_mid_response_resets_the_client(upgrade: Upgrade) -> None:
+    request = f"GET /break HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    received = b""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", upgrade.port)
+        async with stream:
+            await stream.send_all(request)
+            with contextlib.suppress(trio.BrokenResourceError):  # reset: what we expect
+                while chunk := await stream.receive_some(65536):
+                    received += chunk
+    assert not received.endswith(b"0\r\n\r\n")  # never a clean end of the response
+    if received:  # the head may have arrived before the reset
+        assert received.startswith(b"HTTP/1.1 200"), received
+    _, body = await _curl(upgrade.port, "/")  # a new connection serves the next request
+    assert body == b"hello"
+    assert upgrade.peer.connections == 2
