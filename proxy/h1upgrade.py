@@ -276,7 +276,8 @@ async def _respond(exchange: Exchange, stream: UpgradedStream, started: float) -
         response = h1_response_head(stream.head, head_request=request.method == _HEAD)
     except ResponseHeadError as exc:
         _failed(exchange, stream, UpstreamProtocolError(f"upstream sent a bad response: {exc}"))
-    assert response is not None  # interim answers were dropped on receipt
+    if response is None:  # an interim answer with END_STREAM: no final one will come
+        _failed(exchange, stream, UpstreamProtocolError("upstream ended the stream with a 1xx"))
     session, labels = exchange.session, exchange.labels
     metrics = session.context.metrics
     status = response.status

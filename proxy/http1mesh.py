@@ -1,21 +1,23 @@
 """One HTTP/1 request to a discovered destination: per-request pick, pools, retries, timeout.
 
 Theory of operation. ``proxy/http1.py`` hands a request here when ``proxy.outbound`` resolved its
-authority (the ``Host`` naming a Service, else the connection's original destination). The
-request body is read into memory up to ``outbound_retry_buffer_bytes`` (unless the request waits
-for ``100 Continue`` or upgrades), so it can be sent again. Then, until an attempt is final:
-``attempts.pick`` (waiting up to the failfast timeout for endpoints), a pooled keep-alive
-connection to that endpoint (or a new one, mTLS when discovery gave an identity), the request, and
-the response head. Pooled connections idle for the pool idle timeout are not reused, and one
-found dead before any response byte is replaced once for an idempotent, wholly buffered request
-(``proxy/h1/replay.py``). Every pick is reported exactly once (``attempts.finished``): with the
-status when the head arrives, ``CONNECT_FAILED`` when the connect fails, ``FAILURE`` when the
-connection breaks or the route timeout fires, ``CANCELLED`` when the client goes away. A
-``Retry`` answer discards the failed response (its connection is closed) and tries another
-endpoint; otherwise the response is relayed as the plain path does. The route timeout covers the
-whole exchange: before the response head the client gets 504 ``meshlet-proxy-error:
-route_timeout``, after it the client connection is reset (the response can no longer be
-replaced).
+authority (the ``Host`` naming a Service, else the connection's original destination). The request
+body is read into memory up to ``outbound_retry_buffer_bytes`` (unless the request waits for
+``100 Continue`` or upgrades), so it can be sent again. Then, until an attempt is final:
+``attempts.pick``
+(waiting up to the failfast timeout for endpoints), a pooled keep-alive connection to that endpoint
+(or a new one, mTLS when discovery gave an identity), the request, and the response head; or, when
+the endpoint's proxy takes HTTP/1 over HTTP/2 and the request may be upgraded, a stream on the
+shared HTTP/2 connection to that proxy (``proxy/h1upgrade.py``), with the same reports and retries.
+Pooled connections idle for the pool idle timeout are not reused, and one found dead before any
+response byte is replaced once for an idempotent, wholly buffered request (``proxy/h1/replay.py``).
+Every pick is reported exactly once (``attempts.finished``): with the status when the head arrives,
+``CONNECT_FAILED`` when the connect fails, ``FAILURE`` when the connection breaks or the route
+timeout fires, ``CANCELLED`` when the client goes away. A ``Retry`` answer discards the failed
+response (its connection is closed) and tries another endpoint; otherwise the response is relayed as
+the plain path does. The route timeout covers the whole exchange: before the response head the
+client gets 504 ``meshlet-proxy-error: route_timeout``, after it the client connection is reset (the
+response can no longer be replaced).
 """
 
 from __future__ import annotations
