@@ -139,6 +139,7 @@ async def _run(  # noqa: PLR0917 (run_proxy's arguments, passed on)
             log.info("identity %s: waiting for the first certificate", mesh.local_name)
             process.start_soon(mesh.identity.run)
         if context.outbound is not None:
+            context.outbound.local_identity = mesh.enabled
             await process.start(context.outbound.run)
         with trio.CancelScope() as data_plane_scope:
             async with trio.open_nursery() as data_plane:

@@ -18,6 +18,7 @@ from proxy.settings import ProxySettings
 from proxy.tap import TapHub
 
 if TYPE_CHECKING:
+    from proxy.mtls.transport import Session
     from proxy.outbound import Outbound
 
 __all__ = [
@@ -64,7 +65,9 @@ class EndpointConnector(Protocol):
     connection (``tls="true",server_id=...`` or ``tls="no_identity",no_tls_reason=...``); a
     refused handshake raises an ``UpstreamError`` (answered 502 with its slug).
     ``opaque_transport_port`` is discovery's hint for an opaque port (mTLS to the peer's proxy
-    port with a transport header, ``proxy.tlsglue``).
+    port with a transport header, ``proxy.tlsglue``). ``session`` other than opaque: an mTLS
+    connection to the peer's proxy port whose transport header names that session (HTTP/2
+    carrying HTTP/1 requests, ``proxy/h1upgrade.py``); passed only when not opaque.
     """
 
     async def __call__(
@@ -76,6 +79,7 @@ class EndpointConnector(Protocol):
         metrics: Metrics,
         direction: str,
         opaque_transport_port: int | None = None,
+        session: Session = ...,
     ) -> Conn: ...
 
 

@@ -20,6 +20,9 @@ waits for a client: a slow client's responses stay queued on its stream (the str
 not the connection's, bounds them: ``Peer`` returns connection window on receipt for upstream
 connections), so one slow client never stalls the others' streams.
 
+Connections carrying upgraded HTTP/1 requests (``Session.HTTP1_OVER_H2``, to the peer's proxy
+port) are kept apart from native HTTP/2 ones: the session is part of the pool key.
+
 An ``Upstream`` that takes no new streams (GOAWAY received, its endpoint removed from discovery)
 is closed once its last stream is done (``maybe_close``); idle ones to removed endpoints are
 also swept whenever a new connection is opened, and any without a stream for the outbound idle
@@ -49,6 +52,7 @@ from proxy.h2peer import (
     WindowOpened,
 )
 from proxy.metrics import Metrics
+from proxy.mtls.transport import Session
 from proxy.net import Conn, format_address
 
 if TYPE_CHECKING:
@@ -66,7 +70,7 @@ queue through a single reader and writer (in ``bench mesh`` at saturation, one c
 carried 5,900-7,200 req/s with the two proxies using under one core; five reached
 7,500-8,200)."""
 _UPSTREAM_ID_LIMIT: Final = 2**31 - 1000  # open a fresh connection before ids run out
-_PoolKey = tuple[str, int, str | None]  # address, port, TLS identity
+_PoolKey = tuple[str, int, str | None, Session | None]  # address, port, TLS identity, session
 
 
 class Link:
@@ -118,11 +122,25 @@ class StreamOwner(Protocol):
 class Upstream(Link):
     """One HTTP/2 connection to an endpoint, carrying streams of any client connection."""
 
-    __slots__ = ("_lot", "closed", "closing", "endpoint", "idle_since", "streams", "target")
+    __slots__ = (
+        "_lot",
+        "closed",
+        "closing",
+        "endpoint",
+        "idle_since",
+        "session",
+        "streams",
+        "target",
+    )
 
-    def __init__(self, conn: Conn, endpoint: Endpoint, target: Target) -> None:
+    def __init__(
+        self, conn: Conn, endpoint: Endpoint, target: Target, session: Session | None = None
+    ) -> None:
         super().__init__(conn, Peer(client_side=True))
         self.endpoint = endpoint
+        self.session = session
+        """``None``: native HTTP/2 streams; ``Session.HTTP1_OVER_H2``: upgraded HTTP/1
+        requests, to the peer's proxy port (``proxy/h1upgrade.py``)."""
         self.target = target
         self.streams: dict[int, MuxStream] = {}
         self.closing = False  # GOAWAY received, ids exhausted, or the connection broke
@@ -159,8 +177,8 @@ class Upstream(Link):
         )
 
 
-def _pool_key(endpoint: Endpoint) -> _PoolKey:
-    return (endpoint.address, endpoint.port, endpoint.identity)
+def _pool_key(endpoint: Endpoint, session: Session | None) -> _PoolKey:
+    return (endpoint.address, endpoint.port, endpoint.identity, session)
 
 
 class UpstreamPool:
@@ -190,8 +208,8 @@ class UpstreamPool:
     def all(self) -> list[Upstream]:
         return [up for ups in self._by_key.values() for up in ups]
 
-    def with_room(self, endpoint: Endpoint) -> Upstream | None:
-        for up in self._by_key.get(_pool_key(endpoint), ()):
+    def with_room(self, endpoint: Endpoint, session: Session | None = None) -> Upstream | None:
+        for up in self._by_key.get(_pool_key(endpoint, session), ()):
             if up.has_room():
                 return up
         return None
@@ -202,11 +220,21 @@ class UpstreamPool:
             for up in ups:
                 up.kick()
 
-    async def get(self, endpoint: Endpoint, target: Target, metrics: Metrics) -> Upstream:
-        """An upstream to ``endpoint`` with room (opened, with its tasks, if needed)."""
-        key = _pool_key(endpoint)
+    async def get(
+        self,
+        endpoint: Endpoint,
+        target: Target,
+        metrics: Metrics,
+        session: Session | None = None,
+    ) -> Upstream:
+        """An upstream to ``endpoint`` with room (opened, with its tasks, if needed).
+
+        ``session``: ``None`` for native HTTP/2 streams (a connection to the endpoint itself);
+        ``Session.HTTP1_OVER_H2`` for upgraded HTTP/1 requests, on connections of their own (to
+        the peer's proxy port, ``proxy.tlsglue``)."""
+        key = _pool_key(endpoint, session)
         while True:
-            up = self.with_room(endpoint)
+            up = self.with_room(endpoint, session)
             if up is not None:
                 return up
             pending = self._connecting.get(key)
@@ -218,11 +246,14 @@ class UpstreamPool:
         self._close_removed()
         event = self._connecting[key] = trio.Event()
         try:
-            conn = await target.connect(endpoint, metrics)
+            if session is None:
+                conn = await target.connect(endpoint, metrics)
+            else:
+                conn = await target.connect(endpoint, metrics, session)
         finally:
             del self._connecting[key]
             event.set()
-        up = Upstream(conn, endpoint, target)
+        up = Upstream(conn, endpoint, target, session)
         if self._nursery is None:  # shut down while connecting
             up.close()
             raise UpstreamClosed("the proxy is shutting down")
@@ -257,7 +288,7 @@ class UpstreamPool:
 
     def forget(self, up: Upstream) -> bool:
         """Take ``up`` out of the set (it takes no new streams); whether it was in it."""
-        key = _pool_key(up.endpoint)
+        key = _pool_key(up.endpoint, up.session)
         ups = self._by_key.get(key, [])
         if up not in ups:
             return False

@@ -1,21 +1,23 @@
 """One HTTP/1 request to a discovered destination: per-request pick, pools, retries, timeout.
 
 Theory of operation. ``proxy/http1.py`` hands a request here when ``proxy.outbound`` resolved its
-authority (the ``Host`` naming a Service, else the connection's original destination). The
-request body is read into memory up to ``outbound_retry_buffer_bytes`` (unless the request waits
-for ``100 Continue`` or upgrades), so it can be sent again. Then, until an attempt is final:
-``attempts.pick`` (waiting up to the failfast timeout for endpoints), a pooled keep-alive
-connection to that endpoint (or a new one, mTLS when discovery gave an identity), the request, and
-the response head. Pooled connections idle for the pool idle timeout are not reused, and one
-found dead before any response byte is replaced once for an idempotent, wholly buffered request
-(``proxy/h1/replay.py``). Every pick is reported exactly once (``attempts.finished``): with the
-status when the head arrives, ``CONNECT_FAILED`` when the connect fails, ``FAILURE`` when the
-connection breaks or the route timeout fires, ``CANCELLED`` when the client goes away. A
-``Retry`` answer discards the failed response (its connection is closed) and tries another
-endpoint; otherwise the response is relayed as the plain path does. The route timeout covers the
-whole exchange: before the response head the client gets 504 ``meshlet-proxy-error:
-route_timeout``, after it the client connection is reset (the response can no longer be
-replaced).
+authority (the ``Host`` naming a Service, else the connection's original destination). The request
+body is read into memory up to ``outbound_retry_buffer_bytes`` (unless the request waits for
+``100 Continue`` or upgrades), so it can be sent again. Then, until an attempt is final:
+``attempts.pick``
+(waiting up to the failfast timeout for endpoints), a pooled keep-alive connection to that endpoint
+(or a new one, mTLS when discovery gave an identity), the request, and the response head; or, when
+the endpoint's proxy takes HTTP/1 over HTTP/2 and the request may be upgraded, a stream on the
+shared HTTP/2 connection to that proxy (``proxy/h1upgrade.py``), with the same reports and retries.
+Pooled connections idle for the pool idle timeout are not reused, and one found dead before any
+response byte is replaced once for an idempotent, wholly buffered request (``proxy/h1/replay.py``).
+Every pick is reported exactly once (``attempts.finished``): with the status when the head arrives,
+``CONNECT_FAILED`` when the connect fails, ``FAILURE`` when the connection breaks or the route
+timeout fires, ``CANCELLED`` when the client goes away. A ``Retry`` answer discards the failed
+response (its connection is closed) and tries another endpoint; otherwise the response is relayed as
+the plain path does. The route timeout covers the whole exchange: before the response head the
+client gets 504 ``meshlet-proxy-error: route_timeout``, after it the client connection is reset (the
+response can no longer be replaced).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from proxy.h1.replay import (
     reuse_idle,
 )
 from proxy.h1.write import frame_body, write_request
+from proxy.h1upgrade import RetryAttempt, attempt_upgraded
+from proxy.h1upgradeconvert import request_refusal
 from proxy.metrics import classify
 from proxy.net import Conn
 from proxy.outbound import RouteTimeout, Target, no_endpoint_error
@@ -55,15 +59,11 @@ from proxy.outbound import RouteTimeout, Target, no_endpoint_error
 if TYPE_CHECKING:
     from proxy.http1 import _Session
 
-__all__ = ["proxy_mesh"]
+__all__ = ["Exchange", "proxy_mesh"]
 
 log = logging.getLogger(__name__)
 
 _HEAD: Final = b"HEAD"
-
-
-class _RetryAttempt(Exception):
-    """The attempt failed and the retry policy said: try again."""
 
 
 class _FailedHead(Exception):
@@ -87,7 +87,7 @@ async def proxy_mesh(
     if route_labels:
         metrics.route_request(route_labels)
     head = write_request(request, request.fields.forwarded, target.authority.encode())
-    exchange = _Exchange(session, target, attempts, request, head, authority=authority)
+    exchange = Exchange(session, target, attempts, request, head, authority=authority)
     target.users += 1
     try:
         try:
@@ -130,8 +130,9 @@ def _route_response(session: _Session, labels: str, status: int, started: float)
         session.context.metrics.route_response(labels, status, classify(status, None), latency_ms)
 
 
-class _Exchange:
-    """The attempts of one request (see the module docstring)."""
+class Exchange:
+    """The attempts of one request (see the module docstring); an attempt to an endpoint whose
+    proxy takes HTTP/1 requests over HTTP/2 runs in ``proxy/h1upgrade.py``."""
 
     def __init__(
         self,
@@ -149,9 +150,12 @@ class _Exchange:
         self.request = request
         self.head = head
         self.authority = authority
-        self.buffered: list[bytes] = []
-        """The request body read so far, framed as sent upstream, kept for retries."""
+        self.buffered: list[bytes | End] = []
+        """The request body read so far (its events), kept for retries."""
         self.complete = False
+        self.streamed = False
+        """Body beyond ``buffered`` was sent (an upgraded attempt): it cannot be sent again."""
+        self.upgradable = request_refusal(request) is None
         self.labels = ""
         self.pick: Pick[Endpoint] | None = None
         self.reported = True
@@ -159,16 +163,15 @@ class _Exchange:
     async def buffer_body(self, limit: int) -> None:
         """Read the request body into memory, up to ``limit`` bytes (then stop)."""
         size = 0
-        session, request = self.session, self.request
+        session = self.session
         while True:
             event = await session.client_body_event()
-            data = frame_body(request, event)
-            if data:
-                self.buffered.append(data)
+            self.buffered.append(event)
             if type(event) is End:
                 self.complete = True
                 return
-            size += len(data)
+            assert type(event) is bytes
+            size += len(event)
             if size > limit:
                 return
 
@@ -184,7 +187,7 @@ class _Exchange:
         metrics.response_headers(self.labels, status, (trio.current_time() - started) * 1000)
         metrics.response_end(self.labels, status, "failure")
 
-    def _report(
+    def report(
         self, *, status: int | None = None, outcome: Outcome | None = None
     ) -> Retry | GiveUp:
         """``attempts.finished`` for the current pick; called exactly once per pick."""
@@ -200,18 +203,20 @@ class _Exchange:
                 raise no_endpoint_error(choice, self.target.authority)
             self.pick, self.reported = choice, False
             try:
+                if self.upgradable and self.target.outbound.upgrades_http1(choice.endpoint):
+                    return await attempt_upgraded(self, choice.endpoint), False
                 return await self._attempt(choice.endpoint)
-            except _RetryAttempt:
+            except RetryAttempt:
                 log.debug("retrying %s on another endpoint", self.target.authority)
                 continue
             finally:
                 if not self.reported:
                     deadline = self.attempts.deadline
                     timed_out = deadline is not None and trio.current_time() >= deadline
-                    self._report(outcome=Outcome.FAILURE if timed_out else Outcome.CANCELLED)
+                    self.report(outcome=Outcome.FAILURE if timed_out else Outcome.CANCELLED)
 
     def _on_head(self, status: int) -> None:
-        if isinstance(self._report(status=status), Retry):
+        if isinstance(self.report(status=status), Retry):
             raise _FailedHead(status)
 
     async def _attempt(self, endpoint: Endpoint) -> tuple[int, bool]:
@@ -228,7 +233,7 @@ class _Exchange:
         try:
             conn, wire, status, switched = await self._exchange_fresh(endpoint, conn, wire, started)
             if not self.reported:  # 101: no final head went through ``_on_head``
-                self._report(status=status)
+                self.report(status=status)
             if switched:
                 ending = "tunnel"
                 session.tap.end()
@@ -242,15 +247,15 @@ class _Exchange:
             latency_ms = (trio.current_time() - started) * 1000
             metrics.response_headers(self.labels, failed.status, latency_ms)
             metrics.response_end(self.labels, failed.status, "failure")
-            raise _RetryAttempt from None
+            raise RetryAttempt from None
         except UpstreamError:
-            if not self.reported and isinstance(self._report(outcome=Outcome.FAILURE), Retry):
+            if not self.reported and isinstance(self.report(outcome=Outcome.FAILURE), Retry):
                 metrics.response_end(self.labels, 502, "failure")
-                raise _RetryAttempt from None
+                raise RetryAttempt from None
             raise
         except ClientClosed:
             if not self.reported:
-                self._report(outcome=Outcome.CANCELLED)
+                self.report(outcome=Outcome.CANCELLED)
             raise
         finally:
             if ending == "keep":
@@ -313,16 +318,16 @@ class _Exchange:
                     return conn, wire
                 conn.close()
         except UpstreamError as exc:
-            if isinstance(self._report(outcome=Outcome.CONNECT_FAILED), Retry):
+            if isinstance(self.report(outcome=Outcome.CONNECT_FAILED), Retry):
                 log.info("outbound connect to %s failed (%s); retrying", self.target.authority, exc)
-                raise _RetryAttempt from exc
+                raise RetryAttempt from exc
             raise
 
     async def _exchange(self, conn: Conn, wire: ResponseReader, started: float) -> tuple[int, bool]:
         """Send the request (buffered part, then the rest as it arrives) and relay the answer."""
         session, request = self.session, self.request
         wire.start(head_request=request.method == _HEAD)
-        await conn.send(b"".join([self.head, *self.buffered]))
+        await conn.send(b"".join([self.head, *[frame_body(request, e) for e in self.buffered]]))
         if self.complete:
             return await session.relay_response(
                 conn, wire, request, self.labels, started, on_head=self._on_head

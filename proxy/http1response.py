@@ -112,7 +112,7 @@ class ResponseRelay:
         tapped = self.tap.current
         if tapped is not None:
             tapped.response_start(status)
-        chunked, out = self._client_head(request, response)
+        chunked, out = self.client_head(request, response)
         self.responded = True
         try:
             await self._relay_body(upstream, wire, out, chunked=chunked)
@@ -153,7 +153,7 @@ class ResponseRelay:
             else:
                 raise UpstreamProtocolError("upstream sent a second response unasked")
 
-    def _client_head(self, request: RequestHead, response: ResponseHead) -> tuple[bool, bytes]:
+    def client_head(self, request: RequestHead, response: ResponseHead) -> tuple[bool, bytes]:
         """The response head for the client, and whether its body goes out chunked."""
         framing = response_framing(response.framing, client_http11=request.version == b"1.1")
         headers = response.fields.forwarded

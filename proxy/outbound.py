@@ -26,8 +26,10 @@ import trio
 from proxy.balance import BalanceSettings
 from proxy.context import OUTBOUND, EndpointConnector
 from proxy.discovery import Endpoint, EndpointView, ProfileView
+from proxy.h1upgradeconvert import endpoint_refusal
 from proxy.h2upstream import UpstreamPool
 from proxy.metrics import Metrics, escape_label
+from proxy.mtls.transport import Session
 from proxy.net import Conn, connect, format_address
 from proxy.settings import ProxySettings
 from proxy.target import (
@@ -108,6 +110,9 @@ class Outbound:
             settings.outbound_discovery_idle_timeout,
         )
         """The per-stream HTTP/2 path's upstream connections, shared by all its clients."""
+        self.local_identity = False
+        """Whether this proxy has an identity (``run_proxy`` sets it from its ``MeshTls``): the
+        HTTP/1 upgrade to a meshed peer needs mTLS both ways."""
         self.closed = False
         self._hosts: dict[bytes, str | None] = {}
 
@@ -155,10 +160,31 @@ class Outbound:
                 return target
         return await self.resolve(format_address(original), http=True)
 
-    async def connect(self, endpoint: Endpoint, metrics: Metrics) -> Conn:
+    def upgrades_http1(self, endpoint: Endpoint) -> bool:
+        """Whether an upgradable HTTP/1 request picked for ``endpoint`` travels as an HTTP/2
+        stream to its proxy (``proxy/h1upgrade.py``; ``endpoint_refusal`` says why not)."""
+        refusal = endpoint_refusal(
+            enabled=self.settings.outbound_http1_upgrade and self.connector is not None,
+            local_identity=self.local_identity,
+            endpoint=endpoint,
+        )
+        return refusal is None
+
+    async def connect(
+        self, endpoint: Endpoint, metrics: Metrics, session: Session = Session.OPAQUE
+    ) -> Conn:
         address = (endpoint.address, endpoint.port)
         timeout = self.settings.outbound_connect_timeout
         if self.connector is not None:
+            if session is not Session.OPAQUE:  # HTTP/2 to the peer's proxy, for HTTP/1 requests
+                return await self.connector(
+                    address,
+                    endpoint.identity,
+                    timeout=timeout,
+                    metrics=metrics,
+                    direction=OUTBOUND,
+                    session=session,
+                )
             if endpoint.opaque_transport_port is not None:  # an opaque port of a meshed pod
                 return await self.connector(
                     address,

@@ -132,6 +132,12 @@ class ProxySettings:
     its own endpoint, route, retries: ``proxy/h2mux.py``); ``False`` picks one endpoint per client
     connection and relays its frames (cheaper per request, balanced only across connections)."""
 
+    outbound_http1_upgrade: bool = False
+    """Whether an outbound HTTP/1 request to a meshed endpoint whose proxy speaks HTTP/2
+    (discovery's ``protocol_hint: h2``, identity on here) travels as a stream on the shared HTTP/2
+    connection to that peer's proxy (``proxy/h1upgrade.py``), as Linkerd does. Off until both
+    proxies of a mesh serve it (the server side is the inbound gateway)."""
+
     outbound_retry_buffer_bytes: int = 65536
     """Bytes of an HTTP/1 request body kept for a retry (Linkerd's 64 KiB); a longer body is
     streamed and the request is never retried after it was sent (a failed connect still is)."""
@@ -296,6 +302,7 @@ _FIELDS: Final = {
     "OUTBOUND_MAX_IDLE_PER_ENDPOINT": ("outbound_max_idle_per_endpoint", _count),
     "OUTBOUND_HTTP2_PER_STREAM": ("outbound_http2_per_stream", _bool),
     "OUTBOUND_RETRY_BUFFER_BYTES": ("outbound_retry_buffer_bytes", _count),
+    "OUTBOUND_HTTP1_UPGRADE": ("outbound_http1_upgrade", _bool),
     "HTTP1_POOL_IDLE_TIMEOUT": ("http1_pool_idle_timeout", _duration),
     "HTTP1_REPLAY_BUFFER_BYTES": ("http1_replay_buffer_bytes", _count),
     "HTTP2_KEEPALIVE_INTERVAL": ("http2_keepalive_interval", _positive_duration),

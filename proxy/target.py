@@ -23,6 +23,7 @@ from proxy.discovery import Endpoint, EndpointView, ProfileView
 from proxy.errors import UpstreamError
 from proxy.h1 import ResponseReader
 from proxy.metrics import Metrics, dst_labels
+from proxy.mtls.transport import Session
 from proxy.net import Conn
 
 if TYPE_CHECKING:
@@ -148,8 +149,10 @@ class Target:
 
     # -- connections ------------------------------------------------------------------------------
 
-    async def connect(self, endpoint: Endpoint, metrics: Metrics) -> Conn:
-        return await self.outbound.connect(endpoint, metrics)
+    async def connect(
+        self, endpoint: Endpoint, metrics: Metrics, session: Session = Session.OPAQUE
+    ) -> Conn:
+        return await self.outbound.connect(endpoint, metrics, session)
 
     async def checkout(self, endpoint: Endpoint, metrics: Metrics) -> tuple[Conn, ResponseReader]:
         """An idle keep-alive connection to ``endpoint`` if one is still good, else a new one."""
