@@ -60,6 +60,7 @@ BAD: dict[str, tuple[str, ...]] = {
     "IDENTITY_SVC_ADDR": ("abc", "identity:70000", ":8080"),
     "DESTINATION_SVC_ADDR": ("abc", "destination:70000", "destination:0"),
     "OUTBOUND_HTTP2_PER_STREAM": ("maybe", "2"),
+    "OUTBOUND_HTTP1_UPGRADE": ("maybe", "2"),
     "DEFAULT_INBOUND_POLICY": ("everyone", "all_authenticated"),
     "CLUSTER_NETWORKS": ("abc", "10.0.0.0/33", "10.0.0.1/8x"),
     "TAP_AUTHORIZED_IDENTITIES": ("not a name!", "web..shop"),
