@@ -7,6 +7,9 @@ meshlet-destination in local mode in a node namespace, and four pods:
   meshlet-proxy (inbound) -> nginx in the server pod; the Service VIP is in discovery, so the
   client proxy picks the endpoint and dials it with the server's identity;
 - ``direct``: h2load in an unmeshed pod -> nginx in an unmeshed pod (same bridge, no proxies);
+- ``h1-only`` (HTTP/1.1): the meshed path again with the client proxy restarted with
+  ``MESHLET_PROXY_OUTBOUND_HTTP1_UPGRADE=false`` (HTTP/1 between the proxies too, instead of
+  streams on a shared HTTP/2 connection), burst and evenly spaced;
 - ``per-conn`` (h2c, last): the meshed path again with the client proxy restarted with
   ``MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM=false`` (one endpoint per connection, frames relayed
   as on the inbound side), the same-run reference for the cost of per-stream routing.
@@ -133,9 +136,21 @@ def run(args: list[str]) -> None:
             print(f"warm-up requests the server proxy took over mTLS from the client: "
                   f"{page.total('request_total', **meshed):.0f}")  # fmt: skip
             _report(paths, runs=runs, seconds=seconds, requests=saturation_requests, root=root)
+            # HTTP/1.1 once more with the client proxy keeping HTTP/1 between the proxies.
+            _restart_client(mesh_node, client, "MESHLET_PROXY_OUTBOUND_HTTP1_UPGRADE")
+            pod, url_h1, url_h2, _ = paths["meshed"]
+            _h2load(pod, ["-n", "200", "-c", "2", "--h1", url_h1])  # warm-up
+            pids = [client.proxy.pid, server.proxy.pid]
+            print("client proxy with MESHLET_PROXY_OUTBOUND_HTTP1_UPGRADE=false:")
+            _row("h1-only", pod, url_h1, True, pids, runs=runs, seconds=seconds,
+                 requests=saturation_requests, root=root)  # fmt: skip
+            spaced = [
+                _spaced(pod, url_h1, True, pids, seconds=seconds, root=root / f"spaced-h1-only-{i}")
+                for i in range(runs)
+            ]
+            spaced_load.print_table("http/1.1", {"h1-only": spaced})
             # h2c once more with the client proxy in per-connection mode (frame relay).
-            _restart_per_connection(mesh_node, client)
-            pod, _, url_h2, _ = paths["meshed"]
+            _restart_client(mesh_node, client, "MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM")
             _h2load(pod, ["-n", "200", "-c", "2", url_h2])  # warm-up
             pids = [client.proxy.pid, server.proxy.pid]
             print("client proxy with MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM=false:")
@@ -228,17 +243,16 @@ def _row(
     return p99
 
 
-def _restart_per_connection(mesh_node: Any, client: Any) -> None:
-    """The client's proxy again, with ``MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM=false``: HTTP/2
-    picks one endpoint per connection and relays frames (the same-run reference for the cost of
-    per-stream routing)."""
+def _restart_client(mesh_node: Any, client: Any, switch: str) -> None:
+    """The client's proxy again, with ``switch`` (a boolean ``MESHLET_PROXY_*`` variable) false
+    and the rest of its injected environment: the same-run reference for what the switch buys."""
     client.proxy.stop()
-    env = {**client.env, "MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM": "false"}
+    env = {**client.env, switch: "false"}
     client.proxy = client.pod.spawn(
         [importlib.import_module("tests.harness.mesh").PROXY],
         uid=importlib.import_module("meshlet.names").PROXY_UID,
         env=env,
         capture=False,
-        label="meshlet-proxy in client (per connection)",
+        label=f"meshlet-proxy in client ({switch}=false)",
     )
     mesh_node.wait_ready([client])

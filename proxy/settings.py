@@ -132,12 +132,13 @@ class ProxySettings:
     its own endpoint, route, retries: ``proxy/h2mux.py``); ``False`` picks one endpoint per client
     connection and relays its frames (cheaper per request, balanced only across connections)."""
 
-    outbound_http1_upgrade: bool = True
+    outbound_http1_upgrade: bool = False
     """Whether an outbound HTTP/1 request to a meshed endpoint whose proxy speaks HTTP/2
     (discovery's ``protocol_hint: h2``, identity on here) travels as a stream on the shared HTTP/2
     connection to that peer's proxy (``proxy/h1upgrade.py``; the peer's inbound gateway,
-    ``proxy/h1gateway.py``, speaks HTTP/1 to its application), as Linkerd does. ``False`` keeps
-    HTTP/1 end to end (for a mesh whose other proxies predate the gateway)."""
+    ``proxy/h1gateway.py``, speaks HTTP/1 to its application), as Linkerd does. Off by default:
+    measured, it saves CPU only when requests arrive together, and costs latency, saturation
+    throughput and CPU under evenly spaced load (docs/performance.md, ``## mesh``)."""
 
     outbound_retry_buffer_bytes: int = 65536
     """Bytes of an HTTP/1 request body kept for a retry (Linkerd's 64 KiB); a longer body is

@@ -275,13 +275,15 @@ class MeshNode:
         meshed: bool = True,
         token_for: str | None = None,
         replicaset: str | None = None,
+        proxy_env: dict[str, str] | None = None,
     ) -> MeshPod:
         """A pod; meshed ones get proxy-init and a proxy (not waited for: see ``wait_ready``),
         configured by what ``self.injector`` makes of the pod's manifest.
 
         ``token_for`` gives the pod the token of another ServiceAccount (so its certificate names
         that identity while discovery still derives its identity from ``serviceaccount``).
-        ``replicaset`` makes the pod a Deployment's (its owner reference).
+        ``replicaset`` makes the pod a Deployment's (its owner reference). ``proxy_env`` sets
+        ``MESHLET_PROXY_*`` variables over the injected ones (a switch the injector does not write).
         """
         pod = self.node.add_pod(name)
         manifest = pod_manifest(
@@ -314,6 +316,7 @@ class MeshNode:
             },
             GATEWAY,
         )
+        env.update(proxy_env or {})
         if token_for is not None:
             env["MESHLET_PROXY_IDENTITY_LOCAL_NAME"] = workload_identity(token_for, namespace)
         token_file = Path(env["MESHLET_PROXY_IDENTITY_TOKEN_FILE"])

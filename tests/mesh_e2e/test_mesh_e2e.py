@@ -18,8 +18,11 @@
     Service plain  VIP:80    -> outside :8080 (unmeshed endpoint)
     Service fake   VIP:80    -> impostor :8080
 
-Every proxy's env is the webhook's injection of its pod (tests/harness/mesh_node.py). Logs of
-every process are kept in pytest's temporary directory (``mesh-logs*``).
+Every proxy's env is the webhook's injection of its pod (tests/harness/mesh_node.py). The module
+runs twice: with HTTP/1 between the proxies (the default), and with the client's proxy sending its
+HTTP/1 requests as HTTP/2 streams to the server proxies' gateways
+(``MESHLET_PROXY_OUTBOUND_HTTP1_UPGRADE=true``). Logs of every process are kept in pytest's
+temporary directory (``mesh-logs*``).
 """
 
 from __future__ import annotations
@@ -66,17 +69,21 @@ def _start_h2_nginx(member: MeshPod, directory: Path) -> None:
 @dataclass
 class Mesh:
     node: MeshNode
+    upgraded: bool  # the client's HTTP/1 requests travel as HTTP/2 streams between the proxies
     client: MeshPod
     web: list[MeshPod]
     outside: MeshPod
     impostor: MeshPod
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+@pytest.fixture(scope="module", params=[False, True], ids=["h1", "h1-over-h2"])
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Mesh]:
     logs = tmp_path_factory.mktemp("mesh-logs")
+    upgrade = {"MESHLET_PROXY_OUTBOUND_HTTP1_UPGRADE": str(request.param).lower()}
     with open_mesh_node(logs) as mesh_node:
-        client = mesh_node.add_pod("client", serviceaccount="client")
+        client = mesh_node.add_pod("client", serviceaccount="client", proxy_env=upgrade)
         web = [mesh_node.add_pod(f"web-{i}", serviceaccount="web") for i in range(3)]
         outside = mesh_node.add_pod("outside", meshed=False)
         impostor = mesh_node.add_pod("impostor", serviceaccount="web", token_for="other")
@@ -96,7 +103,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         mesh_node.add_service("fake", 80, [impostor])
         mesh_node.wait_ready([client, *web, impostor])
         mesh_node.wait_discovered()
-        yield Mesh(mesh_node, client, web, outside, impostor)
+        yield Mesh(mesh_node, request.param, client, web, outside, impostor)
 
 
 def _get(mesh: Mesh, service: str, path: str = "/", pod: MeshPod | None = None) -> Outcome:
@@ -125,6 +132,28 @@ def test_service_vip_spreads_over_three_servers_with_mtls(mesh: Mesh) -> None:
         inbound = [s for s in new.series if s[0] == "request_total"]
         assert _delta(old, new, "request_total", **meshed) == served[member.name], inbound
         assert _delta(old, new, "request_total", direction="inbound") == served[member.name]
+
+
+def test_http1_between_the_proxies_is_http2_only_when_upgraded(mesh: Mesh) -> None:
+    """With the upgrade, the client's proxy reaches web-2's proxy port (the transport header's
+    HTTP/1-over-HTTP/2 session: no opaque port of web-2 is in any Service) and nothing else;
+    without it, the application port directly, as HTTP/1."""
+    web2 = mesh.web[2]
+    proxy_port = {"target_addr": f"{web2.pod.ip}:4143", "client_id": CLIENT_ID}
+    app_port = {"target_addr": f"{web2.pod.ip}:8080", "client_id": CLIENT_ID}
+    before = scrape(web2.pod)
+    answers = [_get(mesh, "web", f"/upgrade/{i}") for i in range(30)]
+    assert _failures(answers) == []
+    assert Counter(answer.pod for answer in answers)["web-2"] > 0
+    after = scrape(web2.pod)
+    opened = _delta(before, after, "tcp_open_total", **proxy_port)
+    direct = _delta(before, after, "tcp_open_total", **app_port)
+    if mesh.upgraded:
+        assert after.total("tcp_open_total", **proxy_port) >= 1, after.series
+        assert direct == 0, "an HTTP/1 connection to the application port"
+    else:
+        assert opened == 0, "a connection to the proxy port"
+        assert after.total("tcp_open_total", **app_port) >= 1, after.series
 
 
 def test_application_sees_the_client_identity(mesh: Mesh) -> None:
