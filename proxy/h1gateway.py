@@ -262,20 +262,12 @@ class _Gateway(StreamExchange):
     async def _keepalive(self) -> None:
         """A PING to a peer silent for the keepalive interval; still silent after the
         keepalive timeout, the connection ends."""
-        interval = self.settings.http2_keepalive_interval
-        timeout = self.settings.http2_keepalive_timeout
-        while True:
-            await trio.sleep(interval)
-            now = trio.current_time()
-            if now - self.link.last_read < interval:
-                continue
-            self.peer.ping()
-            await self._flush()
-            await trio.sleep(timeout)
-            if self.link.last_read <= now:
-                log.info("inbound h1-over-h2 peer did not answer a PING")
-                self.done.set()
-                return
+        settings = self.settings
+        await self.link.until_unanswered_ping(
+            settings.http2_keepalive_interval, settings.http2_keepalive_timeout, self._flush
+        )
+        log.info("inbound h1-over-h2 peer did not answer a PING")
+        self.done.set()
 
     async def _drain_on_shutdown(self) -> None:
         await self.context.lifecycle.draining.wait()

@@ -30,10 +30,9 @@ from proxy.h1 import CHUNKED, LENGTH, NO_BODY, ResponseHead
 from proxy.h1.replay import IDEMPOTENT_METHODS
 from proxy.h1.write import CHUNKED_FIELD, chunk, last_chunk, request_head
 from proxy.mtls.labels import inbound_request_headers
-from proxy.mtls.transport import ORIG_PROTO_HEADER
+from proxy.mtls.transport import CONNECTION_FIELDS, ORIG_PROTO_HEADER
 
 __all__ = [
-    "HOP_BY_HOP",
     "RejectedStream",
     "StreamRequest",
     "body_bytes",
@@ -45,17 +44,13 @@ __all__ = [
 
 Header = tuple[bytes, bytes]
 
-HOP_BY_HOP: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
-)
-"""Fields that describe one HTTP/1 connection: never carried across the HTTP/2 hop."""
 _VERSIONS: Final = {b"HTTP/1.1": b"1.1", b"HTTP/1.0": b"1.0"}
 _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE: Final = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")  # no CTL but HTAB (RFC 9110)
 _TARGET: Final = re.compile(rb"[\x21-\x7e]+")  # a request target: visible ASCII, no spaces
 _AUTHORITY: Final = re.compile(rb"[\x21-\x7e]*")
 _DIGITS: Final = re.compile(rb"[0-9]{1,18}")
-_DROPPED: Final = HOP_BY_HOP | {b"host", ORIG_PROTO_HEADER}
+_DROPPED: Final = CONNECTION_FIELDS | {b"host", ORIG_PROTO_HEADER}
 _IDEMPOTENCY_KEYS: Final = frozenset({b"idempotency-key", b"x-idempotency-key"})
 
 
@@ -190,7 +185,7 @@ def response_headers(head: ResponseHead) -> list[Header]:
     out: list[Header] = [(b":status", b"%d" % head.status)]
     for name, value in head.fields.forwarded:
         lowered = name.lower()
-        if lowered not in HOP_BY_HOP:
+        if lowered not in CONNECTION_FIELDS:
             out.append((lowered, value))
     return out
 

@@ -19,14 +19,13 @@ from typing import Final
 from proxy.discovery import Endpoint
 from proxy.h1 import LENGTH, NO_BODY, UNTIL_CLOSE, RequestHead, ResponseHead
 from proxy.h1.fields import FieldError, read_fields
-from proxy.mtls.transport import ORIG_PROTO_HEADER
+from proxy.mtls.transport import CONNECTION_FIELDS, ORIG_PROTO_HEADER
 
 __all__ = [
     "CONNECT_METHOD",
     "ENDPOINT_NOT_MESHED",
     "EXPECT_CONTINUE",
     "H2_HINT",
-    "HOP_BY_HOP",
     "NO_H2_HINT",
     "NO_LOCAL_IDENTITY",
     "PROTOCOL_UPGRADE",
@@ -62,10 +61,6 @@ REFUSALS: Final = {
 }
 """Why a request is not upgraded: slug -> sentence."""
 
-HOP_BY_HOP: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
-)
-"""Connection-specific fields never sent on a stream nor taken from one (RFC 9113 8.2.2)."""
 
 _CONNECT: Final = b"CONNECT"
 _OPTIONS: Final = b"OPTIONS"
@@ -136,7 +131,7 @@ def h2_request_headers(request: RequestHead, default_authority: bytes) -> list[H
     ]
     for name, value in request.fields.forwarded:
         lowered = name.lower()
-        if lowered in _NOT_FORWARDED or lowered in HOP_BY_HOP:
+        if lowered in _NOT_FORWARDED or lowered in CONNECTION_FIELDS:
             continue
         headers.append((lowered, value))
     headers.append((ORIG_PROTO_HEADER, b"HTTP/" + request.version))
@@ -153,7 +148,9 @@ def h1_response_head(headers: list[Header], *, head_request: bool) -> ResponseHe
     when present; else ``UNTIL_CLOSE`` (the shell chunks it to an HTTP/1.1 client and closes
     after it for an HTTP/1.0 one). Raises ``ResponseHeadError``."""
     fields = [
-        item for item in headers if not item[0].startswith(b":") and item[0] not in HOP_BY_HOP
+        item
+        for item in headers
+        if not item[0].startswith(b":") and item[0] not in CONNECTION_FIELDS
     ]
     status = _status(headers)
     if status < 200:

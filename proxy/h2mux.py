@@ -239,21 +239,12 @@ class _Mux(MuxResponses):
     async def _keepalive(self) -> None:
         """A PING to a client silent for the keepalive interval; still silent after the
         keepalive timeout, the connection ends (the shared upstreams keep their own watch)."""
-        interval = self.context.settings.http2_keepalive_interval
-        timeout = self.context.settings.http2_keepalive_timeout
-        down = self.down
-        while True:
-            await trio.sleep(interval)
-            now = trio.current_time()
-            if now - down.last_read < interval:
-                continue
-            down.peer.ping()
-            await self._flush()
-            await trio.sleep(timeout)
-            if down.last_read <= now:
-                log.info("outbound h2 client did not answer a PING")
-                self.done.set()
-                return
+        settings = self.context.settings
+        await self.down.until_unanswered_ping(
+            settings.http2_keepalive_interval, settings.http2_keepalive_timeout, self._flush
+        )
+        log.info("outbound h2 client did not answer a PING")
+        self.done.set()
 
     async def _drain_on_shutdown(self) -> None:
         await self.context.lifecycle.draining.wait()

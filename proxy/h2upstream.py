@@ -34,6 +34,7 @@ keepalive timeout, it is closed and its streams fail over.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
@@ -83,6 +84,22 @@ class Link:
         self.peer = peer
         self.sending = False
         self.last_read = trio.current_time()
+
+    async def until_unanswered_ping(
+        self, interval: float, timeout: float, flush: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Return once the peer, silent for ``interval`` and sent a PING (queued, then
+        ``flush``), is still silent ``timeout`` later: the keepalive of one connection."""
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            if now - self.last_read < interval:
+                continue
+            self.peer.ping()
+            await flush()
+            await trio.sleep(timeout)
+            if self.last_read <= now:
+                return
 
     async def flush(self) -> None:
         if self.sending:

@@ -37,6 +37,7 @@ import trio
 from proxy.mtls.errors import TransportHeaderError
 
 __all__ = [
+    "CONNECTION_FIELDS",
     "ORIG_PROTO_HEADER",
     "Session",
     "TransportHeader",
@@ -50,6 +51,11 @@ __all__ = [
 ORIG_PROTO_HEADER: Final = b"meshlet-orig-proto"
 """On each request of a ``Session.HTTP1_OVER_H2`` connection: the client's HTTP version
 (``HTTP/1.1`` or ``HTTP/1.0``), which the peer's proxy speaks to the application."""
+CONNECTION_FIELDS: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
+)
+"""Fields that describe one HTTP/1 connection: neither side of a ``Session.HTTP1_OVER_H2``
+carries them across the HTTP/2 hop (RFC 9113 8.2.2), in either direction."""
 
 
 class Session(enum.Enum):

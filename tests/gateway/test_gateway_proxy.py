@@ -9,15 +9,17 @@ import re
 import pytest
 import trio
 
+from proxy.h2frames import PREFACE
+from proxy.mtls.transport import Session
 from proxy.policy import DefaultInboundPolicy
 from proxy.tap import TapFilter, TapRequest, TapResponse
-from tests.mesh_tls.conftest import WEB, IdentityService, StartMeshProxy, free_port
+from tests.mesh_tls.conftest import DB, WEB, IdentityService, StartMeshProxy, free_port
 
-from .conftest import BIG, App, Gateway, Response, big_body, body_of, start_gateway
+from .conftest import BIG, App, Gateway, H2Client, Response, big_body, body_of, start_gateway
 
 pytestmark = pytest.mark.trio
 
-_DATA, _HEADERS, _GOAWAY = 0x0, 0x1, 0x7
+_DATA, _HEADERS, _PING, _GOAWAY = 0x0, 0x1, 0x6, 0x7
 _END_STREAM, _END_HEADERS = 0x1, 0x4
 UPLOAD = 16 * 1024 * 1024
 
@@ -296,3 +298,47 @@ async def test_the_inbound_policy_refuses_each_request(
     assert response.status == 403
     assert response.headers[b"meshlet-proxy-error"] == b"unauthorized"
     assert app.requests == []
+
+
+async def test_keepalive_ends_a_silent_peer_and_keeps_an_answering_one(
+    app: App, identity_service: IdentityService, start_mesh_proxy: StartMeshProxy
+) -> None:
+    """A peer that never answers the gateway's PING is closed after the keepalive timeout; one
+    whose HTTP/2 stack answers (``h2`` does) keeps its connection through many intervals."""
+    keepalive = {"http2_keepalive_interval": 0.2, "http2_keepalive_timeout": 0.2}
+    gateway = await start_gateway(identity_service, start_mesh_proxy, **keepalive)
+    answering = await gateway.connect(app.port)
+    silent = await gateway.client.mesh.connect_endpoint(
+        ("127.0.0.1", app.port),
+        DB,
+        timeout=5.0,
+        metrics=gateway.client.context.metrics,
+        direction="outbound",
+        session=Session.HTTP1_OVER_H2,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_answer_pings, answering)
+            await silent.send(PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # SETTINGS
+            raw = b""
+            with trio.fail_after(10):
+                while data := await silent.receive():
+                    raw += data
+            await trio.sleep(1)  # five more intervals for the answering peer
+            nursery.cancel_scope.cancel()
+        kinds = []
+        while len(raw) >= 9:
+            length = int.from_bytes(raw[:3], "big")
+            kinds.append(raw[3])
+            raw = raw[9 + length :]
+        assert _PING in kinds, kinds  # asked, never answered, then closed
+        assert not answering.eof
+        assert (await answering.get(b"/echo")).status == 200
+    finally:
+        silent.close()
+        answering.close()
+
+
+async def _answer_pings(client: H2Client) -> None:
+    while not client.eof:
+        await client.read_once()  # ``h2`` answers the PINGs it reads
