@@ -18,7 +18,10 @@ connection's nursery:
   keep-alive one of this gateway connection, or a new one to ``127.0.0.1:<port>``), the head,
   then the request body as it arrives alongside the response: 1xx dropped (a 101 is a 502),
   the final head as HEADERS, each body piece as DATA within the stream's send window (the task
-  reads the application again only once what it read left: at most a window per stream). The
+  reads the application again only once what it read left: at most a window per stream). A
+  finished response is written by its own task, shielded, when the connection's writer is idle
+  (``_send_soon``: the first of a burst goes at once), else by the writer, which gathers what one
+  scheduler pass queued into one write. The
   application connection goes back to the idle list when the exchange completed both ways and
   the response was not delimited by the connection's end; a connection that broke, was reset
   or whose stream was reset is closed (aborted). Idle ones are kept at most
@@ -131,6 +134,13 @@ class _Gateway(StreamExchange):
     def _kick(self) -> None:
         if self.peer.out:
             self._writer.unpark()
+
+    async def _send_soon(self) -> None:
+        if not self._writer or self.link.sending or not self.peer.out:
+            return
+        self._writer.unpark()
+        with trio.CancelScope(shield=True):
+            await self._flush()
 
     async def _write_loop(self) -> None:
         """Sends what the stream tasks queue (the reader sends what its events queued)."""

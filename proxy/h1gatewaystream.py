@@ -154,9 +154,14 @@ class StreamExchange:
     metrics: Metrics
 
     def _kick(self) -> None:
-        """Have the connection's writer send what the peer queued (stream tasks never write
-        to the connection themselves: a reset cancels them, and a write cut short would break
-        the TLS records of every stream)."""
+        """Have the connection's writer send what the peer queued (a stream task writes to the
+        connection only shielded, in ``_send_soon``: a reset cancels it, and a write cut short
+        would break the TLS records of every stream)."""
+        raise NotImplementedError
+
+    async def _send_soon(self) -> None:
+        """Send what the peer queued at once when the connection's writer is idle (shielded:
+        see ``_kick``) and wake it for whatever else this scheduler pass queues."""
         raise NotImplementedError
 
     def _finish(self, stream: GatewayStream) -> None:
@@ -290,7 +295,7 @@ class StreamExchange:
         self.metrics.response_end(stream.labels, head.status, classify(head.status, None))
         if stream.tap is not None:
             stream.tap.end()
-        self._kick()
+        await self._send_soon()
 
     async def _send_data(self, stream: GatewayStream, data: bytes) -> None:
         """``data`` as DATA frames, each within the stream's and the connection's window."""

@@ -217,7 +217,7 @@ async def attempt_upgraded(exchange: Exchange, endpoint: Endpoint) -> int:
     try:
         alone = exchange.complete and all(type(e) is End for e in exchange.buffered)
         up.peer.send_headers(stream.up_id, headers, alone)
-        up.kick()
+        await up.send_soon()
         if alone:
             stream.end_sent = True
             status = await _respond(exchange, stream, started)

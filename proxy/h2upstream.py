@@ -170,6 +170,25 @@ class Upstream(Link):
         if self.peer.out and self._lot:
             self._lot.unpark()
 
+    async def send_soon(self) -> None:
+        """Send what is queued from the calling task when the writer is idle (a request alone,
+        or the first of a burst, leaves at once, so the peer starts on it while the rest of
+        the burst is read) and wake the writer, which gathers whatever else this scheduler
+        pass queues into its one write; when the writer is already woken or sending, leave
+        the bytes to it. The write is shielded: a TLS record cut short by a cancellation would
+        corrupt the connection for every stream. A failure closes the connection (its reader
+        fails over its streams)."""
+        if not self._lot or self.sending or not self.peer.out:
+            return
+        self._lot.unpark()
+        with trio.CancelScope(shield=True):
+            try:
+                await self.flush()
+            except ProxyError as exc:
+                log.debug("outbound h2 upstream %s: %s", self.endpoint.address, exc)
+                self.closing = True
+                self.close()
+
     async def wait_for_bytes(self) -> None:
         """The writer's wait until ``kick`` (or ``close``)."""
         await self._lot.park()

@@ -137,8 +137,8 @@ class ProxySettings:
     (discovery's ``protocol_hint: h2``, identity on here) travels as a stream on the shared HTTP/2
     connection to that peer's proxy (``proxy/h1upgrade.py``; the peer's inbound gateway,
     ``proxy/h1gateway.py``, speaks HTTP/1 to its application), as Linkerd does. Off by default:
-    measured, it saves CPU only when requests arrive together, and costs latency, saturation
-    throughput and CPU under evenly spaced load (docs/performance.md, ``## mesh``)."""
+    measured, it saves CPU only when requests arrive together, and costs CPU under evenly
+    spaced load and throughput at saturation (docs/performance.md, ``## mesh``)."""
 
     outbound_retry_buffer_bytes: int = 65536
     """Bytes of an HTTP/1 request body kept for a retry (Linkerd's 64 KiB); a longer body is
