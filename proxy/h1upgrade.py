@@ -22,7 +22,9 @@ anything of it is relayed, exactly as on the HTTP/1 path. A ``Retry`` answer res
 and picks again. Then the head goes to the client in HTTP/1 (the client's framing chosen by
 ``proxy/http1response.py``), and each DATA is written to the client before its bytes are
 ``consumed``: the stream's window only reopens as the client reads, so the proxy holds at most
-a window per stream. Each queued frame ``kick``s the upstream's writer task.
+a window per stream. The HEADERS go out through ``Upstream.send_soon`` (written at once when the
+connection's writer is idle, so a request alone or the first of a burst does not wait for it);
+every other queued frame ``kick``s the writer task.
 
 A stream the peer REFUSED (RST_STREAM REFUSED_STREAM, or above a GOAWAY's last stream id) was
 never processed: it counts as a failed connect, retried on any route (unless part of the body
