@@ -41,6 +41,7 @@ request is counted as every inbound request (``request_total``, ``response_total
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -93,7 +94,6 @@ class _Gateway(StreamExchange):
         self.pool = AppPool(route, context.metrics, context.settings.http1_pool_idle_timeout)
         self.closing = False
         self.done = trio.Event()
-        self._writer = trio.lowlevel.ParkingLot()
         self.nursery: trio.Nursery | None = None
         self.tap_conn = next_connection_id()
         try:
@@ -125,27 +125,25 @@ class _Gateway(StreamExchange):
                 pass
 
     async def _flush(self) -> None:
+        await self._sending(self.link.flush)
+
+    def _kick(self) -> None:
+        self.link.kick()
+
+    async def _send_soon(self) -> None:
+        await self._sending(self.link.send_soon)
+
+    async def _sending(self, send: Callable[[], Awaitable[None]]) -> None:
         try:
-            await self.link.flush()
+            await send()
         except ProxyError as exc:
             log.debug("inbound h1-over-h2 connection: %s", exc)
             self.done.set()
 
-    def _kick(self) -> None:
-        if self.peer.out:
-            self._writer.unpark()
-
-    async def _send_soon(self) -> None:
-        if not self._writer or self.link.sending or not self.peer.out:
-            return
-        self._writer.unpark()
-        with trio.CancelScope(shield=True):
-            await self._flush()
-
     async def _write_loop(self) -> None:
         """Sends what the stream tasks queue (the reader sends what its events queued)."""
         while True:
-            await self._writer.park()
+            await self.link.wait_for_bytes()
             await self._flush()
 
     # -- the reader ------------------------------------------------------------------------------

@@ -53,7 +53,6 @@ class MuxState:
         self.streams: dict[int, MuxStream] = {}
         self.pool = self.outbound.h2_upstreams
         self.congested = False  # response DATA waits until the client's queue drains
-        self._writer = trio.lowlevel.ParkingLot()
         self.closing = False
         self.done = trio.Event()
         self.nursery: trio.Nursery | None = None
@@ -184,13 +183,12 @@ class MuxState:
                 del out[:sent]
                 if not out and not self.congested:
                     return
-        if self._writer:
-            self._writer.unpark()
+        down.wake()
 
     async def _write_loop(self) -> None:
         """Writes what the upstreams' readers queue for the client."""
         while True:
-            await self._writer.park()
+            await self.down.wait_for_bytes()
             await self._flush()
 
     async def _flush(self) -> None:

@@ -75,15 +75,47 @@ _PoolKey = tuple[str, int, str | None, Session | None]  # address, port, TLS ide
 
 
 class Link:
-    """A socket and the HTTP/2 peer speaking over it; ``flush`` sends what the peer queued."""
+    """A socket and the HTTP/2 peer speaking over it; ``flush`` sends what the peer queued.
 
-    __slots__ = ("conn", "last_read", "peer", "sending")
+    A connection shared by several tasks has a writer task of its own (``wait_for_bytes``, then
+    ``flush``), woken by ``kick`` when a task queued bytes, so the frames queued in one scheduler
+    pass leave in one write; ``send_soon`` lets the first of them go at once."""
+
+    __slots__ = ("_writer", "conn", "last_read", "peer", "sending")
 
     def __init__(self, conn: Conn, peer: Peer) -> None:
         self.conn = conn
         self.peer = peer
         self.sending = False
         self.last_read = trio.current_time()
+        self._writer = trio.lowlevel.ParkingLot()  # the writer task, waiting for bytes
+
+    def kick(self) -> None:
+        """Wake the writer if bytes are queued."""
+        if self.peer.out:
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake the writer (if it waits)."""
+        if self._writer:
+            self._writer.unpark()
+
+    async def wait_for_bytes(self) -> None:
+        """The writer's wait until ``kick``."""
+        await self._writer.park()
+
+    async def send_soon(self) -> None:
+        """Send what is queued from the calling task when the writer is idle (a request alone,
+        or the first of a burst, leaves at once, so the peer starts on it while the rest of
+        the burst is read) and wake the writer, which gathers whatever else this scheduler
+        pass queues into its one write; when the writer is already woken or sending, leave
+        the bytes to it. The write is shielded: a TLS record cut short by a cancellation would
+        corrupt the connection for every stream. Raises the send's ``ProxyError``."""
+        if not self._writer or self.sending or not self.peer.out:
+            return
+        self._writer.unpark()
+        with trio.CancelScope(shield=True):
+            await self.flush()
 
     async def until_unanswered_ping(
         self, interval: float, timeout: float, flush: Callable[[], Awaitable[None]]
@@ -140,7 +172,6 @@ class Upstream(Link):
     """One HTTP/2 connection to an endpoint, carrying streams of any client connection."""
 
     __slots__ = (
-        "_lot",
         "closed",
         "closing",
         "endpoint",
@@ -163,35 +194,16 @@ class Upstream(Link):
         self.closing = False  # GOAWAY received, ids exhausted, or the connection broke
         self.closed = False
         self.idle_since = self.last_read  # when its last stream ended (or it opened)
-        self._lot = trio.lowlevel.ParkingLot()  # the writer, waiting for bytes
-
-    def kick(self) -> None:
-        """Wake the writer if bytes are queued."""
-        if self.peer.out and self._lot:
-            self._lot.unpark()
 
     async def send_soon(self) -> None:
-        """Send what is queued from the calling task when the writer is idle (a request alone,
-        or the first of a burst, leaves at once, so the peer starts on it while the rest of
-        the burst is read) and wake the writer, which gathers whatever else this scheduler
-        pass queues into its one write; when the writer is already woken or sending, leave
-        the bytes to it. The write is shielded: a TLS record cut short by a cancellation would
-        corrupt the connection for every stream. A failure closes the connection (its reader
-        fails over its streams)."""
-        if not self._lot or self.sending or not self.peer.out:
-            return
-        self._lot.unpark()
-        with trio.CancelScope(shield=True):
-            try:
-                await self.flush()
-            except ProxyError as exc:
-                log.debug("outbound h2 upstream %s: %s", self.endpoint.address, exc)
-                self.closing = True
-                self.close()
-
-    async def wait_for_bytes(self) -> None:
-        """The writer's wait until ``kick`` (or ``close``)."""
-        await self._lot.park()
+        """``Link.send_soon``; a failure closes the connection (its reader fails over its
+        streams)."""
+        try:
+            await super().send_soon()
+        except ProxyError as exc:
+            log.debug("outbound h2 upstream %s: %s", self.endpoint.address, exc)
+            self.closing = True
+            self.close()
 
     def close(self) -> None:
         """Close once (best effort to send what is queued, a GOAWAY included)."""
@@ -202,7 +214,7 @@ class Upstream(Link):
             self.conn.send_nowait(bytes(self.peer.out))  # what fits now, or nothing
         self.peer.out.clear()
         self.conn.close()
-        self._lot.unpark_all()
+        self._writer.unpark_all()
 
     def has_room(self) -> bool:
         peer = self.peer
