@@ -4,9 +4,9 @@ Theory of operation. ``proxy/http1.py`` hands a request here when ``proxy.outbou
 authority (the ``Host`` naming a Service, else the connection's original destination). The request
 body is read into memory up to ``outbound_retry_buffer_bytes`` (unless the request waits for
 ``100 Continue`` or upgrades), so it can be sent again. Then, until an attempt is final:
-``attempts.pick``
-(waiting up to the failfast timeout for endpoints), a pooled keep-alive connection to that endpoint
-(or a new one, mTLS when discovery gave an identity), the request, and the response head; or, when
+``attempts.pick`` (waiting up to the failfast timeout for endpoints), a pooled keep-alive
+connection to that endpoint (or a new one, mTLS when discovery gave an identity), the request, and
+the response head; or, when
 the endpoint's proxy takes HTTP/1 over HTTP/2 and the request may be upgraded, a stream on the
 shared HTTP/2 connection to that proxy (``proxy/h1upgrade.py``), with the same reports and retries.
 Pooled connections idle for the pool idle timeout are not reused, and one found dead before any
