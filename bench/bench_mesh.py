@@ -7,9 +7,12 @@ meshlet-destination in local mode in a node namespace, and four pods:
   meshlet-proxy (inbound) -> nginx in the server pod; the Service VIP is in discovery, so the
   client proxy picks the endpoint and dials it with the server's identity;
 - ``direct``: h2load in an unmeshed pod -> nginx in an unmeshed pod (same bridge, no proxies);
-- ``h1-only`` (HTTP/1.1): the meshed path again with the client proxy restarted with
-  ``MESHLET_PROXY_OUTBOUND_HTTP1_UPGRADE=false`` (HTTP/1 between the proxies too, instead of
-  streams on a shared HTTP/2 connection), burst and evenly spaced;
+- ``trio-tls``: the direct pods again, through a pair of minimal Trio forwarders
+  (``bench/trio_forwarder.py``), one in each pod, with mutual TLS 1.3 between them: what two
+  hops written on Trio with TLS cost with no HTTP work, discovery or balancing at all;
+- ``upgrade`` (HTTP/1.1): the meshed path again with the client proxy restarted with
+  ``MESHLET_PROXY_OUTBOUND_HTTP1_UPGRADE=true`` (HTTP/1 requests as streams on a shared HTTP/2
+  connection between the proxies instead of HTTP/1 end to end), burst and evenly spaced;
 - ``per-conn`` (h2c, last): the meshed path again with the client proxy restarted with
   ``MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM=false`` (one endpoint per connection, frames relayed
   as on the inbound side), the same-run reference for the cost of per-stream routing.
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench import h2load_logs, spaced_load
+from bench.bench_mesh_tls import DB, WEB, bench_issuer, write_leaf
 from bench.procstat import cpu_seconds as _cpu_seconds
 from bench.procstat import rss_mb as _rss_mb
 from meshlet.localmesh.netns import clean_env
@@ -97,6 +101,39 @@ def _nginx(member: Any, directory: Path) -> None:
     member.pod.wait_for_port(("127.0.0.1", 8080))
 
 
+_FORWARDED = {8080: 9080, 8081: 9081}  # nginx's port -> the Trio forwarders' port (both pods)
+
+
+def _trio_tls_pair(client: Any, server: Any, directory: Path) -> list[int]:
+    """``bench/trio_forwarder.py`` in the unmeshed ``client`` pod (plaintext in, mutual TLS
+    out) and in the unmeshed ``server`` pod (mutual TLS in, plaintext to its nginx), with
+    certificates from a bench issuer; returns their PIDs (client side first)."""
+    directory.mkdir()
+    issuer, anchors = bench_issuer()
+    ca = directory / "ca.pem"
+    ca.write_text(anchors)
+    server_files = [str(f) for f in (*write_leaf(directory, issuer, DB), ca)]
+    client_files = [str(f) for f in (*write_leaf(directory, issuer, WEB), ca)]
+    script = str(Path(__file__).with_name("trio_forwarder.py"))
+    inner = [f"0.0.0.0:{port}=127.0.0.1:{app}" for app, port in _FORWARDED.items()]
+    outer = [f"127.0.0.1:{port}={server.pod.ip}:{port}" for port in _FORWARDED.values()]
+    accepting = server.pod.spawn(
+        [sys.executable, script, "--accept-tls", *server_files, *inner],
+        capture=False,
+        label="trio forwarder (mutual TLS in)",
+    )
+    for port in _FORWARDED.values():
+        server.pod.wait_for_port(("127.0.0.1", port))
+    connecting = client.pod.spawn(
+        [sys.executable, script, "--connect-tls", *client_files, DB, *outer],
+        capture=False,
+        label="trio forwarder (mutual TLS out)",
+    )
+    for port in _FORWARDED.values():
+        client.pod.wait_for_port(("127.0.0.1", port))
+    return [connecting.pid, accepting.pid]
+
+
 def run(args: list[str]) -> None:
     if os.geteuid() != 0:
         print("bench mesh needs root (network namespaces, iptables): skipped")
@@ -115,6 +152,7 @@ def run(args: list[str]) -> None:
             plain_server = mesh_node.add_pod("plain-server", meshed=False)
             _nginx(server, root / "nginx-meshed")
             _nginx(plain_server, root / "nginx-direct")
+            forwarders = _trio_tls_pair(plain_client, plain_server, root / "trio-tls")
             h1 = mesh_node.add_service("web", 80, [server], target_port=8080)
             h2 = mesh_node.add_service("web-h2", 81, [server], target_port=8081)
             mesh_node.wait_ready([client, server])
@@ -123,6 +161,8 @@ def run(args: list[str]) -> None:
             paths = {
                 "direct": (plain_client.pod, f"http://{plain_server.pod.ip}:8080/",
                            f"http://{plain_server.pod.ip}:8081/", []),
+                "trio-tls": (plain_client.pod, f"http://127.0.0.1:{_FORWARDED[8080]}/",
+                             f"http://127.0.0.1:{_FORWARDED[8081]}/", forwarders),
                 "meshed": (client.pod, f"http://{h1.service.vip}:80/",
                            f"http://{h2.service.vip}:81/", pids),
             }  # fmt: skip
@@ -136,21 +176,21 @@ def run(args: list[str]) -> None:
             print(f"warm-up requests the server proxy took over mTLS from the client: "
                   f"{page.total('request_total', **meshed):.0f}")  # fmt: skip
             _report(paths, runs=runs, seconds=seconds, requests=saturation_requests, root=root)
-            # HTTP/1.1 once more with the client proxy keeping HTTP/1 between the proxies.
-            _restart_client(mesh_node, client, "MESHLET_PROXY_OUTBOUND_HTTP1_UPGRADE")
+            # HTTP/1.1 once more with the client proxy upgrading to HTTP/2 between the proxies.
+            _restart_client(mesh_node, client, "MESHLET_PROXY_OUTBOUND_HTTP1_UPGRADE", True)
             pod, url_h1, url_h2, _ = paths["meshed"]
             _h2load(pod, ["-n", "200", "-c", "2", "--h1", url_h1])  # warm-up
             pids = [client.proxy.pid, server.proxy.pid]
-            print("client proxy with MESHLET_PROXY_OUTBOUND_HTTP1_UPGRADE=false:")
-            _row("h1-only", pod, url_h1, True, pids, runs=runs, seconds=seconds,
+            print("client proxy with MESHLET_PROXY_OUTBOUND_HTTP1_UPGRADE=true:")
+            _row("upgrade", pod, url_h1, True, pids, runs=runs, seconds=seconds,
                  requests=saturation_requests, root=root)  # fmt: skip
             spaced = [
-                _spaced(pod, url_h1, True, pids, seconds=seconds, root=root / f"spaced-h1-only-{i}")
+                _spaced(pod, url_h1, True, pids, seconds=seconds, root=root / f"spaced-upgrade-{i}")
                 for i in range(runs)
             ]
-            spaced_load.print_table("http/1.1", {"h1-only": spaced})
+            spaced_load.print_table("http/1.1", {"upgrade": spaced})
             # h2c once more with the client proxy in per-connection mode (frame relay).
-            _restart_client(mesh_node, client, "MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM")
+            _restart_client(mesh_node, client, "MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM", False)
             _h2load(pod, ["-n", "200", "-c", "2", url_h2])  # warm-up
             pids = [client.proxy.pid, server.proxy.pid]
             print("client proxy with MESHLET_PROXY_OUTBOUND_HTTP2_PER_STREAM=false:")
@@ -168,9 +208,9 @@ def _report(
 ) -> None:
     print(f"machine: {os.cpu_count()} cores, python{sys.version_info[0]}.{sys.version_info[1]}")
     print(f"fixed rate: 1,000 req/s over 10 connections for {seconds}s; medians of {runs} runs")
-    print("cores/RSS: client proxy / server proxy")
+    print("cores/RSS: client proxy / server proxy (trio-tls: client / server forwarder)")
     print(
-        f"{'protocol':8} {'path':7} {'p50 ms':>7} {'p99 ms':>7} {'cores':>13} "
+        f"{'protocol':8} {'path':8} {'p50 ms':>7} {'p99 ms':>7} {'cores':>13} "
         f"{'RSS MB':>11} {'sent req/s':>10} {'max req/s':>10}"
     )
     for h1 in (True, False):
@@ -185,10 +225,15 @@ def _report(
                 _spaced(pod, url, h1, pids, seconds=seconds, root=root / f"spaced-{name}-{h1}-{i}")
                 for i in range(runs)
             ]
-        print(f"  p99 added by the two proxies: {p99s['meshed'] - p99s['direct']:.2f} ms")
+        print(f"  p99 added by the two hops: {_added(p99s)}")
         spaced_p99s = spaced_load.print_table("http/1.1" if h1 else "h2c", spaced)
-        added = spaced_p99s["meshed"] - spaced_p99s["direct"]
-        print(f"  p99 added by the two proxies (evenly spaced): {added:.2f} ms")
+        print(f"  p99 added by the two hops (evenly spaced): {_added(spaced_p99s)}")
+
+
+def _added(p99s: dict[str, float]) -> str:
+    direct = p99s["direct"]
+    added = (f"{name} {p99 - direct:.2f} ms" for name, p99 in p99s.items() if name != "direct")
+    return ", ".join(added)
 
 
 def _spaced(
@@ -233,7 +278,7 @@ def _row(
     )
     p99 = statistics.median(s.p99_ms for s in samples)
     print(
-        f"{'http/1.1' if h1 else 'h2c':8} {name:7} "
+        f"{'http/1.1' if h1 else 'h2c':8} {name:8} "
         f"{statistics.median(s.p50_ms for s in samples):7.2f} {p99:7.2f} "
         f"{cores or '-':>13} {rss or '-':>11} "
         f"{statistics.median(s.achieved for s in samples):10.0f} "
@@ -243,16 +288,17 @@ def _row(
     return p99
 
 
-def _restart_client(mesh_node: Any, client: Any, switch: str) -> None:
-    """The client's proxy again, with ``switch`` (a boolean ``MESHLET_PROXY_*`` variable) false
-    and the rest of its injected environment: the same-run reference for what the switch buys."""
+def _restart_client(mesh_node: Any, client: Any, switch: str, value: bool) -> None:
+    """The client's proxy again, with ``switch`` (a boolean ``MESHLET_PROXY_*`` variable) set to
+    ``value`` and the rest of its injected environment: the same-run comparison for what the
+    switch changes."""
     client.proxy.stop()
-    env = {**client.env, switch: "false"}
+    env = {**client.env, switch: str(value).lower()}
     client.proxy = client.pod.spawn(
         [importlib.import_module("tests.harness.mesh").PROXY],
         uid=importlib.import_module("meshlet.names").PROXY_UID,
         env=env,
         capture=False,
-        label=f"meshlet-proxy in client ({switch}=false)",
+        label=f"meshlet-proxy in client ({switch}={str(value).lower()})",
     )
     mesh_node.wait_ready([client])

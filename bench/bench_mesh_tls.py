@@ -48,7 +48,7 @@ def _timed(count: int, body: Callable[[int], None]) -> float:
     return statistics.median(samples)
 
 
-def _write_leaf(directory: Path, issuer: Issuer, name: str) -> tuple[Path, Path]:
+def write_leaf(directory: Path, issuer: Issuer, name: str) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     leaf = sign_leaf(issuer, key.public_key(), name, now=now)
@@ -58,16 +58,22 @@ def _write_leaf(directory: Path, issuer: Issuer, name: str) -> tuple[Path, Path]
     return cert_file, key_file
 
 
-def _contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext, str]:
+def bench_issuer() -> tuple[Issuer, str]:
+    """A day-long trust anchor and issuer, as the identity service would hold them, and the
+    anchor's PEM."""
     now = datetime.datetime.now(datetime.UTC)
     day = datetime.timedelta(days=1)
     anchor = create_trust_anchor(name="root.bench", now=now, lifetime=day)
     ca = create_issuer(anchor, name="identity.bench", now=now, lifetime=day)
     issuer = Issuer(certificate=ca.certificate, key=ca.key, anchors=(anchor.certificate,))
-    anchors_pem = certificate_pem(anchor.certificate).decode()
-    server = server_context(anchors_pem, *_write_leaf(directory, issuer, DB))
+    return issuer, certificate_pem(anchor.certificate).decode()
+
+
+def _contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext, str]:
+    issuer, anchors_pem = bench_issuer()
+    server = server_context(anchors_pem, *write_leaf(directory, issuer, DB))
     server.num_tickets = 0  # as the proxy's inbound side
-    client = client_context(anchors_pem, *_write_leaf(directory, issuer, WEB))
+    client = client_context(anchors_pem, *write_leaf(directory, issuer, WEB))
     return server, client, anchors_pem
 
 

@@ -8,8 +8,9 @@
   every connection's original destination fixed to the backend (no iptables on loopback);
 - ``nginx``: h2load against a second nginx (one worker) reverse-proxying to the backend with
   upstream keep-alive, the reference;
-- ``trio-tcp``: a minimal Trio TCP forwarder (one connection upstream per client connection,
-  bytes copied both ways): the floor for any proxy written on Trio, on the same machine.
+- ``trio-tcp``: a minimal Trio TCP forwarder (``bench/trio_forwarder.py``: one connection
+  upstream per client connection, bytes copied both ways with trio's streams): what a proxy
+  written on Trio pays with no HTTP work at all, on the same machine.
 
 For each protocol (h2c, HTTP/1.1) and target: latency p50/p99 (from h2load's per-request log) and
 the proxy's CPU (cores, from /proc utime+stime over the run) and RSS at a fixed 1,000 requests/s
@@ -53,31 +54,7 @@ _REVERSE = """
         location / {{ proxy_pass http://backend; proxy_http_version 1.1;
                      proxy_set_header Connection ""; }}
     }}"""
-_FORWARDER = """
-import functools, sys, trio
-
-async def pump(source, sink):
-    try:
-        while data := await source.receive_some(65536):
-            await sink.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
-
-async def handle(port, client):
-    upstream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with client, upstream, trio.open_nursery() as nursery:
-        nursery.start_soon(pump, client, upstream)
-        nursery.start_soon(pump, upstream, client)
-
-async def main():
-    async with trio.open_nursery() as nursery:
-        for listen, target in zip(sys.argv[1::2], sys.argv[2::2]):
-            serve = functools.partial(handle, int(target))
-            listener = functools.partial(trio.serve_tcp, serve, int(listen), host="127.0.0.1")
-            nursery.start_soon(listener)
-
-trio.run(main)
-"""
+_FORWARDER = Path(__file__).with_name("trio_forwarder.py")
 _PROXY = """
 import sys
 from proxy.__main__ import main
@@ -233,8 +210,8 @@ def run(args: list[str]) -> None:
                 _wait_port(inbound, proxy)
                 meshlet[proto] = (inbound, proxy.pid)
             fwd = {"h2c": _free_port(), "h1": _free_port()}
-            ports = [fwd["h2c"], back["h2c"], fwd["h1"], back["h1"]]
-            forwarder = subprocess.Popen([sys.executable, "-c", _FORWARDER, *map(str, ports)])
+            pairs = [f"127.0.0.1:{fwd[p]}=127.0.0.1:{back[p]}" for p in ("h2c", "h1")]
+            forwarder = subprocess.Popen([sys.executable, str(_FORWARDER), *pairs])
             processes.append(forwarder)
             _wait_port(fwd["h1"], forwarder)
             targets.append(Target("trio-tcp", fwd["h2c"], fwd["h1"], forwarder.pid))
