@@ -14,7 +14,8 @@
 
 For each protocol (h2c, HTTP/1.1) and target: latency p50/p99 (from h2load's per-request log) and
 the proxy's CPU (cores, from /proc utime+stime over the run) and RSS at a fixed 1,000 requests/s
-over 10 connections, then the requests/s at saturation (10 connections, 10 streams each for h2c).
+over 10 connections, then the requests/s at saturation (10 connections, 10 streams each for h2c)
+on one core: during saturation the proxy is pinned to CPU 1, h2load and the backend to CPU 0.
 Then the same fixed rate evenly spaced (rows ``<target>~``, ``bench/spaced_load.py``): 10 h2load
 processes of one connection each at 100 requests/s, their timers staggered 1 ms apart, with the
 spacing achieved measured from their logs, and the p99 each proxy adds over ``direct~``. The
@@ -112,10 +113,12 @@ class Sample:
     rss_mb: float
 
 
-def _h2load(args: list[str], log: Path | None = None) -> str:
+def _h2load(args: list[str], log: Path | None = None, cpu: int | None = None) -> str:
     argv = ["h2load", *args]
     if log is not None:
         argv[1:1] = ["--log-file", str(log)]
+    if cpu is not None:
+        argv[:0] = ["taskset", "-c", str(cpu)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     return h2load_logs.h2load_summary(result.stdout, result.stderr)
 
@@ -135,10 +138,24 @@ def _fixed_rate(target: Target, h1: bool, seconds: int, log: Path) -> Sample:
     return Sample(p50, p99, cores, rss)
 
 
-def _saturation(target: Target, h1: bool, requests: int) -> float:
+def _saturation(target: Target, h1: bool, requests: int, backend: list[int]) -> float:
+    """Requests/s of 10 connections (10 streams each for h2c) as fast as the path answers, with
+    the proxy alone on CPU 1 and h2load and the ``backend`` processes on CPU 0 (on a machine
+    of at least 2 cores): the proxy's maximum on one core."""
     port = target.h1 if h1 else target.h2c
     args = ["-n", str(requests), "-c", "10"] + (["--h1"] if h1 else ["-m", "10"])
-    output = _h2load([*args, f"http://127.0.0.1:{port}/"])
+    everywhere = set(range(os.cpu_count() or 1))
+    pinned = len(everywhere) >= 2
+    if pinned:
+        for pid in backend:
+            os.sched_setaffinity(pid, {0})
+        if target.pid:
+            os.sched_setaffinity(target.pid, {1})
+    try:
+        output = _h2load([*args, f"http://127.0.0.1:{port}/"], cpu=0 if pinned else None)
+    finally:
+        for pid in [*backend, *([target.pid] if target.pid and pinned else [])]:
+            os.sched_setaffinity(pid, everywhere)
     match = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", output)
     assert match, output
     return float(match.group(1))
@@ -225,6 +242,7 @@ def run(args: list[str]) -> None:
             _report(
                 targets,
                 meshlet["h1"][1],
+                [backend.pid, *_children(backend.pid)],
                 runs=runs,
                 seconds=seconds,
                 saturation_requests=saturation_requests,
@@ -239,6 +257,7 @@ def run(args: list[str]) -> None:
 def _report(
     targets: list[Target],
     meshlet_h1_pid: int,
+    backend: list[int],
     *,
     runs: int,
     seconds: int,
@@ -248,6 +267,7 @@ def _report(
 ) -> None:
     print(f"machine: {os.cpu_count()} cores, python{sys.version_info[0]}.{sys.version_info[1]}")
     print(f"fixed rate: 1,000 req/s over 10 connections for {seconds}s; medians of {runs} runs")
+    print("max req/s: on one core (the proxy alone on CPU 1, h2load and the backend on CPU 0)")
     header = f"{'protocol':8} {'target':8} {'p50 ms':>7} {'p99 ms':>7} {'cores':>6} "
     print(header + f"{'RSS MB':>7} {'max req/s':>10}")
     print(f"load average: {os.getloadavg()[0]:.2f}")
@@ -262,7 +282,7 @@ def _report(
                 _fixed_rate(target, h1, seconds, root / f"log-{target.name}-{h1}-{index}")
                 for index in range(runs)
             ]
-            rates = [_saturation(target, h1, saturation_requests) for _ in range(runs)]
+            rates = [_saturation(target, h1, saturation_requests, backend) for _ in range(runs)]
             print(
                 f"{protocol:8} {target.name:8} "
                 f"{statistics.median(s.p50_ms for s in samples):7.2f} "
