@@ -155,7 +155,11 @@ class Exchange:
         self.complete = False
         self.streamed = False
         """Body beyond ``buffered`` was sent (an upgraded attempt): it cannot be sent again."""
-        self.upgradable = request_refusal(request) is None
+        self.upgradable = (
+            target.outbound.settings.outbound_http1_upgrade and request_refusal(request) is None
+        )
+        """The request may travel as an HTTP/2 stream (the upgrade is on and it is neither a
+        CONNECT, an Upgrade nor ``Expect: 100-continue``); the endpoint decides per attempt."""
         self.labels = ""
         self.pick: Pick[Endpoint] | None = None
         self.reported = True
