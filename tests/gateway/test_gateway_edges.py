@@ -1,0 +1,160 @@
+"""Edge cases of the HTTP/1-over-HTTP/2 gateway through a real server proxy: applications that
+answer early, close connections the request did not keep alive, and header shapes HTTP/2 allows
+but HTTP/1 does not."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+
+import h2.exceptions
+import pytest
+import trio
+
+from proxy.h1h2convert import stream_request
+
+from .conftest import Gateway, H2Client, Response
+
+Handler = Callable[[trio.SocketStream], Awaitable[None]]
+UPLOAD = 16 * 1024 * 1024
+REFUSAL = b"too big\n" * 32768  # more than the client's stream window: still in flight
+BASE = [
+    (b":method", b"GET"),
+    (b":scheme", b"http"),
+    (b":authority", b"app.shop"),
+    (b":path", b"/"),
+    (b"meshlet-orig-proto", b"HTTP/1.1"),
+]
+
+
+async def _serve(nursery: trio.Nursery, handler: Handler) -> int:
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+async def _read_head(stream: trio.SocketStream, data: bytes = b"") -> tuple[bytes, bytes]:
+    """One request head (and the bytes after it) off ``stream``."""
+    while b"\r\n\r\n" not in data:
+        more = await stream.receive_some(65536)
+        if not more:
+            raise EOFError
+        data += more
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+async def _open(client: H2Client, method: bytes, path: bytes, length: int) -> int:
+    """A stream whose body (``length`` bytes) is still to come; its id."""
+    sid: int = client.h2.get_next_available_stream_id()
+    fields = [*BASE[:3], (b":path", path), (b"meshlet-orig-proto", b"HTTP/1.1")]
+    fields[0] = (b":method", method)
+    fields.append((b"content-length", str(length).encode()))
+    client.responses[sid] = Response()
+    client.h2.send_headers(sid, fields, end_stream=False)
+    await client._send()
+    return sid
+
+
+async def _upload(client: H2Client, sid: int, size: int) -> None:
+    """``size`` bytes on ``sid`` within the windows, until sent or the stream is over."""
+    piece = b"u" * 16384
+    left = size
+    response = client.responses[sid]
+    while left and not response.ended and response.reset is None:
+        try:
+            window = min(client.h2.local_flow_control_window(sid), len(piece), left)
+        except h2.exceptions.StreamClosedError:
+            return
+        if window <= 0:
+            await client.read_once()
+            continue
+        left -= window
+        client.h2.send_data(sid, piece[:window], end_stream=not left)
+        await client._send()
+
+
+@pytest.mark.trio
+async def test_an_early_answer_from_an_app_that_closes_reaches_the_client(
+    gateway: Gateway, nursery: trio.Nursery
+) -> None:
+    """An app refusing an upload answers at once (413, ``Connection: close``) and closes without
+    reading the body: the client gets the app's answer, not a proxy error."""
+    answered = trio.Event()
+
+    async def refuse(stream: trio.SocketStream) -> None:
+        async with stream:
+            await _read_head(stream)
+            await stream.send_all(
+                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (len(REFUSAL), REFUSAL)
+            )
+            answered.set()
+
+    port = await _serve(nursery, refuse)
+    for _ in range(3):  # the race between the failed write and the answer, more than once
+        client = await gateway.connect(port)
+        try:
+            sid = await _open(client, b"POST", b"/upload", UPLOAD)
+            with trio.fail_after(20):
+                await _upload(client, sid, UPLOAD)
+            (response,) = await client.wait(sid)
+        finally:
+            client.close()
+        assert response.status == 413, response
+        assert bytes(response.data) == REFUSAL
+
+
+@pytest.mark.trio
+async def test_an_http10_request_does_not_leave_its_connection_for_the_next(
+    gateway: Gateway, nursery: trio.Nursery
+) -> None:
+    """An HTTP/1.0 request without keep-alive ends its connection (RFC 9112 9.3) even when the
+    app's answer does not say so (Python's ``http.server`` answers ``HTTP/1.1`` and closes):
+    the next request must not be written to it."""
+    connections: list[int] = []
+
+    async def old_style(stream: trio.SocketStream) -> None:
+        connections.append(1)
+        async with stream:
+            rest = b""
+            while True:
+                try:
+                    head, rest = await _read_head(stream, rest)
+                except (EOFError, trio.BrokenResourceError):
+                    return
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(rest) < length:
+                    rest += await stream.receive_some(65536)
+                rest = rest[length:]
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                if head.endswith(b"HTTP/1.0") or b" HTTP/1.0\r\n" in head:
+                    await trio.sleep(0.3)  # then closes, the request having asked for it
+                    return
+
+    port = await _serve(nursery, old_style)
+    client = await gateway.connect(port)
+    try:
+        old = await client.get(b"/old", orig_proto=b"HTTP/1.0")
+        assert old.status == 200
+        sid = await client.request(
+            b"POST", b"/new", headers=[(b"content-length", b"2")], body=[b"hi"]
+        )
+        (posted,) = await client.wait(sid)
+    finally:
+        client.close()
+    assert posted.status == 200, posted
+    assert bytes(posted.data) == b"ok"
+    assert len(connections) == 2
+
+
+def test_split_cookie_fields_reach_http1_as_one() -> None:
+    """RFC 9113 8.2.3: HTTP/2 may split ``cookie`` into several fields; before HTTP/1.1 they
+    are joined with ``; `` (an HTTP/1 server reads one Cookie field)."""
+    headers = [*BASE, (b"cookie", b"a=1"), (b"x-other", b"o"), (b"cookie", b"b=2")]
+    head = stream_request(headers, True, None).head
+    assert head == (b"GET / HTTP/1.1\r\nhost: app.shop\r\ncookie: a=1; b=2\r\nx-other: o\r\n\r\n")
