@@ -66,6 +66,11 @@ _HEAD: Final = b"HEAD"
 _HTTP11: Final = b"1.1"
 
 
+def _first(group: BaseExceptionGroup[ProxyError]) -> ProxyError:
+    error = group.exceptions[0]
+    return _first(error) if isinstance(error, BaseExceptionGroup) else error
+
+
 class GatewayStream:
     """One request stream and its exchange with the application."""
 
@@ -194,8 +199,11 @@ class StreamExchange:
                         app = None
                         app = await self.pool.connect()
                         reusable = await self._exchange(stream, *app)
-                except ProxyError as exc:
-                    self._failed(stream, exc)
+                except* ProxyError as group:
+                    # A group when the peer's reset cancelled the exchange as the body pump
+                    # failed (the cancellation leaves with the scope): a reset stream is over.
+                    if not stream.reset:
+                        self._failed(stream, _first(group))
         finally:
             if app is not None:
                 if reusable:

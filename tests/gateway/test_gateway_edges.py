@@ -13,7 +13,7 @@ import trio
 
 from proxy.h1h2convert import stream_request
 
-from .conftest import Gateway, H2Client, Response
+from .conftest import App, Gateway, H2Client, Response
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 UPLOAD = 16 * 1024 * 1024
@@ -158,3 +158,27 @@ def test_split_cookie_fields_reach_http1_as_one() -> None:
     headers = [*BASE, (b"cookie", b"a=1"), (b"x-other", b"o"), (b"cookie", b"b=2")]
     head = stream_request(headers, True, None).head
     assert head == (b"GET / HTTP/1.1\r\nhost: app.shop\r\ncookie: a=1; b=2\r\nx-other: o\r\n\r\n")
+
+
+@pytest.mark.trio
+async def test_a_reset_racing_a_body_longer_than_announced_ends_that_stream_only(
+    app: App, gateway: Gateway
+) -> None:
+    """The peer sends more body than its ``content-length`` and resets the stream in the same
+    write, while the request waits for the app's answer: that stream ends, and the connection
+    with its other streams carries on (the two failures at once once escaped the stream's task
+    and tore the connection down)."""
+    client = await gateway.connect(app.port)
+    try:
+        slow = await client.request(b"GET", b"/slow")
+        for _ in range(3):
+            sid = await _open(client, b"POST", b"/echo", 2)
+            await trio.sleep(0.1)  # the head is with the app, which waits for the body
+            client.h2.send_data(sid, b"hello")
+            client.h2.reset_stream(sid)
+            await client._send()
+        (slow_response,) = await client.wait(slow)
+        assert slow_response.status == 200
+        assert (await client.get(b"/echo")).status == 200
+    finally:
+        client.close()
