@@ -152,7 +152,7 @@ def stream_request(headers: list[Header], end_stream: bool, client_id: str | Non
         raise RejectedStream("missing or invalid :method")
     if method == b"CONNECT":
         raise RejectedStream("CONNECT is not carried over HTTP/1 over HTTP/2")
-    if not path or not _TARGET.fullmatch(path):
+    if not path or not _TARGET.fullmatch(path) or not _origin_form(method, path):
         raise RejectedStream("missing or invalid :path")
     authority = block.authority if block.authority is not None else block.host or b""
     if not _AUTHORITY.fullmatch(authority):
@@ -175,6 +175,12 @@ def stream_request(headers: list[Header], end_stream: bool, client_id: str | Non
     return StreamRequest(
         method, path, authority, version, framing, content_length, head, idempotent
     )
+
+
+def _origin_form(method: bytes, path: bytes) -> bool:
+    """An absolute path, or ``*`` for ``OPTIONS`` (RFC 9113 8.3.1): no absolute URI, whose
+    authority the application would take over ``Host`` (RFC 9112 3.2.2)."""
+    return path[:1] == b"/" or (path == b"*" and method == b"OPTIONS")
 
 
 def body_bytes(request: StreamRequest, data: bytes) -> bytes:

@@ -5,13 +5,17 @@ but HTTP/1 does not."""
 from __future__ import annotations
 
 import functools
+import re
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 
+import h2.errors
 import h2.exceptions
 import pytest
 import trio
 
-from proxy.h1h2convert import stream_request
+from proxy.h1h2convert import RejectedStream, stream_request
 
 from .conftest import App, Gateway, H2Client, Response
 
@@ -182,3 +186,58 @@ async def test_a_reset_racing_a_body_longer_than_announced_ends_that_stream_only
         assert (await client.get(b"/echo")).status == 200
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("path", [b"http://elsewhere.example/a", b"a/b", b"*"])
+def test_a_path_that_is_no_origin_form_target_is_rejected(path: bytes) -> None:
+    """RFC 9113 8.3.1: ``:path`` is an absolute path (or ``*`` for ``OPTIONS``). An absolute URI
+    would have the app take its authority over ``Host`` (RFC 9112 3.2.2), not the one the proxy
+    saw in ``:authority``."""
+    headers = [(b":path", path) if n == b":path" else (n, v) for n, v in BASE]
+    with pytest.raises(RejectedStream, match=":path"):
+        stream_request(headers, True, None)
+
+
+def test_options_star_is_carried() -> None:
+    headers = [
+        (b":method", b"OPTIONS") if n == b":method" else (b":path", b"*") if n == b":path" else h
+        for h in BASE
+        for n in [h[0]]
+    ]
+    assert stream_request(headers, True, None).head.startswith(b"OPTIONS * HTTP/1.1\r\n")
+
+
+@pytest.mark.trio
+async def test_an_app_resetting_mid_response_resets_that_stream_only(
+    gateway: Gateway, nursery: trio.Nursery
+) -> None:
+    """The head is out when the app's connection breaks: the stream is reset (INTERNAL_ERROR),
+    counted as a failure, and the gateway connection serves the next request."""
+
+    async def cut(stream: trio.SocketStream) -> None:
+        head, _ = await _read_head(stream)
+        if head.startswith(b"GET /cut "):
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n" + b"x" * 1000
+            )
+            await trio.sleep(0.1)
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        stream.socket.close()
+
+    port = await _serve(nursery, cut)
+    client = await gateway.connect(port)
+    try:
+        sid = await client.request(b"GET", b"/cut")
+        (response,) = await client.wait(sid)
+        assert response.headers[b":status"] == b"200"
+        assert response.reset == h2.errors.ErrorCodes.INTERNAL_ERROR
+        assert len(response.data) < 100000
+        assert (await client.get(b"/after")).status == 200
+    finally:
+        client.close()
+    metrics = await gateway.server.metrics()
+    assert re.search(
+        r'response_total\{[^}]*status_code="200",classification="failure"\} 1', metrics
+    )
