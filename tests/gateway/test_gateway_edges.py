@@ -241,3 +241,62 @@ async def test_an_app_resetting_mid_response_resets_that_stream_only(
     assert re.search(
         r'response_total\{[^}]*status_code="200",classification="failure"\} 1', metrics
     )
+
+
+@pytest.mark.trio
+async def test_trailers_end_a_request_body_and_a_response_body(
+    app: App, gateway: Gateway, nursery: trio.Nursery
+) -> None:
+    """Request trailers (HEADERS after DATA) end the body the app receives; a chunked response's
+    trailers are dropped and the stream still ends (both ways the contract's "dropped")."""
+
+    async def trailing(stream: trio.SocketStream) -> None:
+        async with stream:
+            await _read_head(stream)
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n0\r\nx-checksum: 1\r\n\r\n"
+            )
+
+    client = await gateway.connect(app.port)
+    try:
+        sid = client.h2.get_next_available_stream_id()
+        client.responses[sid] = Response()
+        client.h2.send_headers(sid, [(b":method", b"PUT"), *BASE[1:]], end_stream=False)
+        client.h2.send_data(sid, b"part one,")
+        client.h2.send_data(sid, b"part two")
+        client.h2.send_headers(sid, [(b"x-checksum", b"abc")], end_stream=True)
+        await client._send()
+        (put,) = await client.wait(sid)
+    finally:
+        client.close()
+    assert put.status == 200
+    (received,) = app.requests
+    assert received.length == len(b"part one,part two")
+    assert received.header("x-checksum") == []
+    port = await _serve(nursery, trailing)
+    client = await gateway.connect(port)
+    try:
+        response = await client.get(b"/trailing")
+    finally:
+        client.close()
+    assert (response.status, bytes(response.data), response.ended) == (200, b"hello", True)
+    assert b"x-checksum" not in response.headers
+
+
+@pytest.mark.trio
+async def test_a_request_body_shorter_than_its_content_length_is_a_400(
+    app: App, gateway: Gateway
+) -> None:
+    client = await gateway.connect(app.port)
+    try:
+        sid = await _open(client, b"POST", b"/echo", 10)
+        client.h2.send_data(sid, b"short", end_stream=True)
+        await client._send()
+        (response,) = await client.wait(sid)
+        assert response.status == 400
+        assert response.headers[b"meshlet-proxy-error"] == b"malformed_request"
+        assert (await client.get(b"/echo")).status == 200
+    finally:
+        client.close()
+    assert [r.target for r in app.requests] == ["/echo"]  # the cut one never completed
