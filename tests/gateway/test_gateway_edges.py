@@ -15,9 +15,11 @@ import h2.exceptions
 import pytest
 import trio
 
+from proxy.h1gatewaystream import MAX_IDLE_APP_CONNECTIONS
 from proxy.h1h2convert import RejectedStream, stream_request
+from tests.mesh_tls.conftest import IdentityService, StartMeshProxy
 
-from .conftest import App, Gateway, H2Client, Response
+from .conftest import App, Gateway, H2Client, Response, start_gateway
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 UPLOAD = 16 * 1024 * 1024
@@ -300,3 +302,34 @@ async def test_a_request_body_shorter_than_its_content_length_is_a_400(
     finally:
         client.close()
     assert [r.target for r in app.requests] == ["/echo"]  # the cut one never completed
+
+
+@pytest.mark.trio
+async def test_idle_app_connections_are_bounded_in_number(app: App, gateway: Gateway) -> None:
+    """Twenty streams at once need twenty app connections; sixteen of them stay idle for the
+    next twenty (``MAX_IDLE_APP_CONNECTIONS``), the rest are closed."""
+    client = await gateway.connect(app.port)
+    try:
+        for _ in range(2):
+            sids = [await client.request(b"GET", b"/slow") for _ in range(20)]
+            assert [r.status for r in await client.wait(*sids)] == [200] * 20
+    finally:
+        client.close()
+    assert app.connections == 20 + 20 - MAX_IDLE_APP_CONNECTIONS
+
+
+@pytest.mark.trio
+async def test_an_app_connection_idle_past_the_pool_timeout_is_not_reused(
+    app: App, identity_service: IdentityService, start_mesh_proxy: StartMeshProxy
+) -> None:
+    gateway = await start_gateway(identity_service, start_mesh_proxy, http1_pool_idle_timeout=0.3)
+    client = await gateway.connect(app.port)
+    try:
+        assert (await client.get(b"/echo")).status == 200
+        assert (await client.get(b"/echo")).status == 200  # at once: reused
+        assert app.connections == 1
+        await trio.sleep(0.7)
+        assert (await client.get(b"/echo")).status == 200
+    finally:
+        client.close()
+    assert app.connections == 2
