@@ -273,6 +273,9 @@ class StreamExchange:
                     return
                 self.peer.consumed(stream.sid, sum(flow for _, flow in pieces))
                 self._kick()
+                # The application has the whole body: an answer before the END_STREAM (which
+                # may trail in a frame of its own) leaves the connection fit for another.
+                stream.body_written = stream.received == expected
                 continue
             if expected is not None and stream.received != expected:
                 raise ClientProtocolError("the request body is shorter than its content-length")

@@ -19,7 +19,7 @@ from proxy.h1gatewaystream import MAX_IDLE_APP_CONNECTIONS
 from proxy.h1h2convert import RejectedStream, stream_request
 from tests.mesh_tls.conftest import IdentityService, StartMeshProxy
 
-from .conftest import App, Gateway, H2Client, Response, start_gateway
+from .conftest import App, Gateway, H2Client, Response, body_of, start_gateway
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 UPLOAD = 16 * 1024 * 1024
@@ -333,3 +333,24 @@ async def test_an_app_connection_idle_past_the_pool_timeout_is_not_reused(
     finally:
         client.close()
     assert app.connections == 2
+
+
+@pytest.mark.trio
+async def test_an_answer_before_a_trailing_end_stream_keeps_the_app_connection(
+    app: App, gateway: Gateway
+) -> None:
+    """The whole ``content-length`` body is written and answered before the stream's
+    END_STREAM arrives (it may trail in a frame of its own): the app connection carried a
+    complete exchange and is reused, not reset."""
+    client = await gateway.connect(app.port)
+    try:
+        sid = await _open(client, b"POST", b"/echo", 5)
+        client.h2.send_data(sid, b"hello")  # END_STREAM withheld
+        await client._send()
+        (response,) = await client.wait(sid)
+        assert response.status == 200
+        assert body_of(response)["length"] == 5
+        assert (await client.get(b"/echo")).status == 200
+    finally:
+        client.close()
+    assert app.connections == 1
