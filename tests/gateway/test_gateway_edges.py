@@ -305,17 +305,41 @@ async def test_a_request_body_shorter_than_its_content_length_is_a_400(
 
 
 @pytest.mark.trio
-async def test_idle_app_connections_are_bounded_in_number(app: App, gateway: Gateway) -> None:
-    """Twenty streams at once need twenty app connections; sixteen of them stay idle for the
-    next twenty (``MAX_IDLE_APP_CONNECTIONS``), the rest are closed."""
-    client = await gateway.connect(app.port)
+async def test_idle_app_connections_are_bounded_in_number(
+    gateway: Gateway, nursery: trio.Nursery
+) -> None:
+    """Twenty streams at once need twenty app connections (the app answers none before all
+    twenty arrived); sixteen of them stay idle for the next twenty
+    (``MAX_IDLE_APP_CONNECTIONS``), the rest are closed."""
+    arrived = [0]
+    connections = [0]
+    wave = [trio.Event(), trio.Event()]
+
+    async def barrier(stream: trio.SocketStream) -> None:
+        connections[0] += 1
+        rest = b""
+        async with stream:
+            while True:
+                try:
+                    _, rest = await _read_head(stream, rest)
+                except (EOFError, trio.BrokenResourceError):
+                    return
+                arrived[0] += 1
+                index = (arrived[0] - 1) // 20
+                if arrived[0] % 20 == 0:
+                    wave[index].set()
+                await wave[index].wait()
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    port = await _serve(nursery, barrier)
+    client = await gateway.connect(port)
     try:
         for _ in range(2):
-            sids = [await client.request(b"GET", b"/slow") for _ in range(20)]
+            sids = [await client.request(b"GET", b"/wave") for _ in range(20)]
             assert [r.status for r in await client.wait(*sids)] == [200] * 20
     finally:
         client.close()
-    assert app.connections == 20 + 20 - MAX_IDLE_APP_CONNECTIONS
+    assert connections[0] == 20 + 20 - MAX_IDLE_APP_CONNECTIONS
 
 
 @pytest.mark.trio
