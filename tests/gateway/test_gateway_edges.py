@@ -306,7 +306,7 @@ async def test_a_request_body_shorter_than_its_content_length_is_a_400(
 
 @pytest.mark.trio
 async def test_idle_app_connections_are_bounded_in_number(
-    gateway: Gateway, nursery: trio.Nursery
+    patient_gateway: Gateway, nursery: trio.Nursery
 ) -> None:
     """Twenty streams at once need twenty app connections (the app answers none before all
     twenty arrived); sixteen of them stay idle for the next twenty
@@ -332,6 +332,7 @@ async def test_idle_app_connections_are_bounded_in_number(
                 await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
     port = await _serve(nursery, barrier)
+    gateway = patient_gateway
     client = await gateway.connect(port)
     try:
         for _ in range(2):
@@ -346,13 +347,13 @@ async def test_idle_app_connections_are_bounded_in_number(
 async def test_an_app_connection_idle_past_the_pool_timeout_is_not_reused(
     app: App, identity_service: IdentityService, start_mesh_proxy: StartMeshProxy
 ) -> None:
-    gateway = await start_gateway(identity_service, start_mesh_proxy, http1_pool_idle_timeout=0.3)
+    gateway = await start_gateway(identity_service, start_mesh_proxy, http1_pool_idle_timeout=1.0)
     client = await gateway.connect(app.port)
     try:
         assert (await client.get(b"/echo")).status == 200
         assert (await client.get(b"/echo")).status == 200  # at once: reused
         assert app.connections == 1
-        await trio.sleep(0.7)
+        await trio.sleep(1.5)
         assert (await client.get(b"/echo")).status == 200
     finally:
         client.close()
@@ -361,11 +362,12 @@ async def test_an_app_connection_idle_past_the_pool_timeout_is_not_reused(
 
 @pytest.mark.trio
 async def test_an_answer_before_a_trailing_end_stream_keeps_the_app_connection(
-    app: App, gateway: Gateway
+    app: App, patient_gateway: Gateway
 ) -> None:
     """The whole ``content-length`` body is written and answered before the stream's
     END_STREAM arrives (it may trail in a frame of its own): the app connection carried a
     complete exchange and is reused, not reset."""
+    gateway = patient_gateway
     client = await gateway.connect(app.port)
     try:
         sid = await _open(client, b"POST", b"/echo", 5)
