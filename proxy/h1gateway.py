@@ -22,9 +22,10 @@ connection's nursery:
   finished response is written by its own task, shielded, when the connection's writer is idle
   (``_send_soon``: the first of a burst goes at once), else by the writer, which gathers what one
   scheduler pass queued into one write. The
-  application connection goes back to the idle list when the exchange completed both ways and
-  the response was not delimited by the connection's end; a connection that broke, was reset
-  or whose stream was reset is closed (aborted). Idle ones are kept at most
+  application connection goes back to the idle list when the exchange completed both ways (the
+  whole ``content-length`` body written counts, before a trailing END_STREAM), the request was
+  HTTP/1.1 and the response was not delimited by the connection's end; a connection that
+  broke, was reset or whose stream was reset is closed (aborted). Idle ones are kept at most
   ``MAX_IDLE_APP_CONNECTIONS`` and for the HTTP/1 pool idle timeout
   (``MESHLET_PROXY_HTTP1_POOL_IDLE_TIMEOUT``). A reused one the application closed while idle
   gets an idempotent bodiless request once more on a new one;

@@ -3,7 +3,8 @@ exchange with the application, and the gateway connection's idle application con
 
 ``StreamExchange._serve`` runs in a task per stream: an application connection from ``AppPool``
 (an idle keep-alive one still fit to use, else a new one), the request head, then the request
-body (``_pump_body``: written as it arrives, its window returned once written) alongside the
+body (``_pump_body``: written as it arrives, its window returned once written; a write the
+application refuses only stops the upload, its early answer may be on the way) alongside the
 response (``_relay``: 1xx dropped, a 101 refused, the head as HEADERS, the body as DATA within
 the send windows). A reused connection the application closed while idle, before one byte of an
 answer, gets an idempotent request without a body once more on a new connection
@@ -27,6 +28,7 @@ from proxy.errors import (
     ClientProtocolError,
     ProxyError,
     UpstreamClosed,
+    UpstreamError,
     UpstreamProtocolError,
     unwrap_groups,
 )
@@ -61,6 +63,12 @@ MAX_IDLE_APP_CONNECTIONS: Final = 16
 bounded by the streams, ``MAX_CONCURRENT``)."""
 _SWITCHING_PROTOCOLS: Final = 101
 _HEAD: Final = b"HEAD"
+_HTTP11: Final = b"1.1"
+
+
+def _first(group: BaseExceptionGroup[ProxyError]) -> ProxyError:
+    error = group.exceptions[0]
+    return _first(error) if isinstance(error, BaseExceptionGroup) else error
 
 
 class GatewayStream:
@@ -191,8 +199,11 @@ class StreamExchange:
                         app = None
                         app = await self.pool.connect()
                         reusable = await self._exchange(stream, *app)
-                except ProxyError as exc:
-                    self._failed(stream, exc)
+                except* ProxyError as group:
+                    # A group when the peer's reset cancelled the exchange as the body pump
+                    # failed (the cancellation leaves with the scope): a reset stream is over.
+                    if not stream.reset:
+                        self._failed(stream, _first(group))
         finally:
             if app is not None:
                 if reusable:
@@ -231,7 +242,10 @@ class StreamExchange:
                     nursery.start_soon(self._pump_body, stream, app)
                     await self._relay(stream, app, wire)
                     nursery.cancel_scope.cancel()  # an early response ends the upload
-        return wire.keep_alive and stream.body_written and wire.idle
+        # An HTTP/1.0 request (no keep-alive asked for) ends its connection (RFC 9112 9.3),
+        # whatever the application's answer says.
+        keep = wire.keep_alive and stream.request.version == _HTTP11
+        return keep and stream.body_written and wire.idle
 
     async def _pump_body(self, stream: GatewayStream, app: Conn) -> None:
         """The request body to the application as it arrives; its window back once written."""
@@ -247,9 +261,21 @@ class StreamExchange:
                 stream.received += sum(len(data) for data, _ in pieces)
                 if expected is not None and stream.received > expected:
                     raise ClientProtocolError("the request body is longer than its content-length")
-                await app.send(b"".join([body_bytes(request, data) for data, _ in pieces]))
+                try:
+                    await app.send(b"".join([body_bytes(request, data) for data, _ in pieces]))
+                except UpstreamError as exc:
+                    # The application stopped taking the body: it may have answered early and
+                    # closed (a 413). Its answer, or its failure, is the relay's to read; the
+                    # rest of the body is held (the peer's window stays shut) until the stream
+                    # ends. The connection is not reused (``body_written`` stays false).
+                    log.debug("inbound h1-over-h2 request body not written: %s", exc)
+                    stream.body.extendleft(reversed(pieces))
+                    return
                 self.peer.consumed(stream.sid, sum(flow for _, flow in pieces))
                 self._kick()
+                # The application has the whole body: an answer before the END_STREAM (which
+                # may trail in a frame of its own) leaves the connection fit for another.
+                stream.body_written = stream.received == expected
                 continue
             if expected is not None and stream.received != expected:
                 raise ClientProtocolError("the request body is shorter than its content-length")

@@ -9,8 +9,9 @@ says, and nothing here does I/O:
   pseudo-fields, ``meshlet-orig-proto``, every name and value, ``content-length``) and returns a
   ``StreamRequest``: the HTTP/1 request head's bytes (``<method> <path> HTTP/1.x``, ``Host`` first,
   the other fields as received minus ``meshlet-orig-proto`` and any hop-by-hop or spoofed
-  ``meshlet-client-id`` field, the proven client id, the body framing) and how its body is framed
-  (``content-length`` when given; else chunked when the stream carries a body; else none). A
+  ``meshlet-client-id`` field, ``cookie`` fields joined into one (RFC 9113 8.2.3), the proven
+  client id, the body framing) and how its body is framed (``content-length`` when given;
+  else chunked when the stream carries a body; else none). A
   block that cannot become a safe HTTP/1 head raises ``RejectedStream`` (400): HPACK carries any
   byte, so a value with CR or LF would otherwise split the head (request smuggling).
 - ``body_bytes(request, data)`` / ``body_end(request)``: body pieces in the request's framing.
@@ -52,6 +53,7 @@ _AUTHORITY: Final = re.compile(rb"[\x21-\x7e]*")
 _DIGITS: Final = re.compile(rb"[0-9]{1,18}")
 _DROPPED: Final = CONNECTION_FIELDS | {b"host", ORIG_PROTO_HEADER}
 _IDEMPOTENCY_KEYS: Final = frozenset({b"idempotency-key", b"x-idempotency-key"})
+_COOKIE: Final = b"cookie"
 
 
 class RejectedStream(Exception):
@@ -93,6 +95,7 @@ def _read_block(headers: list[Header]) -> tuple[_Block, list[Header]]:  # noqa: 
     branch per kind of field); raises ``RejectedStream``."""
     block = _Block()
     fields: list[Header] = []
+    cookie: int | None = None  # where the (first) cookie field is in ``fields``
     for raw, value in headers:
         if raw[:1] == b":":
             if raw == b":method":
@@ -124,6 +127,12 @@ def _read_block(headers: list[Header]) -> tuple[_Block, list[Header]]:  # noqa: 
             block.host = value
         elif name == b"connection":
             block.connection |= {t.strip().lower() for t in value.split(b",")}
+        elif name == _COOKIE:  # RFC 9113 8.2.3: split cookie fields join as one for HTTP/1
+            if cookie is None:
+                cookie = len(fields)
+                fields.append((name, value))
+            else:
+                fields[cookie] = (name, fields[cookie][1] + b"; " + value)
         elif name not in _DROPPED:
             block.idempotency_key |= name in _IDEMPOTENCY_KEYS
             fields.append((name, value))
@@ -143,7 +152,7 @@ def stream_request(headers: list[Header], end_stream: bool, client_id: str | Non
         raise RejectedStream("missing or invalid :method")
     if method == b"CONNECT":
         raise RejectedStream("CONNECT is not carried over HTTP/1 over HTTP/2")
-    if not path or not _TARGET.fullmatch(path):
+    if not path or not _TARGET.fullmatch(path) or not _origin_form(method, path):
         raise RejectedStream("missing or invalid :path")
     authority = block.authority if block.authority is not None else block.host or b""
     if not _AUTHORITY.fullmatch(authority):
@@ -166,6 +175,12 @@ def stream_request(headers: list[Header], end_stream: bool, client_id: str | Non
     return StreamRequest(
         method, path, authority, version, framing, content_length, head, idempotent
     )
+
+
+def _origin_form(method: bytes, path: bytes) -> bool:
+    """An absolute path, or ``*`` for ``OPTIONS`` (RFC 9113 8.3.1): no absolute URI, whose
+    authority the application would take over ``Host`` (RFC 9112 3.2.2)."""
+    return path[:1] == b"/" or (path == b"*" and method == b"OPTIONS")
 
 
 def body_bytes(request: StreamRequest, data: bytes) -> bytes:

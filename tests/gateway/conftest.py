@@ -399,6 +399,15 @@ async def gateway(identity_service: IdentityService, start_mesh_proxy: StartMesh
     return await start_gateway(identity_service, start_mesh_proxy)
 
 
+@pytest.fixture
+async def patient_gateway(
+    identity_service: IdentityService, start_mesh_proxy: StartMeshProxy
+) -> Gateway:
+    """A gateway whose idle application connections stay fit for a minute: tests of reuse do
+    not depend on how fast a loaded machine runs them (the default idle timeout is 1 s)."""
+    return await start_gateway(identity_service, start_mesh_proxy, http1_pool_idle_timeout=60.0)
+
+
 def body_of(response: Response) -> Mapping[str, Any]:
     result: Mapping[str, Any] = json.loads(bytes(response.data))
     return result

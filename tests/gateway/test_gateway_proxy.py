@@ -122,8 +122,8 @@ async def test_request_body_windows_return_only_as_the_app_reads(
     assert (received.length, received.sha256) == (len(body), hashlib.sha256(body).hexdigest())
 
 
-async def test_response_shapes(app: App, gateway: Gateway) -> None:
-    client = await gateway.connect(app.port)
+async def test_response_shapes(app: App, patient_gateway: Gateway) -> None:
+    client = await patient_gateway.connect(app.port)
     try:
         chunked = await client.get(b"/chunked")
         assert (chunked.status, bytes(chunked.data)) == (200, b"one,two,three")
@@ -157,8 +157,9 @@ async def test_response_shapes(app: App, gateway: Gateway) -> None:
 
 
 async def test_concurrent_streams_share_keep_alive_app_connections(
-    app: App, gateway: Gateway
+    app: App, patient_gateway: Gateway
 ) -> None:
+    gateway = patient_gateway
     client = await gateway.connect(app.port)
     try:
         for _ in range(3):
@@ -172,10 +173,11 @@ async def test_concurrent_streams_share_keep_alive_app_connections(
 
 
 async def test_an_idempotent_request_meeting_a_dead_idle_connection_is_sent_again(
-    app: App, gateway: Gateway
+    app: App, patient_gateway: Gateway
 ) -> None:
     """The app closes a reused connection without answering (as a keep-alive timeout racing the
     request would): a GET goes once more on a new connection; a POST is a 502."""
+    gateway = patient_gateway
     client = await gateway.connect(app.port)
     try:
         assert (await client.get(b"/echo")).status == 200  # a connection now idle in the pool
