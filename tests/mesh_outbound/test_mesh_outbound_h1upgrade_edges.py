@@ -1,0 +1,158 @@
+"""Edge cases of the shared upstream HTTP/2 connection that upgraded HTTP/1 requests ride on
+(``proxy/h2upstream.py``: ``Link.send_soon``, the pool's writer and keepalive), driven directly
+with a stand-in socket whose writes can be held (the kernel's send buffer full)."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, cast
+
+import pytest
+import trio
+import trio.testing
+
+from proxy.discovery import Endpoint
+from proxy.h2upstream import Upstream, UpstreamPool
+from proxy.mtls.transport import Session
+
+pytestmark = pytest.mark.trio
+
+ENDPOINT = Endpoint("127.0.0.1", 8080, 1, "db.id", "h2", MappingProxyType({}))
+
+
+class _Socket:
+    """``Conn``'s interface as the upstream uses it; ``hold`` makes writes wait for ``release``
+    (a full send buffer)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.hold = False
+        self.writing = 0  # writes under way
+        self.closed = False
+        self._released = trio.Event()
+
+    async def send(self, data: bytes) -> None:
+        self.writing += 1
+        try:
+            if self.hold:
+                with trio.fail_after(2):  # a scope of its own: the caller may be shielded
+                    await self._released.wait()
+            else:
+                await trio.lowlevel.checkpoint()
+            self.written.append(data)
+        finally:
+            self.writing -= 1
+
+    def release(self) -> None:
+        self.hold = False
+        self._released.set()
+        self._released = trio.Event()
+
+    def send_nowait(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Watched(Upstream):
+    """An upstream that fails the test when its writer calls ``flush`` over and over while
+    another task is sending (a loop that never yields would hang the whole process)."""
+
+    early = 0
+
+    async def flush(self) -> None:
+        if self.sending:
+            self.early += 1
+            if self.early > 100:
+                raise AssertionError("the writer loops without waiting while a send is under way")
+        await super().flush()
+
+
+def _upstream(socket: _Socket, kind: type[Upstream] = Upstream) -> Upstream:
+    return kind(cast(Any, socket), ENDPOINT, cast(Any, None), Session.HTTP1_OVER_H2)
+
+
+async def test_the_writer_waits_while_a_request_sends_its_headers_itself() -> None:
+    """A request's inline write (``send_soon``) held by a full socket while another stream
+    queues DATA and kicks the writer: the writer must wait for the send under way, not spin
+    (which froze the proxy), and every byte leaves once, in order."""
+    pool = UpstreamPool(10.0, 3.0, 60.0)
+    socket = _Socket()
+    up = _upstream(socket, _Watched)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool._write_loop, up)
+            await trio.testing.wait_all_tasks_blocked()
+            socket.hold = True
+            up.peer.out += b"headers"
+            nursery.start_soon(up.send_soon)
+            await trio.testing.wait_all_tasks_blocked()
+            assert socket.writing == 1
+            up.peer.out += b"data"  # another stream's DATA, as ``UpgradedStream.send`` queues
+            up.kick()
+            await trio.testing.wait_all_tasks_blocked()
+            socket.release()
+            await trio.testing.wait_all_tasks_blocked()
+            assert b"".join(socket.written) == b"headersdata"
+            assert not up.peer.out
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_closed_for_an_unanswered_ping_takes_no_new_stream() -> None:
+    """The keepalive closes a silent connection; until its reader has failed its streams over,
+    the pool must not hand it to a new request (which would fail on a closed socket instead of
+    opening a new connection)."""
+    pool = UpstreamPool(0.05, 0.02, 60.0)
+    socket = _Socket()
+    up = _upstream(socket)
+    pool._by_key[(ENDPOINT.address, ENDPOINT.port, ENDPOINT.identity, up.session)] = [up]
+    up.last_read -= 1.0
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool._keepalive_loop)
+            while not up.closed:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert socket.closed
+    assert pool.with_room(ENDPOINT, Session.HTTP1_OVER_H2) is None
+
+
+async def test_a_request_writing_inline_sends_its_own_bytes_only() -> None:
+    """``send_soon`` is shielded (a cut TLS record would break every stream), so it writes only
+    what was queued when it was called: bytes other streams queue meanwhile go to the writer,
+    and a request cancelled by its route timeout is not held behind other streams' writes on a
+    congested connection."""
+    pool = UpstreamPool(10.0, 3.0, 60.0)
+    socket = _Socket()
+    up = _upstream(socket, _Watched)
+    returned = trio.Event()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def request() -> None:
+                with trio.CancelScope() as scope:
+                    scope.cancel()  # the route timeout fired: only the shield holds it
+                    await up.send_soon()
+                returned.set()
+
+            nursery.start_soon(pool._write_loop, up)
+            await trio.testing.wait_all_tasks_blocked()
+            socket.hold = True
+            up.peer.out += b"headers"
+            nursery.start_soon(request)
+            await trio.testing.wait_all_tasks_blocked()
+            up.peer.out += b"data"
+            up.kick()
+            await trio.testing.wait_all_tasks_blocked()
+            socket.release()
+            socket.hold = True  # the next write waits too
+            await trio.testing.wait_all_tasks_blocked()
+            assert returned.is_set()
+            assert socket.writing == 1  # the writer's
+            socket.release()
+            await trio.testing.wait_all_tasks_blocked()
+            assert socket.written == [b"headers", b"data"]
+            assert socket.writing == 0
+            assert not up.peer.out
+            nursery.cancel_scope.cancel()
