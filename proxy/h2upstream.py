@@ -133,16 +133,21 @@ class Link:
         self, interval: float, timeout: float, flush: Callable[[], Awaitable[None]]
     ) -> None:
         """Return once the peer, silent for ``interval`` and sent a PING (queued, then
-        ``flush``), is still silent ``timeout`` later: the keepalive of one connection."""
+        ``flush``), is still silent ``timeout`` later: the keepalive of one connection. Also
+        when the PING could not be written within ``timeout`` (a peer that stopped reading;
+        the write is cut short, so the connection must end)."""
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
             if now - self.last_read < interval:
                 continue
             self.peer.ping()
-            await flush()
-            await trio.sleep(timeout)
-            if self.last_read <= now:
+            written = False
+            with trio.move_on_after(timeout):
+                await flush()
+                written = True
+                await trio.sleep_until(now + timeout)
+            if self.last_read <= now or not written:
                 return
 
     async def flush(self) -> None:

@@ -12,7 +12,8 @@ import trio
 import trio.testing
 
 from proxy.discovery import Endpoint
-from proxy.h2upstream import Upstream, UpstreamPool
+from proxy.h2peer import Peer
+from proxy.h2upstream import Link, Upstream, UpstreamPool
 from proxy.mtls.transport import Session
 
 pytestmark = pytest.mark.trio
@@ -156,3 +157,16 @@ async def test_a_request_writing_inline_sends_its_own_bytes_only() -> None:
             assert socket.writing == 0
             assert not up.peer.out
             nursery.cancel_scope.cancel()
+
+
+async def test_a_ping_that_cannot_even_be_written_ends_the_keepalive_on_time() -> None:
+    """``Link.until_unanswered_ping`` (the gateway's and the per-stream client connection's
+    keepalive): a silent peer that also stopped reading (a full socket, as behind a network
+    partition) must not hold the keepalive past its timeout in the PING's write."""
+    socket = _Socket()
+    link = Link(cast(Any, socket), Peer(client_side=False))
+    link.last_read -= 1.0
+    socket.hold = True
+    with trio.fail_after(1):
+        await link.until_unanswered_ping(0.05, 0.1, link.flush)
+    assert socket.writing == 0
