@@ -367,8 +367,8 @@ async def _relay_body(
         owed = 0
         if done:
             return
-        if not stream.data:
-            await stream.changed()
+        if not stream.data and not stream.ended and stream.failure is None:  # (what came
+            await stream.changed()  # while the client took the last bytes counts too)
 
 
 def _failed(exchange: Exchange, stream: UpgradedStream, error: UpstreamError) -> NoReturn:

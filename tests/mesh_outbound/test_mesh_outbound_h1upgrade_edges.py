@@ -1,6 +1,7 @@
 """Edge cases of the shared upstream HTTP/2 connection that upgraded HTTP/1 requests ride on
-(``proxy/h2upstream.py``: ``Link.send_soon``, the pool's writer and keepalive), driven directly
-with a stand-in socket whose writes can be held (the kernel's send buffer full)."""
+(``proxy/h2upstream.py``: ``Link.send_soon``, the pool's writer and keepalive) and of relaying
+an upgraded response (``proxy/h1upgrade.py``), driven directly with stand-in sockets whose
+writes can be held (the kernel's send buffer full, a client that stops reading)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import trio
 import trio.testing
 
 from proxy.discovery import Endpoint
-from proxy.h2peer import Peer
+from proxy.errors import UpstreamClosed
+from proxy.h1upgrade import UpgradedStream, _relay_body
+from proxy.h1upgradeconvert import h1_response_head
+from proxy.h2peer import Data, Headers, Peer, Reset
 from proxy.h2upstream import Link, Upstream, UpstreamPool
 from proxy.mtls.transport import Session
 
@@ -170,3 +174,61 @@ async def test_a_ping_that_cannot_even_be_written_ends_the_keepalive_on_time() -
     with trio.fail_after(1):
         await link.until_unanswered_ping(0.05, 0.1, link.flush)
     assert socket.writing == 0
+
+
+class _Exchange:
+    """What ``_relay_body`` uses of ``http1mesh.Exchange``: the client connection (``client``
+    is a ``_Socket``) and the tap."""
+
+    def __init__(self, client: _Socket) -> None:
+        self.session = self
+        self.client = client
+        self.tap = self
+        self.current = None
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        pytest.param(Reset(1, 2), id="reset"),
+        pytest.param(Headers(1, [(b"x-checksum", b"1")], end_stream=True), id="trailers"),
+    ],
+)
+async def test_the_end_of_a_response_while_its_client_is_slow_is_not_missed(
+    last: Reset | Headers,
+) -> None:
+    """The response's last event (a reset, or trailers ending it) arrives while the relay waits
+    for a slow client to take the previous bytes: once they are written, the relay must see it
+    (reset the client, or end the body) instead of waiting for an event that never comes."""
+    up = _upstream(_Socket())
+    stream = UpgradedStream(up, [(b":method", b"GET")], now=0.0)
+    assert stream.up_id == 1
+    mux = up.streams[1]
+    stream.upstream_event(up, mux, Headers(1, [(b":status", b"200")], end_stream=False))
+    stream.upstream_event(up, mux, Data(1, b"first", 5, end_stream=False))
+    response = h1_response_head([(b":status", b"200")], head_request=False)
+    assert response is not None
+    client = _Socket()
+    client.hold = True
+    exchange = _Exchange(client)
+    outcome: list[object] = []
+
+    async def relay() -> None:
+        try:
+            await _relay_body(cast(Any, exchange), stream, response, b"head", chunked=True)
+            outcome.append("ended")
+        except UpstreamClosed as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay)
+            await trio.testing.wait_all_tasks_blocked()
+            assert client.writing == 1
+            stream.upstream_event(up, mux, last)
+            client.release()
+    if isinstance(last, Reset):
+        assert isinstance(outcome[0], UpstreamClosed)
+    else:
+        assert outcome == ["ended"]
+        assert client.written[-1] == b"0\r\n\r\n"
