@@ -11,8 +11,9 @@ without one (more than a stream window); ``/echo`` the body's length and sha256;
 after 0.3 s; ``/fail-once`` 503 the first time, then as ``/echo``; ``/stall`` never; ``/reset`` a
 RST_STREAM INTERNAL_ERROR; ``/reset-mid`` a head and ``partial``, then RST_STREAM INTERNAL_ERROR;
 ``/break`` a head and ``partial``, then the connection ends; ``/data-first`` DATA with END_STREAM
-and no head at all (a protocol error); ``/early`` 413 ``too large`` as soon as the HEADERS
-arrive, before the request body. ``HEAD`` gets the content-length of ``hello`` and no body.
+and no head at all (a protocol error); ``/204`` and ``/304`` those statuses without a body (the
+304 with ``content-length: 5``); ``/early`` 413 ``too large`` as soon as the HEADERS arrive,
+before the request body. ``HEAD`` gets the content-length of ``hello`` and no body.
 ``refuse`` counts the streams to answer with RST_STREAM REFUSED_STREAM first, ``goaway`` those
 to answer with a GOAWAY whose last stream id is below theirs (never processed).
 """
@@ -210,6 +211,11 @@ class H1H2Peer:
             await trio.sleep_forever()
         elif path in _FAILING:
             await self._fail(conn, stream_id, path, flush)
+            return
+        elif path in {b"/204", b"/304"}:  # no body; a 304 with its representation's length
+            length = [(b"content-length", b"5")] if path == b"/304" else []
+            conn.send_headers(stream_id, [(b":status", path[1:]), *length], end_stream=True)
+            await flush()
             return
         elif path == b"/fail-once":
             path = b"/echo"

@@ -2,6 +2,8 @@
 something goes wrong on either side: the peer's GOAWAY, resets before and after the head, a
 peer breaking HTTP/2, a client leaving mid-body, an answer before the body ended. Each must end
 with the right answer (or reset) for the client and no stream left on the shared connection.
+And the HTTP/1 client's keep-alive across answers without a body (HEAD, 204, 304), with a
+length, without one, and its ``Connection: close``.
 Same parties as ``test_mesh_outbound_h1upgrade.py``: the real outbound proxy and the stand-in
 server proxy ``mo_h1h2peer.H1H2Peer``."""
 
@@ -10,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 
+import h11
 import pytest
 import trio
 
 from proxy.h2upstream import Upstream
+from tests.mesh_outbound.mo_h1h2peer import NOLENGTH_BYTES
 from tests.mesh_outbound.test_mesh_outbound_h1upgrade import (
     HOST,
     Upgrade,
@@ -146,4 +150,41 @@ async def test_an_answer_before_the_body_ended_ends_the_upload(upgrade: Upgrade)
         while record.reset is None:
             await trio.sleep(0.02)
     assert record.reset == CANCEL
+    await _no_stream_left(_upstream(upgrade))
+
+
+async def test_one_client_connection_keeps_alive_across_every_framing(upgrade: Upgrade) -> None:
+    """One HTTP/1.1 connection (a strict client, h11) carries a HEAD, a 204, a 304 with a
+    content-length, a response with a length and one without (chunked), each read to its end;
+    the last request says ``Connection: close`` and the proxy closes after answering it."""
+    client = h11.Connection(h11.CLIENT)
+    requests = [("HEAD", "/"), ("GET", "/204"), ("GET", "/304"), ("GET", "/"), ("GET", "/nolength")]
+    answers: list[tuple[int, bytes]] = []
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", upgrade.port)
+        async with stream:
+            for number, (method, path) in enumerate(requests, 1):
+                headers = [("Host", HOST)]
+                if number == len(requests):
+                    headers.append(("Connection", "close"))
+                request = h11.Request(method=method, target=path, headers=headers)
+                await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
+                status, body = 0, b""
+                while True:
+                    event = client.next_event()
+                    if event is h11.NEED_DATA:
+                        client.receive_data(await stream.receive_some(65536))
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                answers.append((status, body))
+                if number < len(requests):
+                    client.start_next_cycle()
+            assert await stream.receive_some(65536) == b""  # closed after the last answer
+    assert [status for status, _ in answers] == [200, 204, 304, 200, 200]
+    assert [len(body) for _, body in answers] == [0, 0, 0, 5, NOLENGTH_BYTES]
+    assert upgrade.peer.connections == 1
     await _no_stream_left(_upstream(upgrade))
