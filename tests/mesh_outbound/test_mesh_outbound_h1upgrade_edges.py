@@ -32,11 +32,19 @@ class _Socket:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.hold = False
+        self.fail = False  # writes fail (the peer reset the connection)
         self.writing = 0  # writes under way
         self.closed = False
         self._released = trio.Event()
+        self._closed = trio.Event()
+
+    async def receive(self) -> bytes:
+        await self._closed.wait()
+        raise UpstreamClosed("receive failed: closed")
 
     async def send(self, data: bytes) -> None:
+        if self.fail:
+            raise UpstreamClosed("send failed: ECONNRESET")
         self.writing += 1
         try:
             if self.hold:
@@ -58,6 +66,7 @@ class _Socket:
 
     def close(self) -> None:
         self.closed = True
+        self._closed.set()
 
 
 class _Watched(Upstream):
@@ -232,3 +241,27 @@ async def test_the_end_of_a_response_while_its_client_is_slow_is_not_missed(
     else:
         assert outcome == ["ended"]
         assert client.written[-1] == b"0\r\n\r\n"
+
+
+async def test_a_failed_inline_write_fails_over_every_stream_of_the_connection() -> None:
+    """``Upstream.send_soon`` failing closes the connection: its reader then fails every stream
+    on it (each attempt answers or retries) and the pool no longer offers it."""
+    pool = UpstreamPool(10.0, 3.0, 60.0)
+    socket = _Socket()
+    up = _upstream(socket)
+    pool._by_key[(ENDPOINT.address, ENDPOINT.port, ENDPOINT.identity, up.session)] = [up]
+    streams = [UpgradedStream(up, [(b":method", b"GET")], now=0.0) for _ in range(3)]
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool._read_loop, up)
+            nursery.start_soon(pool._write_loop, up)
+            await trio.testing.wait_all_tasks_blocked()
+            socket.fail = True
+            up.peer.send_headers(streams[0].up_id, [(b":method", b"GET")], True)
+            await up.send_soon()
+            assert up.closed
+            assert pool.with_room(ENDPOINT, Session.HTTP1_OVER_H2) is None
+            await trio.testing.wait_all_tasks_blocked()
+    assert [isinstance(s.failure, UpstreamClosed) for s in streams] == [True] * 3
+    assert up.streams == {}
+    assert pool.all() == []
