@@ -109,6 +109,8 @@ class UpgradedStream:
         if isinstance(event, Data):
             if self.head is None or self.ended:  # not a response body: dropped
                 up.peer.consumed(self.up_id, event.flow)
+                if self.head is None and self.failure is None:  # no head will come
+                    self.failure = UpstreamProtocolError("upstream sent DATA before a head")
             else:
                 self.data.append((event.data, event.flow))
             self.ended = self.ended or (event.end_stream and self.head is not None)
@@ -365,8 +367,8 @@ async def _relay_body(
         owed = 0
         if done:
             return
-        if not stream.data:
-            await stream.changed()
+        if not stream.data and not stream.ended and stream.failure is None:  # (what came
+            await stream.changed()  # while the client took the last bytes counts too)
 
 
 def _failed(exchange: Exchange, stream: UpgradedStream, error: UpstreamError) -> NoReturn:

@@ -14,6 +14,7 @@ to ``proxy/h2peer.py``.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from proxy.discovery import Endpoint
@@ -70,6 +71,8 @@ _NOT_FORWARDED: Final = frozenset({_HOST, ORIG_PROTO_HEADER})  # the latter is o
 _SCHEME: Final = (b":scheme", b"http")
 _SCHEMES: Final = (b"http", b"https")
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
+_FIELD_NAME: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # a token (RFC 9110 5.1)
+_BAD_VALUE: Final = re.compile(rb"[\r\n\x00]")  # RFC 9113 8.2.1: the response is malformed
 
 
 def endpoint_refusal(*, enabled: bool, local_identity: bool, endpoint: Endpoint) -> str | None:
@@ -146,7 +149,9 @@ def h1_response_head(headers: list[Header], *, head_request: bool) -> ResponseHe
     """The HTTP/1 response head for an HTTP/2 response's fields; ``None`` for an interim (1xx)
     answer, which is dropped. Framing: none for ``HEAD``, 204 and 304; the ``content-length``
     when present; else ``UNTIL_CLOSE`` (the shell chunks it to an HTTP/1.1 client and closes
-    after it for an HTTP/1.0 one). Raises ``ResponseHeadError``."""
+    after it for an HTTP/1.0 one). Raises ``ResponseHeadError``, also for a field that would
+    corrupt the HTTP/1 head (a name that is no token; CR, LF or NUL in a value) and for two
+    different content-lengths."""
     fields = [
         item
         for item in headers
@@ -155,9 +160,14 @@ def h1_response_head(headers: list[Header], *, head_request: bool) -> ResponseHe
     status = _status(headers)
     if status < 200:
         return None
+    length: bytes | None = None
     for name, value in fields:
-        if name.lower() == _CONTENT_LENGTH and not value.strip().isdigit():
-            raise ResponseHeadError(f"invalid content-length {value!r}")
+        if not _FIELD_NAME.match(name) or _BAD_VALUE.search(value):
+            raise ResponseHeadError(f"invalid field {name!r}: {value!r}")  # would split the head
+        if name.lower() == _CONTENT_LENGTH:
+            if not value.strip().isdigit() or length not in (None, value.strip()):
+                raise ResponseHeadError(f"invalid content-length {value!r}")
+            length = value.strip()
     try:
         parsed = read_fields(fields)
     except (FieldError, ValueError) as exc:

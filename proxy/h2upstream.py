@@ -110,27 +110,44 @@ class Link:
         the burst is read) and wake the writer, which gathers whatever else this scheduler
         pass queues into its one write; when the writer is already woken or sending, leave
         the bytes to it. The write is shielded: a TLS record cut short by a cancellation would
-        corrupt the connection for every stream. Raises the send's ``ProxyError``."""
-        if not self._writer or self.sending or not self.peer.out:
+        corrupt the connection for every stream. So it is one write, of what was queued when
+        called: what other tasks queue meanwhile is the writer's (woken again at the end), and
+        a cancelled caller is never held behind their bytes. Raises the send's
+        ``ProxyError``."""
+        out = self.peer.out
+        if not self._writer or self.sending or not out:
             return
         self._writer.unpark()
-        with trio.CancelScope(shield=True):
-            await self.flush()
+        data = bytes(out)
+        out.clear()
+        self.sending = True
+        try:
+            with trio.CancelScope(shield=True):
+                await self.conn.send(data)
+        finally:
+            self.sending = False
+            if out:
+                self.wake()
 
     async def until_unanswered_ping(
         self, interval: float, timeout: float, flush: Callable[[], Awaitable[None]]
     ) -> None:
         """Return once the peer, silent for ``interval`` and sent a PING (queued, then
-        ``flush``), is still silent ``timeout`` later: the keepalive of one connection."""
+        ``flush``), is still silent ``timeout`` later: the keepalive of one connection. Also
+        when the PING could not be written within ``timeout`` (a peer that stopped reading;
+        the write is cut short, so the connection must end)."""
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
             if now - self.last_read < interval:
                 continue
             self.peer.ping()
-            await flush()
-            await trio.sleep(timeout)
-            if self.last_read <= now:
+            written = False
+            with trio.move_on_after(timeout):
+                await flush()
+                written = True
+                await trio.sleep_until(now + timeout)
+            if self.last_read <= now or not written:
                 return
 
     async def flush(self) -> None:
@@ -209,7 +226,7 @@ class Upstream(Link):
         """Close once (best effort to send what is queued, a GOAWAY included)."""
         if self.closed:
             return
-        self.closed = True
+        self.closed = self.closing = True  # no new stream until the reader forgets it
         if self.peer.out and not self.sending:
             self.conn.send_nowait(bytes(self.peer.out))  # what fits now, or nothing
         self.peer.out.clear()
@@ -355,9 +372,9 @@ class UpstreamPool:
     async def _write_loop(self, up: Upstream) -> None:
         try:
             while not up.closed:
-                if up.peer.out:
+                if up.peer.out and not up.sending:
                     await up.flush()
-                else:
+                else:  # (a task sending inline, ``send_soon``, wakes the writer when done)
                     await up.wait_for_bytes()
         except ProxyError as exc:
             log.debug("outbound h2 upstream %s: %s", up.endpoint.address, exc)

@@ -9,9 +9,13 @@ listeners proving the server identity (certificates from a real ``meshlet-identi
 HTTP/2 answers by ``:path``: ``/`` ``hello`` with a content-length; ``/nolength`` 300 000 bytes
 without one (more than a stream window); ``/echo`` the body's length and sha256; ``/slow`` that
 after 0.3 s; ``/fail-once`` 503 the first time, then as ``/echo``; ``/stall`` never; ``/reset`` a
-RST_STREAM INTERNAL_ERROR; ``/break`` a head and ``partial``, then the connection ends. ``HEAD``
-gets the content-length of ``hello`` and no body. ``refuse`` counts the streams to answer with
-RST_STREAM REFUSED_STREAM first.
+RST_STREAM INTERNAL_ERROR; ``/reset-mid`` a head and ``partial``, then RST_STREAM INTERNAL_ERROR;
+``/break`` a head and ``partial``, then the connection ends; ``/data-first`` DATA with END_STREAM
+and no head at all (a protocol error); ``/204`` and ``/304`` those statuses without a body (the
+304 with ``content-length: 5``); ``/early`` 413 ``too large`` as soon as the HEADERS arrive,
+before the request body. ``HEAD`` gets the content-length of ``hello`` and no body.
+``refuse`` counts the streams to answer with RST_STREAM REFUSED_STREAM first, ``goaway`` those
+to answer with a GOAWAY whose last stream id is below theirs (never processed).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
 import trio
 
 from proxy.identity import IdentityClient
@@ -32,6 +37,7 @@ from proxy.mtls import MtlsSettings, accept_meshed
 from proxy.mtls.transport import TransportHeader, read_transport_header
 
 NOLENGTH_BYTES = 300_000
+_FAILING = frozenset({b"/reset", b"/reset-mid", b"/data-first", b"/break"})
 
 
 @dataclasses.dataclass
@@ -40,6 +46,7 @@ class PeerStream:
     end_on_headers: bool
     body: bytearray = dataclasses.field(default_factory=bytearray)
     refused: bool = False
+    answered: bool = False  # answered before its end (``/early``)
     reset: int | None = None  # the client's RST_STREAM code
 
     def field(self, name: bytes) -> bytes | None:
@@ -58,6 +65,7 @@ class H1H2Peer:
         self.streams: list[PeerStream] = []
         self.plain: list[bytes] = []
         self.refuse = 0
+        self.goaway = 0
         self.failed_once = False
         self.port = 0
         self.plain_port = 0
@@ -121,7 +129,11 @@ class H1H2Peer:
                         break
                     if not data:
                         break
-                for event in conn.receive_data(data):
+                try:
+                    events = conn.receive_data(data)
+                except h2.exceptions.ProtocolError:  # frames after our GOAWAY
+                    break
+                for event in events:
                     self._event(conn, event, mine, nursery, pending, flush)
                 data = b""
                 await flush()
@@ -149,6 +161,20 @@ class H1H2Peer:
                 record.refused = True
                 conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                 return
+            if self.goaway:
+                self.goaway -= 1
+                record.refused = True
+                conn.close_connection(last_stream_id=max(event.stream_id - 2, 0))
+                return
+            if record.field(b":path") == b"/early":  # before the body: 413 at once
+                body = b"too large"
+                length = str(len(body)).encode()
+                conn.send_headers(
+                    event.stream_id, [(b":status", b"413"), (b"content-length", length)]
+                )
+                conn.send_data(event.stream_id, body, end_stream=True)
+                record.answered = True
+                return
             if event.stream_ended is not None:
                 nursery.start_soon(self._answer, conn, event.stream_id, record, pending, flush)
         elif isinstance(event, h2.events.DataReceived):
@@ -164,7 +190,8 @@ class H1H2Peer:
         elif isinstance(event, h2.events.StreamEnded):
             assert event.stream_id is not None
             record = mine[event.stream_id]
-            if not record.refused and (record.body or not record.end_on_headers):
+            answer = record.body or not record.end_on_headers
+            if answer and not (record.refused or record.answered):
                 nursery.start_soon(self._answer, conn, event.stream_id, record, pending, flush)
 
     async def _answer(
@@ -182,14 +209,13 @@ class H1H2Peer:
             await trio.sleep(0.3)
         elif path == b"/stall":
             await trio.sleep_forever()
-        elif path == b"/reset":
-            conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
-            await flush()
+        elif path in _FAILING:
+            await self._fail(conn, stream_id, path, flush)
             return
-        elif path == b"/break":  # a head, some body, then the connection ends
-            conn.send_headers(stream_id, headers, end_stream=False)
-            conn.send_data(stream_id, b"partial", end_stream=False)
-            await flush(hangup=True)
+        elif path in {b"/204", b"/304"}:  # no body; a 304 with its representation's length
+            length = [(b"content-length", b"5")] if path == b"/304" else []
+            conn.send_headers(stream_id, [(b":status", path[1:]), *length], end_stream=True)
+            await flush()
             return
         elif path == b"/fail-once":
             path = b"/echo"
@@ -209,6 +235,20 @@ class H1H2Peer:
         if body:
             pending[stream_id] = body
         await flush()
+
+    @staticmethod
+    async def _fail(
+        conn: h2.connection.H2Connection, stream_id: int, path: bytes, flush: Any
+    ) -> None:
+        """The answers that go wrong (``_FAILING``)."""
+        if path in {b"/reset-mid", b"/break"}:  # a head and some body first
+            conn.send_headers(stream_id, [(b":status", b"200")], end_stream=False)
+            conn.send_data(stream_id, b"partial", end_stream=False)
+        if path in {b"/reset", b"/reset-mid"}:
+            conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        elif path == b"/data-first":  # DATA and the end, never a head
+            conn.send_data(stream_id, b"oops", end_stream=True)
+        await flush(hangup=path == b"/break")
 
     @staticmethod
     def _push(conn: h2.connection.H2Connection, pending: dict[int, bytes]) -> None:

@@ -181,6 +181,19 @@ def test_interim_answers_are_dropped() -> None:
         pytest.param([(b":status", b"099")], id="low-status"),
         pytest.param([(b":status", b"101")], id="switching"),
         pytest.param([(b":status", b"200"), (b"content-length", b"-1")], id="bad-length"),
+        # What would split or corrupt the HTTP/1 head the client reads (RFC 9113 8.2.1: a
+        # malformed response): CR, LF or NUL in a value, a name that is no token, and two
+        # different lengths (which one would the client believe?).
+        pytest.param([(b":status", b"200"), (b"x-a", b"1\r\nset-cookie: a=b")], id="crlf-value"),
+        pytest.param([(b":status", b"200"), (b"x-a", b"1\nx-b: 2")], id="lf-value"),
+        pytest.param([(b":status", b"200"), (b"x-a", b"1\x002")], id="nul-value"),
+        pytest.param([(b":status", b"200"), (b"x-a: 1\r\nx-b", b"2")], id="crlf-name"),
+        pytest.param([(b":status", b"200"), (b"x a", b"1")], id="space-name"),
+        pytest.param([(b":status", b"200"), (b"", b"1")], id="empty-name"),
+        pytest.param(
+            [(b":status", b"200"), (b"content-length", b"5"), (b"content-length", b"6")],
+            id="two-lengths",
+        ),
     ],
 )
 def test_bad_responses_are_refused(headers: list[tuple[bytes, bytes]]) -> None:
