@@ -180,11 +180,14 @@ class Conn:
         An idle keep-alive connection that is readable was closed by its server (or carries
         bytes nobody asked for): either way it must not take the next request.
         """
+        # poll(2), not select(2): select refuses descriptors from 1024 up, and a busy proxy has
+        # them; every idle connection would then look closed and never be reused.
+        poller = select.poll()
         try:
-            readable, _, _ = select.select([self._fd], [], [], 0)
-        except (OSError, ValueError):
+            poller.register(self._fd, select.POLLIN)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):  # a closed connection (-1)
             return True
-        return bool(readable)
 
     def abort(self) -> None:
         """Close with a TCP reset, so the peer learns the exchange failed (not a clean end)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import resource
 import socket
 
 import pytest
@@ -144,3 +146,33 @@ async def test_reads_of_closed_connections_name_the_failure_every_time() -> None
                 await conn.receive_answer()  # waits for readiness first
         finally:
             right.close()
+
+
+async def test_an_idle_connection_on_a_high_descriptor_is_not_taken_for_closed() -> None:
+    """Keep-alive reuse asks ``readable_now``; a busy proxy holds descriptors from 1024 up,
+    where select(2) cannot look (the answer was then "readable": never reused)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1500:
+        pytest.skip(f"the descriptor limit ({hard}) is too low to open descriptor 1500")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1501), hard))
+    metrics = Metrics()
+    left, right = socket.socketpair()
+    high = os.dup2(left.fileno(), 1500)
+    left.close()
+    conn = Conn(
+        trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=high))),
+        metrics,
+        metrics.tcp_open("inbound", "src", "x"),
+        upstream=False,
+    )
+    try:
+        assert not conn.readable_now()  # idle: may take the next request
+        right.send(b"x")
+        assert conn.readable_now()
+        right.close()
+        await conn.receive()
+        assert conn.readable_now()  # end of stream waiting, too
+    finally:
+        conn.close()
+        right.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
