@@ -163,7 +163,9 @@ def h1_response_head(headers: list[Header], *, head_request: bool) -> ResponseHe
     length: bytes | None = None
     for name, value in fields:
         if not _FIELD_NAME.match(name) or _BAD_VALUE.search(value):
-            raise ResponseHeadError(f"invalid field {name!r}: {value!r}")  # would split the head
+            # It would split the head. The value stays out of the message (and so of logs): it
+            # may be a credential (set-cookie).
+            raise ResponseHeadError(f"invalid field {name[:64].decode('latin-1')!r}")
         if name.lower() == _CONTENT_LENGTH:
             if not value.strip().isdigit() or length not in (None, value.strip()):
                 raise ResponseHeadError(f"invalid content-length {value!r}")
