@@ -16,15 +16,9 @@ from pathlib import Path
 import pytest
 
 from bench.bench_mesh_tls import DB, WEB, bench_issuer, write_leaf
+from tests.proxy.conftest import free_ports
 
 SCRIPT = Path(__file__).parents[2] / "bench" / "trio_forwarder.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -69,7 +63,7 @@ def pair(tmp_path: Path, echo_port: int) -> Iterator[tuple[int, int, Path]]:
     ca.write_text(anchors)
     server_files = [str(f) for f in (*write_leaf(tmp_path, issuer, DB), ca)]
     client_files = [str(f) for f in (*write_leaf(tmp_path, issuer, WEB), ca)]
-    inner, outer = _free_port(), _free_port()
+    inner, outer = free_ports(2)
     processes = [
         subprocess.Popen(
             [sys.executable, str(SCRIPT), "--accept-tls", *server_files,
